@@ -1,0 +1,143 @@
+"""The `medsr` command: argparse subcommands that parse, call one function and map errors.
+
+Exit codes: 0 success, 1 a known error (`MedsrError`, one line on stderr), 2 usage error,
+130 interrupted. Heavy imports happen inside the commands so that `medsr --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _add_input_geometry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-spacing",
+        nargs=3,
+        type=float,
+        metavar=("X", "Y", "Z"),
+        help="voxel size of the input, overriding (or supplying) its header",
+    )
+    parser.add_argument(
+        "--input-unit",
+        choices=["mm", "um"],
+        help="unit of --input-spacing (default: the file's, µm for TIFF)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsr", description="Medical volumetric super-resolution."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = commands.add_parser("upsample", help="upsample a thick-slice volume along its thick axis")
+    up.add_argument("input", help="volume file (NIfTI, NRRD, MHA, DICOM, TIFF) or folder")
+    up.add_argument("-o", "--output", help="output file (default: beside the input)")
+    up.add_argument("--method", choices=["linear", "bspline"], default="bspline")
+    target = up.add_mutually_exclusive_group()
+    target.add_argument(
+        "--spacing",
+        type=float,
+        metavar="MM",
+        help="target thick-axis spacing (default: finest in-plane spacing)",
+    )
+    target.add_argument("--scale", type=float, metavar="R", help="upsampling factor")
+    up.add_argument(
+        "--axis",
+        type=int,
+        choices=[0, 1, 2],
+        help="array axis to upsample (default: the thickest, from the header)",
+    )
+    up.add_argument(
+        "--dtype",
+        choices=["input", "float32"],
+        default="input",
+        help="output voxel type (default: the input's, rounded and clipped)",
+    )
+    _add_input_geometry(up)
+    up.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    up.add_argument("--quiet", action="store_true", help="print errors only")
+
+    info = commands.add_parser("info", help="print shape, spacing, orientation and thick axis")
+    info.add_argument("input")
+    _add_input_geometry(info)
+    return parser
+
+
+def _run_upsample(args: argparse.Namespace) -> int:
+    from medsr.inference import upsample_file
+
+    output = upsample_file(
+        args.input,
+        args.output,
+        method=args.method,
+        spacing=args.spacing,
+        scale=args.scale,
+        axis=args.axis,
+        input_spacing=args.input_spacing,
+        input_unit=args.input_unit,
+        keep_dtype=args.dtype == "input",
+        overwrite=args.overwrite,
+    )
+    if not args.quiet:
+        print(f"wrote {output}")
+    return 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from medsr.geometry import anisotropy, orientation_codes, thick_axis
+    from medsr.io import read_volume
+
+    volume = read_volume(args.input, spacing=args.input_spacing, unit=args.input_unit)
+    spacing = " x ".join(f"{s:.4g}" for s in volume.spacing)
+    channels = "RGB" if volume.num_channels == 3 else "grey"
+    print(f"file:        {args.input} ({volume.meta.get('format', '?')})")
+    print(
+        f"shape:       {' x '.join(map(str, volume.spatial_shape))} ({channels}, "
+        f"{volume.array.dtype})"
+    )
+    print(f"spacing:     {spacing} {volume.unit}")
+    print(f"orientation: {orientation_codes(volume.affine)}")
+    print(f"thick axis:  {thick_axis(volume.affine)}")
+    print(f"anisotropy:  {anisotropy(volume.affine):.3g}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI with `argv` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from medsr import __version__
+
+        print(f"medsr {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.captureWarnings(True)
+    from medsr.errors import MedsrError
+
+    handlers = {"upsample": _run_upsample, "info": _run_info}
+    try:
+        return handlers[args.command](args)
+    except MedsrError as error:
+        print(f"medsr: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("medsr: interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Reading and writing volumes, one reader/writer per format behind two functions.
+
+Contract (as nnU-Net's reader/writer): `read_volume` returns a `Volume` whose affine maps voxel
+centres to RAS+ world coordinates; `write_volume` writes it so that reading it back gives the same
+array, spacing and affine. Writes are atomic: the file appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medsr.errors import MedsrError
+from medsr.io.volume import Unit, Volume, unit_scale
+
+__all__ = ["Volume", "read_volume", "write_volume", "volume_format", "set_spacing", "unit_scale"]
+
+logger = logging.getLogger(__name__)
+
+_SUFFIXES = {
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "mha",
+    ".mhd": "mha",
+    ".dcm": "dicom",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".ome.tif": "tiff",
+    ".ome.tiff": "tiff",
+}
+
+
+def volume_format(path: str | os.PathLike[str]) -> str:
+    """Format of a file path from its extension (``nifti``, ``nrrd``, ``mha``, ``tiff``...)."""
+    name = Path(path).name.lower()
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return _SUFFIXES[suffix]
+    known = ", ".join(sorted(_SUFFIXES))
+    raise MedsrError(f"unknown volume format for '{path}' (known: {known}, or a folder)")
+
+
+def set_spacing(volume: Volume, spacing: Sequence[float], unit: Unit | None = None) -> Volume:
+    """Replace the voxel spacing, keeping direction cosines and origin (the header was wrong)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise MedsrError(f"--input-spacing needs three positive numbers, got {spacing.tolist()}")
+    affine = volume.affine.copy()
+    affine[:3, :3] = affine[:3, :3] / volume.spacing * spacing
+    meta = dict(volume.meta, unit=unit or volume.unit)
+    return Volume(array=volume.array, affine=affine, meta=meta)
+
+
+def _read_any(path: Path, spacing: Sequence[float] | None, unit: Unit | None) -> Volume:
+    from medsr.io import itk, nifti, tiff
+
+    if path.is_dir():
+        if any(p.suffix.lower() in tiff.SECTION_SUFFIXES for p in path.iterdir()):
+            return tiff.read_section_folder(path, None if spacing is None else list(spacing), unit)
+        return itk.read_dicom_series(path)
+    fmt = volume_format(path)
+    if fmt == "tiff":
+        return tiff.read_tiff(path, None if spacing is None else list(spacing), unit)
+    volume = nifti.read_nifti(path) if fmt == "nifti" else itk.read_itk(path)
+    return volume if spacing is None else set_spacing(volume, spacing, unit)
+
+
+def read_volume(
+    path: str | os.PathLike[str],
+    *,
+    spacing: Sequence[float] | None = None,
+    unit: Unit | None = None,
+) -> Volume:
+    """Read a volume from a file or folder.
+
+    Args:
+        path: NIfTI (``.nii``/``.nii.gz``), NRRD, MHA/MHD, DICOM file, multi-page TIFF, or a folder
+            holding a DICOM series or 2D section images (TIFF/PNG/JPEG, natural order).
+        spacing: voxel size (X, Y, Z) in `unit`; overrides the header (required for TIFF without
+            spacing metadata).
+        unit: ``"mm"`` or ``"um"`` for `spacing`; defaults to the file's unit (µm for TIFF).
+
+    Returns:
+        The `Volume`, array shape (X, Y, Z) or (X, Y, Z, 3).
+
+    Raises:
+        MedsrError: missing or unreadable file, not a 3D volume, no spacing, non-finite voxels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MedsrError(f"input not found: '{path}'")
+    try:
+        volume = _read_any(path, spacing, unit)
+    except MedsrError:
+        raise
+    except Exception as error:  # readers of three libraries raise many types for corrupt files
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MedsrError(f"cannot read '{path}': {reason}") from error
+    if volume.array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+        if bad:
+            raise MedsrError(f"'{path}' has {bad} NaN/Inf voxels; fix or mask them first")
+    logger.debug("read %s: shape %s spacing %s", path, volume.array.shape, volume.spacing)
+    return volume
+
+
+def _write_any(volume: Volume, path: Path, fmt: str) -> None:
+    from medsr.io import itk, nifti, tiff
+
+    if fmt == "nifti":
+        nifti.write_nifti(volume, path)
+    elif fmt in ("nrrd", "mha"):
+        itk.write_itk(volume, path)
+    elif fmt == "tiff":
+        tiff.write_ome_tiff(volume, path)
+    else:
+        raise MedsrError(f"writing {fmt} is not supported; write NIfTI, NRRD, MHA or OME-TIFF")
+
+
+def write_volume(volume: Volume, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write `volume` atomically; the format follows the extension.
+
+    The file is written in a hidden temporary folder beside `path` and renamed into place, so an
+    interrupted write leaves no partial output (MHD's data file is moved before its header).
+
+    Raises:
+        MedsrError: `path` exists and `overwrite` is false, or the format cannot hold the volume.
+    """
+    path = Path(path)
+    fmt = volume_format(path)
+    if path.exists() and not overwrite:
+        raise MedsrError(f"output exists: '{path}' (use --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise MedsrError(f"output folder does not exist: '{path.parent}'")
+    staging = Path(tempfile.mkdtemp(prefix=".medsr-tmp-", dir=path.parent))
+    try:
+        _write_any(volume, staging / path.name, fmt)
+        written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
+        for item in written:  # the named file last: it is the one readers look for
+            os.replace(item, path.parent / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path

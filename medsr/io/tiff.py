@@ -1,0 +1,185 @@
+"""TIFF stacks (multi-page, OME or ImageJ) and folders of 2D section images.
+
+TIFF carries no orientation, so a stack is placed on a diagonal affine: array axis x runs along
+image columns, y along rows, z along pages/sections, all with positive spacing and origin 0.
+Spacing comes, in this order, from `spacing` given by the caller, OME physical sizes, ImageJ
+metadata (z spacing and unit) with the X/YResolution tags, or a ``series.json`` sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from medsr.errors import MedsrError
+from medsr.io.volume import Unit, Volume
+
+SECTION_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_UNIT_NAMES = {
+    "µm": "um",
+    "um": "um",
+    "micron": "um",
+    "microns": "um",
+    "\\u00B5m": "um",
+    "mm": "mm",
+    "millimeter": "mm",
+    "millimetre": "mm",
+}
+_OME_UNITS = {"um": "µm", "mm": "mm"}
+
+
+def natural_key(name: str) -> list[object]:
+    """Sort key that orders ``s2`` before ``s10`` (digits compared as numbers)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def parse_unit(name: str) -> Unit:
+    """Map a unit string found in TIFF metadata to ``"mm"`` or ``"um"``."""
+    unit = _UNIT_NAMES.get(name.strip())
+    if unit is None:
+        raise MedsrError(f"unsupported length unit '{name}' in TIFF metadata (use µm or mm)")
+    return unit  # type: ignore[return-value]
+
+
+def _ome_spacing(tif: tifffile.TiffFile) -> tuple[list[float], Unit] | None:
+    root = ET.fromstring(tif.ome_metadata)
+    pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+    if pixels is None or "PhysicalSizeZ" not in pixels.attrib:
+        return None
+    units = {pixels.attrib.get(f"PhysicalSize{a}Unit", "µm") for a in "XYZ"}
+    if len(units) != 1:
+        raise MedsrError(f"OME physical sizes use mixed units {sorted(units)}")
+    spacing = [float(pixels.attrib.get(f"PhysicalSize{a}", "nan")) for a in "XYZ"]
+    return spacing, parse_unit(units.pop())
+
+
+def _imagej_spacing(tif: tifffile.TiffFile) -> tuple[list[float], Unit] | None:
+    meta = tif.imagej_metadata or {}
+    if "spacing" not in meta:
+        return None
+    page = tif.pages[0]
+    in_plane = []
+    for tag in ("XResolution", "YResolution"):
+        numerator, denominator = page.tags[tag].value if tag in page.tags else (1, 1)
+        in_plane.append(denominator / numerator)
+    return [*in_plane, float(meta["spacing"])], parse_unit(meta.get("unit", "micron"))
+
+
+def _stack_to_volume(stack: np.ndarray, spacing: list[float], unit: Unit, fmt: str) -> Volume:
+    """(Z, Y, X[, 3]) stack -> `Volume` with array (X, Y, Z[, 3]) and a diagonal affine."""
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise MedsrError(f"invalid spacing {spacing}: three positive numbers are needed")
+    array = np.transpose(stack, (2, 1, 0, 3) if stack.ndim == 4 else (2, 1, 0))
+    affine = np.diag([*spacing, 1.0])
+    return Volume(array=array, affine=affine, meta={"format": fmt, "unit": unit})
+
+
+def _check_stack(stack: np.ndarray, source: Path) -> np.ndarray:
+    if stack.ndim == 4 and stack.shape[-1] in (3, 4):
+        return stack[..., :3]  # drop alpha
+    if stack.ndim != 3:
+        raise MedsrError(f"expected a stack of 2D sections in '{source}', got shape {stack.shape}")
+    return stack
+
+
+def read_tiff(path: Path, spacing: list[float] | None = None, unit: Unit | None = None) -> Volume:
+    """Read a multi-page (OME/ImageJ) TIFF. `spacing` (X, Y, Z) overrides the metadata."""
+    with tifffile.TiffFile(str(path)) as tif:
+        stack = tif.series[0].asarray()
+        found = None
+        if tif.is_ome:
+            found = _ome_spacing(tif)
+        if found is None and tif.is_imagej:
+            found = _imagej_spacing(tif)
+    stack = _check_stack(np.squeeze(stack), path)
+    if spacing is None:
+        if found is None:
+            raise MedsrError(
+                f"no spacing in the TIFF metadata of '{path}'; give it with --input-spacing X Y Z"
+            )
+        spacing, unit = found[0], unit or found[1]
+    return _stack_to_volume(stack, list(spacing), unit or "um", "tiff")
+
+
+def _read_section(path: Path) -> np.ndarray:
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return tifffile.imread(str(path))
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB") if image.mode not in ("L", "I;16") else image)
+    except Exception as error:  # any decoder failure names the section
+        raise MedsrError(f"cannot read section '{path}': {error}") from error
+
+
+def list_sections(directory: Path) -> list[Path]:
+    """Section image files in `directory`, in natural sort order."""
+    files = [p for p in directory.iterdir() if p.suffix.lower() in SECTION_SUFFIXES]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def read_section_folder(
+    directory: Path, spacing: list[float] | None = None, unit: Unit | None = None
+) -> Volume:
+    """Read a folder of 2D section images (naturally sorted) as one stack.
+
+    Spacing comes from `spacing` or from ``series.json`` (``{"spacing": [x, y, z], "unit": "um"}``).
+    """
+    files = list_sections(directory)
+    if not files:
+        raise MedsrError(f"no section images ({', '.join(SECTION_SUFFIXES)}) in '{directory}'")
+    sections = [_read_section(path) for path in files]
+    for path, section in zip(files, sections, strict=True):
+        if section.shape != sections[0].shape:
+            raise MedsrError(
+                f"section '{path.name}' has shape {section.shape}, "
+                f"the first has {sections[0].shape}"
+            )
+    sidecar = directory / "series.json"
+    if spacing is None and sidecar.exists():
+        info = json.loads(sidecar.read_text())
+        spacing, unit = info["spacing"], unit or parse_unit(info.get("unit", "um"))
+    if spacing is None:
+        raise MedsrError(
+            f"no spacing for the sections in '{directory}'; give --input-spacing "
+            "X Y Z or a series.json sidecar"
+        )
+    stack = _check_stack(np.stack(sections), directory)
+    return _stack_to_volume(stack, list(spacing), unit or "um", "sections")
+
+
+def write_ome_tiff(volume: Volume, path: Path) -> None:
+    """Write an OME-TIFF with physical sizes (array written in its own axis order)."""
+    linear = volume.affine[:3, :3]
+    if not np.allclose(linear, np.diag(np.diag(linear))) or np.any(np.diag(linear) <= 0):
+        raise MedsrError(
+            "TIFF stores no orientation: only axis-aligned volumes with positive "
+            "spacing can be written as TIFF; write NIfTI or NRRD instead"
+        )
+    is_rgb = volume.num_channels == 3
+    stack = np.transpose(volume.array, (2, 1, 0, 3) if is_rgb else (2, 1, 0))
+    unit = _OME_UNITS[volume.unit]
+    sx, sy, sz = (float(s) for s in volume.spacing)
+    metadata = {
+        "axes": "ZYXS" if is_rgb else "ZYX",
+        "PhysicalSizeX": sx,
+        "PhysicalSizeY": sy,
+        "PhysicalSizeZ": sz,
+        "PhysicalSizeXUnit": unit,
+        "PhysicalSizeYUnit": unit,
+        "PhysicalSizeZUnit": unit,
+    }
+    tifffile.imwrite(
+        str(path),
+        np.ascontiguousarray(stack),
+        ome=True,
+        photometric="rgb" if is_rgb else "minisblack",
+        metadata=metadata,
+        compression="zlib",
+    )

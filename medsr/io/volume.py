@@ -1,0 +1,68 @@
+"""The `Volume`: an array that never travels without its affine."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Unit = Literal["mm", "um"]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image (optionally with colour channels) and its voxel-to-world affine.
+
+    Args:
+        array: voxel data, shape (X, Y, Z) or (X, Y, Z, C) for colour (C = 3, RGB). Axis order is
+            the file's voxel order (nibabel convention), not a canonical orientation.
+        affine: 4x4 matrix mapping voxel indices (i, j, k, 1) to RAS+ world coordinates in `unit`.
+            Index (i, j, k) is the *centre* of a voxel.
+        meta: format details kept across a round trip (``unit``, ``description``,
+            ``qform_code``, ``sform_code``, ``format``, ...).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
+        if self.array.ndim not in (3, 4):
+            raise ValueError(f"array must be 3D or 3D+channels, got shape {self.array.shape}")
+        object.__setattr__(self, "affine", affine)
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """Number of voxels along the three spatial axes."""
+        return tuple(int(n) for n in self.array.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def num_channels(self) -> int:
+        """1 for grey volumes, 3 for RGB."""
+        return 1 if self.array.ndim == 3 else int(self.array.shape[3])
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size along each array axis, in `unit` (length of each affine column)."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def unit(self) -> Unit:
+        """Spatial unit of the affine: ``"mm"`` (default) or ``"um"``."""
+        return self.meta.get("unit", "mm")
+
+    def with_array(self, array: np.ndarray, affine: np.ndarray | None = None) -> Volume:
+        """Return a copy holding `array` (and `affine` if given), keeping `meta`."""
+        new_affine = self.affine if affine is None else affine
+        return dataclasses.replace(self, array=array, affine=new_affine, meta=dict(self.meta))
+
+
+def unit_scale(source: Unit, target: Unit) -> float:
+    """Factor that converts a length in `source` units into `target` units."""
+    to_mm = {"mm": 1.0, "um": 1e-3}
+    return to_mm[source] / to_mm[target]

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+from conftest import make_affine, phantom_array
+
+from medsr.geometry import plan_output_grid
+from medsr.transforms import (
+    restore_dtype,
+    simulate_thick_slices,
+    slice_profile_weights,
+    thick_slice_affine,
+)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_boxcar_equals_block_average_for_integer_factors(axis, factor):
+    array = phantom_array((12, 13, 14))
+    thick = simulate_thick_slices(array, axis, factor)
+    count = array.shape[axis] // factor
+    blocks = np.take(array, np.arange(count * factor), axis=axis)
+    shape = list(blocks.shape)
+    shape[axis : axis + 1] = [count, factor]
+    np.testing.assert_allclose(thick, blocks.reshape(shape).mean(axis=axis + 1), atol=1e-4)
+
+
+@pytest.mark.parametrize("profile", ["boxcar", "gaussian"])
+@pytest.mark.parametrize("factor", [2.5, 3.6, 5.0])
+def test_profiles_preserve_mean_intensity(profile, factor):
+    weights = slice_profile_weights(40, factor, profile=profile)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    array = np.full((3, 3, 40), 7.5, np.float32)
+    np.testing.assert_allclose(
+        simulate_thick_slices(array, 2, factor, profile=profile), 7.5, rtol=1e-6
+    )
+    # profile centred on the slab; weights sit at thin-slice centres, so the discrete centroid
+    # differs from the continuous one by a fraction of a partially covered thin slice
+    centres = weights @ np.arange(40)
+    expected = (np.arange(len(centres)) + 0.5) * factor - 0.5
+    inner = slice(2, -2)  # the Gaussian tails are cut at the volume's ends
+    np.testing.assert_allclose(centres[inner], expected[inner], atol=0.1)
+
+
+def test_gap_narrows_the_boxcar():
+    weights = slice_profile_weights(12, 4, thickness=2)  # 2-slice boxcar, 2-slice gap
+    np.testing.assert_allclose(weights[0], [0, 0.5, 0.5, 0] + [0] * 8, atol=1e-12)
+
+
+def test_thick_affine_matches_the_slab_convention():
+    affine = make_affine("LIA", (1.0, 1.0, 1.0))
+    thick = thick_slice_affine(affine, 1, 4)
+    # the thick volume's output grid at the thin spacing lands on the thin slices
+    grid = plan_output_grid((5, 6, 7), thick, spacing=1.0, axis=1)
+    np.testing.assert_allclose(grid.affine, affine, atol=1e-12)
+
+
+def test_restore_dtype_rounds_and_clips():
+    out = restore_dtype(np.array([[-3.4, 2.5, 70000.0]]), np.uint16)
+    assert out.dtype == np.uint16 and out.tolist() == [[0, 2, 65535]]
+    assert restore_dtype(np.array([1.5]), np.float32).dtype == np.float32
