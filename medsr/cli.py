@@ -61,6 +61,39 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--overwrite", action="store_true", help="replace an existing output")
     up.add_argument("--quiet", action="store_true", help="print errors only")
 
+    train = commands.add_parser("train", help="train the multi-image SR-GAN")
+    train.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="high-resolution volumes (or anisotropic scans with "
+        "--self-supervised); folders of volumes are expanded",
+    )
+    train.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    train.add_argument("--config", metavar="YAML", help="config file (unknown keys are errors)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a config field, e.g. train.steps=2000",
+    )
+    train.add_argument(
+        "--self-supervised",
+        action="store_true",
+        help="learn from the in-plane slices of anisotropic scans",
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue from RUN_DIR/checkpoints/latest.pt"
+    )
+    train.add_argument(
+        "--vgg-weights", metavar="PTH", help="VGG16 feature weights for the perceptual loss"
+    )
+    train.add_argument("--device", help="auto, cpu or cuda:N (default: config's)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar, errors only")
+
     info = commands.add_parser("info", help="print shape, spacing, orientation and thick axis")
     info.add_argument("input")
     _add_input_geometry(info)
@@ -84,6 +117,31 @@ def _run_upsample(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(f"wrote {output}")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medsr.training import resolve_config, run_training
+
+    overrides = list(args.overrides)
+    if args.self_supervised:
+        overrides.append("data.self_supervised=true")
+    if args.vgg_weights:
+        overrides.append(f"loss.vgg_weights={args.vgg_weights}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    config = resolve_config(Path(args.out), args.config, overrides, args.resume)
+    scores = run_training(args.data, args.out, config, resume=args.resume, progress=not args.quiet)
+    if not args.quiet and scores:
+        print(
+            f"validation PSNR {scores['val_psnr']:.2f} dB (B-spline "
+            f"{scores['val_psnr_bspline']:.2f}), SSIM {scores['val_ssim']:.4f} "
+            f"(B-spline {scores['val_ssim_bspline']:.4f})"
+        )
+    if not args.quiet:
+        print(f"checkpoint: {Path(args.out) / 'checkpoints' / 'latest.pt'}")
     return 0
 
 
@@ -128,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.captureWarnings(True)
     from medsr.errors import MedsrError
 
-    handlers = {"upsample": _run_upsample, "info": _run_info}
+    handlers = {"upsample": _run_upsample, "train": _run_train, "info": _run_info}
     try:
         return handlers[args.command](args)
     except MedsrError as error:

@@ -112,3 +112,27 @@ def thick_slice_affine(affine: np.ndarray, axis: int, factor: float) -> np.ndarr
     resample[axis, axis] = factor
     resample[axis, 3] = (factor - 1) / 2
     return np.asarray(affine, dtype=np.float64) @ resample
+
+
+def intensity_range(array: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple:
+    """Robust (low, high) of a volume, for mapping it to about [0, 1] for the network.
+
+    Low is 0 for non-negative data (MRI magnitudes keep their zero) and the low percentile
+    otherwise; high is the high percentile. A constant volume gets a unit range.
+    """
+    sample = np.asarray(array)[:: max(1, array.shape[0] // 64)]  # subsample big volumes
+    low = 0.0 if float(sample.min()) >= 0 else float(np.percentile(sample, percentiles[0]))
+    high = float(np.percentile(sample, percentiles[1]))
+    if high <= low:
+        high = low + (float(np.abs(sample).max()) or 1.0)
+    return low, high
+
+
+def normalise_intensity(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map [low, high] to [0, 1] (float32, not clipped)."""
+    return ((np.asarray(array, dtype=np.float32) - low) / (high - low)).astype(np.float32)
+
+
+def restore_intensity(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Inverse of `normalise_intensity`: back to the input's units (float32)."""
+    return (np.asarray(array, dtype=np.float32) * (high - low) + low).astype(np.float32)

@@ -1,0 +1,210 @@
+"""Every default of training and inference in one tree of frozen dataclasses.
+
+A YAML file maps onto the tree field by field (unknown keys are errors, never silently ignored);
+``--set section.field=value`` overrides single fields. The resolved config is saved beside each
+run and inside every checkpoint (`config_to_dict` / `config_from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from medsr.errors import MedsrError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Generator and discriminator sizes.
+
+    Attributes:
+        neighbours: k, the number of neighbouring low-resolution planes the generator sees
+            (odd; 1 = single-image).
+        num_features: feature channels of the generator.
+        num_blocks: residual blocks of the generator.
+        scales: integer upsampling factors the generator has output heads for.
+        discriminator_channels: channels of the first discriminator layer.
+        discriminator_layers: downsampling layers of the patch discriminator.
+    """
+
+    neighbours: int = 3
+    num_features: int = 32
+    num_blocks: int = 4
+    scales: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    discriminator_channels: int = 32
+    discriminator_layers: int = 3
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Generator loss ``l_G = l_MSE + perceptual_weight * l_percep + adversarial_weight * l_GAN``.
+
+    Attributes:
+        perceptual_weight: beta; 0 disables the perceptual loss (and the need for VGG weights).
+        adversarial_weight: gamma; 0 trains without the discriminator.
+        perceptual_layer: last VGG16 layer whose features are compared.
+        vgg_weights: path of the VGG16 feature weights; default from $MEDSR_VGG_WEIGHTS or torch's
+            cache (see `medsr.losses.find_vgg_weights`).
+    """
+
+    perceptual_weight: float = 0.01
+    adversarial_weight: float = 0.001
+    perceptual_layer: Literal["relu1_2", "relu2_2", "relu3_3"] = "relu2_2"
+    vgg_weights: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training pairs.
+
+    Attributes:
+        self_supervised: pairs from the in-plane slices of anisotropic scans (else: simulate
+            thick slices from high-resolution volumes).
+        factors: upsampling factors simulated from high-resolution volumes.
+        profile: slice profile of the simulated acquisition.
+        thickness_ratio: slice thickness / slice spacing (1 = contiguous, < 1 = gap).
+        patch_width: in-plane size of a training patch (voxels).
+        patch_slices: low-resolution slices in a training patch.
+        batch_size: patches per step (per process).
+        validation_fraction: share of planes held back for validation.
+    """
+
+    self_supervised: bool = False
+    factors: tuple[int, ...] = (2, 3, 4, 5)
+    profile: Literal["boxcar", "gaussian"] = "boxcar"
+    thickness_ratio: float = 1.0
+    patch_width: int = 48
+    patch_slices: int = 12
+    batch_size: int = 16
+    validation_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping.
+
+    Attributes:
+        steps: total optimisation steps.
+        warmup_steps: MSE-only steps before the perceptual and adversarial losses start.
+        learning_rate: Adam learning rate of the generator.
+        discriminator_learning_rate: Adam learning rate of the discriminator.
+        checkpoint_every: steps between checkpoints (a killed run loses at most this many).
+        validate_every: steps between validations on held-back planes.
+        seed: seed of every random choice of the run.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda:N"``.
+        mixed_precision: autocast on CUDA (never on CPU).
+    """
+
+    steps: int = 2000
+    warmup_steps: int = 500
+    learning_rate: float = 5e-4
+    discriminator_learning_rate: float = 2e-4
+    checkpoint_every: int = 250
+    validate_every: int = 250
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        if value not in get_args(annotation):
+            raise MedsrError(f"config {name}: {value!r} is not one of {get_args(annotation)}")
+        return value
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(item, get_args(annotation)[0], name) for item in items)
+    if value is None and type(None) in get_args(annotation):
+        return None
+    kinds = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    kind = kinds[0]
+    if kind is bool and not isinstance(value, bool):
+        raise MedsrError(f"config {name}: expected true/false, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as error:
+        raise MedsrError(f"config {name}: cannot read {value!r} as {kind.__name__}") from error
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise MedsrError(f"unknown config key(s): {', '.join(prefix + k for k in sorted(unknown))}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise MedsrError(f"config {prefix}{name}: expected a mapping")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a `Config` from nested dicts; missing fields keep their defaults."""
+    return _build(Config, values or {}, "")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict (YAML- and checkpoint-safe: tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.field=value`` strings (values parsed as YAML) to nested dicts."""
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise MedsrError(f"--set expects section.field=value, got {item!r}")
+        values.setdefault(parts[0], {})
+        if not isinstance(values[parts[0]], dict):
+            raise MedsrError(f"config {parts[0]}: expected a mapping")
+        values[parts[0]][parts[1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path`, then `overrides`."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise MedsrError(f"cannot read config '{path}': {error}") from error
+        if not isinstance(values, dict):
+            raise MedsrError(f"config '{path}' must be a mapping of sections")
+    return config_from_dict(apply_overrides(values, overrides or []))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

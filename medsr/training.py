@@ -1,0 +1,392 @@
+"""The SR-GAN trainer: one model class that owns networks, losses and optimisers (BasicSR's
+model/loop split, without registries), and `train`, the driver behind ``medsr train``."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F  # noqa: N812
+from torch.nn.parallel import DistributedDataParallel
+
+from medsr import __version__
+from medsr.config import Config, config_from_dict, config_to_dict
+from medsr.data import PairSampler
+from medsr.errors import MedsrError
+from medsr.losses import AdversarialLoss, PerceptualLoss, load_vgg_features
+from medsr.metrics import psnr, ssim
+from medsr.models import MISRGenerator, PlaneDiscriminator
+from medsr.models.blocks import bspline_upsample_last_axis
+from medsr.runtime import autocast, distributed_world
+
+logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS = [
+    "step",
+    "seconds",
+    "scale",
+    "loss_g",
+    "loss_pixel",
+    "loss_perceptual",
+    "loss_adversarial",
+    "loss_d",
+    "val_psnr",
+    "val_psnr_bspline",
+    "val_ssim",
+    "val_ssim_bspline",
+]
+
+
+def build_generator(config: Config) -> MISRGenerator:
+    """The generator described by `config.model`."""
+    model = config.model
+    return MISRGenerator(
+        neighbours=model.neighbours,
+        num_features=model.num_features,
+        num_blocks=model.num_blocks,
+        scales=tuple(model.scales),
+    )
+
+
+def load_generator(path: str | os.PathLike[str], device: torch.device | str = "cpu"):
+    """Generator and config from a checkpoint (inference needs nothing else).
+
+    Returns:
+        (generator in eval mode on `device`, `Config`).
+    """
+    try:
+        state = torch.load(Path(path), map_location=device, weights_only=True)
+        config = config_from_dict(state["config"])
+        generator = build_generator(config)
+        generator.load_state_dict(state["generator"])
+    except (OSError, KeyError, RuntimeError, TypeError) as error:
+        raise MedsrError(f"cannot load model checkpoint '{path}': {error}") from error
+    return generator.to(device).eval(), config
+
+
+class Trainer:
+    """Trains the generator (MSE warm-up, then MSE + perceptual + adversarial) and the
+    discriminator, validates on held-back planes, and saves/loads one-dict checkpoints.
+
+    Args:
+        config: resolved configuration.
+        sampler: source of training batches and validation planes.
+        device: torch device.
+        run_dir: folder for checkpoints and ``metrics.csv`` (None: keep nothing on disk).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        sampler: PairSampler,
+        device: torch.device,
+        run_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.config, self.sampler, self.device = config, sampler, device
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.rank, _, self.world = distributed_world()
+        missing = sorted(set(sampler.scales) - set(config.model.scales))
+        if missing:
+            raise MedsrError(f"the data need factor(s) {missing}; add them to model.scales")
+        self.generator = build_generator(config).to(device)
+        loss = config.loss
+        self.discriminator = None
+        if loss.adversarial_weight > 0:
+            self.discriminator = PlaneDiscriminator(
+                config.model.discriminator_channels, config.model.discriminator_layers
+            ).to(device)
+        self.perceptual = None
+        if loss.perceptual_weight > 0:
+            features = load_vgg_features(loss.vgg_weights, loss.perceptual_layer)
+            self.perceptual = PerceptualLoss(features).to(device)
+        self.adversarial = AdversarialLoss()
+        train = config.train
+        self.opt_g = torch.optim.Adam(
+            self.generator.parameters(), lr=train.learning_rate, betas=(0.9, 0.99)
+        )
+        self.opt_d = None
+        if self.discriminator is not None:
+            self.opt_d = torch.optim.Adam(
+                self.discriminator.parameters(),
+                lr=train.discriminator_learning_rate,
+                betas=(0.5, 0.99),
+            )
+        self.amp = train.mixed_precision and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.step = 0
+        self.rng = np.random.default_rng([train.seed, self.rank])
+        self.g_net, self.d_net = self.generator, self.discriminator
+        if self.world > 1:  # heads of unused factors get no gradient in a step
+            ids = [device.index] if device.type == "cuda" else None
+            self.g_net = DistributedDataParallel(
+                self.generator, device_ids=ids, find_unused_parameters=True
+            )
+            if self.discriminator is not None:
+                self.d_net = DistributedDataParallel(self.discriminator, device_ids=ids)
+
+    @property
+    def adversarial_phase(self) -> bool:
+        """True once the MSE-only warm-up is over."""
+        return self.step >= self.config.train.warmup_steps
+
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, scale: int) -> dict[str, float]:
+        """One generator update and, in the adversarial phase, one discriminator update."""
+        lr, hr = lr.to(self.device), hr.to(self.device)
+        weights, losses = self.config.loss, {}
+        use_gan = self.adversarial_phase and self.d_net is not None
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(False)
+        self.generator.train()
+        self.opt_g.zero_grad(set_to_none=True)
+        with autocast(self.device, self.amp):
+            fake = self.g_net(lr, scale)
+            loss_g = F.mse_loss(fake.float(), hr)
+            losses["loss_pixel"] = loss_g.item()
+            if self.adversarial_phase and self.perceptual is not None:
+                loss_percep = self.perceptual(fake.float(), hr)
+                loss_g = loss_g + weights.perceptual_weight * loss_percep
+                losses["loss_perceptual"] = loss_percep.item()
+            if use_gan:
+                loss_adv = self.adversarial.generator_loss(self.d_net(fake))
+                loss_g = loss_g + weights.adversarial_weight * loss_adv
+                losses["loss_adversarial"] = loss_adv.item()
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        losses["loss_g"] = loss_g.item()
+        if use_gan:
+            self.discriminator.requires_grad_(True)
+            self.opt_d.zero_grad(set_to_none=True)
+            with autocast(self.device, self.amp):
+                loss_d = self.adversarial.discriminator_loss(
+                    self.d_net(hr), self.d_net(fake.detach())
+                )
+            self.scaler.scale(loss_d).backward()
+            self.scaler.step(self.opt_d)
+            losses["loss_d"] = loss_d.item()
+        self.scaler.update()
+        return losses
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean PSNR/SSIM (normalised units, range 1) of the generator and of cubic B-spline on
+        the held-back planes."""
+        self.generator.eval()
+        scores: dict[str, list[float]] = {k: [] for k in METRIC_COLUMNS[-4:]}
+        for lr, hr, scale in self.sampler.validation_planes():
+            lr = lr.to(self.device)
+            pred = self.generator(lr, scale)[0, 0].float().cpu().numpy()
+            centre = lr[:, self.generator.neighbours // 2 : self.generator.neighbours // 2 + 1]
+            base = bspline_upsample_last_axis(centre, scale)[0, 0].cpu().numpy()
+            target = hr[0, 0].numpy()
+            for name, image in (("", pred), ("_bspline", base)):
+                scores[f"val_psnr{name}"].append(psnr(image, target, data_range=1.0))
+                scores[f"val_ssim{name}"].append(ssim(image, target, data_range=1.0))
+        return {k: float(np.mean(v)) for k, v in scores.items()}
+
+    def checkpoint(self) -> dict:
+        """Everything needed to resume: one dict of tensors and plain Python values."""
+        rng_states = [self.rng.bit_generator.state]
+        if self.world > 1:
+            rng_states = [None] * self.world
+            dist.all_gather_object(rng_states, self.rng.bit_generator.state)
+        return {
+            "generator": self.generator.state_dict(),
+            "discriminator": None
+            if self.discriminator is None
+            else self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": None if self.opt_d is None else self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "config": config_to_dict(self.config),
+            "version": __version__,
+            "rng": rng_states,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Write the checkpoint atomically (rank 0 writes; all ranks take part in gathering)."""
+        state = self.checkpoint()
+        if self.rank != 0:
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Restore networks, optimisers, step and random state from `path`."""
+        state = torch.load(Path(path), map_location=self.device, weights_only=True)
+        self.generator.load_state_dict(state["generator"])
+        if self.discriminator is not None and state["discriminator"] is not None:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        states = state["rng"]
+        self.rng.bit_generator.state = states[self.rank] if self.rank < len(states) else states[0]
+        torch.set_rng_state(state["torch_rng"].cpu())
+
+    def fit(self, progress: bool = False) -> dict[str, float]:
+        """Train until `config.train.steps`; returns the last validation scores."""
+        from tqdm import tqdm
+
+        train, start, last = self.config.train, time.perf_counter(), {}
+        log = _MetricsLog(
+            self.run_dir / "metrics.csv" if self.run_dir and self.rank == 0 else None, self.step
+        )
+        bar = tqdm(
+            total=train.steps,
+            initial=self.step,
+            disable=not progress or self.rank != 0,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        while self.step < train.steps:
+            lr, hr, scale = self.sampler.sample(self.rng)
+            losses = self.train_step(lr, hr, scale)
+            self.step += 1
+            row = {
+                "step": self.step,
+                "seconds": time.perf_counter() - start,
+                "scale": scale,
+                **losses,
+            }
+            if self.step % train.validate_every == 0 or self.step == train.steps:
+                last = self.validate()
+                row.update(last)
+                logger.info(
+                    "step %d: PSNR %.2f dB (B-spline %.2f), SSIM %.4f (B-spline %.4f)",
+                    self.step,
+                    last["val_psnr"],
+                    last["val_psnr_bspline"],
+                    last["val_ssim"],
+                    last["val_ssim_bspline"],
+                )
+            log.write(row)
+            bar.update(1)
+            bar.set_postfix({k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items()})
+            if self.run_dir and (
+                self.step % train.checkpoint_every == 0 or self.step == train.steps
+            ):
+                self.save_checkpoint(self.run_dir / "checkpoints" / "latest.pt")
+        bar.close()
+        return last
+
+
+class _MetricsLog:
+    """``metrics.csv``: one row per step; on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path | None, resume_step: int) -> None:
+        self.path = path
+        if path is None:
+            return
+        rows = []
+        if path.exists():
+            with path.open(newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, METRIC_COLUMNS).writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+
+
+def expand_data_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; a folder of volume files becomes its files (sorted); a DICOM or section
+    folder stays one volume."""
+    from medsr.io import volume_format
+
+    expanded = []
+    for item in map(Path, paths):
+        if not item.exists():
+            raise MedsrError(f"training data not found: '{item}'")
+        files = []
+        if item.is_dir():
+            for child in sorted(item.iterdir()):
+                try:
+                    if child.is_file() and volume_format(child) != "tiff":
+                        files.append(child)
+                except MedsrError:
+                    continue
+        expanded += files or [item]
+    return expanded
+
+
+def resolve_config(
+    run_dir: Path, config_path: str | None, overrides: list[str], resume: bool
+) -> Config:
+    """The run's config: defaults (or, with `resume`, the checkpoint's), then file, then --set."""
+    import yaml
+
+    from medsr.config import apply_overrides
+
+    values: dict = {}
+    latest = run_dir / "checkpoints" / "latest.pt"
+    if resume:
+        if not latest.exists():
+            raise MedsrError(f"--resume: no checkpoint at '{latest}'")
+        values = torch.load(latest, map_location="cpu", weights_only=True)["config"]
+    if config_path is not None:
+        try:
+            loaded = yaml.safe_load(Path(config_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise MedsrError(f"cannot read config '{config_path}': {error}") from error
+        for section, fields in loaded.items():
+            values.setdefault(section, {})
+            if not isinstance(fields, dict):
+                raise MedsrError(f"config {section}: expected a mapping")
+            values[section] = {**values[section], **fields}
+    return config_from_dict(apply_overrides(values, overrides))
+
+
+def run_training(
+    data_paths: list,
+    run_dir: str | os.PathLike[str],
+    config: Config,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Read the data, train (resuming from ``RUN_DIR/checkpoints/latest.pt`` if asked), and
+    save the resolved config in RUN_DIR. Works under torchrun (one process per rank)."""
+    from medsr.config import save_config
+    from medsr.data import build_sampler
+    from medsr.io import read_volume
+    from medsr.runtime import close_distributed, init_distributed, resolve_device, seed_everything
+
+    run_dir = Path(run_dir)
+    rank, local_rank, world = distributed_world()
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+    init_distributed(device)
+    try:
+        seed_everything(config.train.seed + rank)
+        volumes = [(read_volume(path), path.name) for path in expand_data_paths(data_paths)]
+        sampler = build_sampler(volumes, config.data, config.model.neighbours)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(config, sampler, device, run_dir)
+        if resume:
+            trainer.load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+            logger.info("resumed at step %d", trainer.step)
+        if rank == 0:
+            save_config(config, run_dir / "config.yaml")
+        return trainer.fit(progress=progress)
+    finally:
+        close_distributed()
