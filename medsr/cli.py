@@ -36,7 +36,25 @@ def _build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("upsample", help="upsample a thick-slice volume along its thick axis")
     up.add_argument("input", help="volume file (NIfTI, NRRD, MHA, DICOM, TIFF) or folder")
     up.add_argument("-o", "--output", help="output file (default: beside the input)")
-    up.add_argument("--method", choices=["linear", "bspline"], default="bspline")
+    up.add_argument(
+        "--method",
+        choices=["misr", "linear", "bspline"],
+        default="misr",
+        help="misr: the learned SR-GAN (default); linear / bspline: interpolation",
+    )
+    up.add_argument(
+        "--model",
+        metavar="CKPT",
+        help="checkpoint from 'medsr train' (default: the shipped weights)",
+    )
+    up.add_argument(
+        "--fit-seconds",
+        type=float,
+        metavar="S",
+        help="seconds to adapt the model to this scan (default 45; 0: none)",
+    )
+    up.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    up.add_argument("--batch-size", type=int, default=8, metavar="N", help="planes per batch")
     target = up.add_mutually_exclusive_group()
     target.add_argument(
         "--spacing",
@@ -101,8 +119,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run_upsample(args: argparse.Namespace) -> int:
-    from medsr.inference import upsample_file
+    from medsr.errors import MedsrError
+    from medsr.inference import DEFAULT_FIT_SECONDS, upsample_file
 
+    options = {}
+    if args.method == "misr":
+        fit = DEFAULT_FIT_SECONDS if args.fit_seconds is None else args.fit_seconds
+        options = {
+            "model": args.model,
+            "fit_seconds": fit,
+            "device": args.device,
+            "batch_size": args.batch_size,
+            "progress": not args.quiet,
+        }
+    elif args.model or args.fit_seconds is not None:
+        raise MedsrError("--model and --fit-seconds apply to --method misr only")
     output = upsample_file(
         args.input,
         args.output,
@@ -114,6 +145,7 @@ def _run_upsample(args: argparse.Namespace) -> int:
         input_unit=args.input_unit,
         keep_dtype=args.dtype == "input",
         overwrite=args.overwrite,
+        **options,
     )
     if not args.quiet:
         print(f"wrote {output}")

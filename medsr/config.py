@@ -92,6 +92,7 @@ class TrainConfig:
         warmup_steps: MSE-only steps before the perceptual and adversarial losses start.
         learning_rate: Adam learning rate of the generator.
         discriminator_learning_rate: Adam learning rate of the discriminator.
+        lr_schedule: ``"cosine"`` decays both rates to 0 at `steps`; ``"constant"`` keeps them.
         checkpoint_every: steps between checkpoints (a killed run loses at most this many).
         validate_every: steps between validations on held-back planes.
         seed: seed of every random choice of the run.
@@ -103,6 +104,7 @@ class TrainConfig:
     warmup_steps: int = 500
     learning_rate: float = 5e-4
     discriminator_learning_rate: float = 2e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     checkpoint_every: int = 250
     validate_every: int = 250
     seed: int = 0

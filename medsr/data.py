@@ -54,11 +54,13 @@ class PlaneStack:
     factor: float
     neighbour_offset: int
     name: str
+    network_scale: int | None = None
     _pairs: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def scale(self) -> int:
-        return integer_scale(self.factor)
+        """Integer factor of the network head that learns this stack."""
+        return self.network_scale or integer_scale(self.factor)
 
     def pairs(self, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
         """(thick, target): thick (p, w, n) and the target (p, w, n * scale) on the thin grid."""
@@ -105,8 +107,12 @@ def stacks_from_volume(volume: Volume, factors: tuple[int, ...], name: str) -> l
     return stacks
 
 
-def stacks_self_supervised(volume: Volume, name: str) -> list[PlaneStack]:
-    """Source 2: in-plane slices of an anisotropic scan, made thick along each in-plane axis."""
+def stacks_self_supervised(volume: Volume, name: str, scale: int | None = None) -> list[PlaneStack]:
+    """Source 2: in-plane slices of an anisotropic scan, made thick along each in-plane axis.
+
+    `scale` sets the network factor (default: the next integer above thick / in-plane spacing),
+    so that a model can be adapted for the factor that inference will use.
+    """
     ratio = anisotropy(volume.affine)
     if ratio < 1.2:
         raise MedsrError(
@@ -119,7 +125,8 @@ def stacks_self_supervised(volume: Volume, name: str) -> list[PlaneStack]:
     for a in (axis for axis in range(3) if axis != z):
         w = 3 - a - z
         view = np.ascontiguousarray(np.transpose(array, (z, w, a)))
-        stacks.append(PlaneStack(view, float(spacing[z] / spacing[a]), 1, f"{name}:a{a}"))
+        factor = float(spacing[z] / spacing[a])
+        stacks.append(PlaneStack(view, factor, 1, f"{name}:a{a}", network_scale=scale))
     return stacks
 
 

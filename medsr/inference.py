@@ -6,43 +6,130 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from medsr.baselines import upsample_baseline
 from medsr.errors import MedsrError
-from medsr.geometry import ISOTROPY_TOLERANCE, anisotropy, plan_output_grid
+from medsr.geometry import ISOTROPY_TOLERANCE, OutputGrid, anisotropy, plan_output_grid
 from medsr.io import Volume, read_volume, volume_format, write_volume
 from medsr.io.volume import Unit
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["linear", "bspline"]
-METHODS: tuple[str, ...] = ("linear", "bspline")
+Method = Literal["misr", "linear", "bspline"]
+METHODS: tuple[str, ...] = ("misr", "linear", "bspline")
+#: default fitting budget: keeps a 256x256x60 scan under 2 minutes end to end on 2 CPU cores
+DEFAULT_FIT_SECONDS = 45.0
+
+
+def default_model_path() -> Path:
+    """The generator weights shipped inside the package."""
+    return Path(str(resources.files("medsr") / "weights" / "misr_default.pt"))
+
+
+def upsample_misr(
+    volume: Volume,
+    grid: OutputGrid,
+    *,
+    model: str | os.PathLike[str] | None = None,
+    fit_seconds: float = DEFAULT_FIT_SECONDS,
+    device: str | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> np.ndarray:
+    """Learned reconstruction on `grid` (float32, input units).
+
+    Args:
+        volume: anisotropic input, grey or RGB (channels share one model).
+        grid: output grid.
+        model: checkpoint from ``medsr train`` (default: the shipped weights).
+        fit_seconds: time to adapt the model to this scan's own in-plane slices (0: none).
+        device: ``"auto"``/None, ``"cpu"`` or ``"cuda:N"``.
+        batch_size: planes per generator call.
+        progress: progress bars for fitting and reconstruction.
+    """
+    from tqdm import tqdm
+
+    from medsr.adaptation import adapt_to_scan
+    from medsr.data import integer_scale
+    from medsr.reconstruction import reconstruct
+    from medsr.runtime import resolve_device
+    from medsr.training import load_generator
+    from medsr.transforms import intensity_range, normalise_intensity, restore_intensity
+
+    torch_device = resolve_device(device)
+    generator, config = load_generator(model or default_model_path(), torch_device)
+    spacing = volume.spacing
+    scale = integer_scale(spacing[grid.axis] / grid.spacing)
+    if scale not in generator.scales:
+        raise MedsrError(
+            f"factor {spacing[grid.axis] / grid.spacing:.3g} needs a x{scale} head; "
+            f"the model has {generator.scales} (use --method bspline or train one)"
+        )
+    grey = volume.array if volume.num_channels == 1 else volume.array.mean(axis=3)
+    if fit_seconds > 0:
+        generator = adapt_to_scan(
+            generator,
+            config,
+            volume.with_array(grey),
+            scale=scale,
+            seconds=fit_seconds,
+            device=torch_device,
+            progress=progress,
+        )
+    low, high = intensity_range(volume.array)
+    channels = [volume.array] if volume.num_channels == 1 else list(np.moveaxis(volume.array, 3, 0))
+    planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis) * len(channels)
+    bar = tqdm(total=planes, disable=not progress, unit="plane", desc="reconstruct")
+    results = []
+    for channel in channels:
+        normalised = normalise_intensity(channel, low, high)
+        out = reconstruct(
+            normalised,
+            grid,
+            spacing,
+            generator,
+            scale=scale,
+            device=torch_device,
+            batch_size=batch_size,
+            on_batch=bar.update,
+        )
+        results.append(restore_intensity(out, low, high))
+    bar.close()
+    return results[0] if len(results) == 1 else np.stack(results, axis=3)
 
 
 def upsample_volume(
     volume: Volume,
     *,
-    method: Method = "bspline",
+    method: Method = "misr",
     spacing: float | None = None,
     scale: float | None = None,
     axis: int | None = None,
     keep_dtype: bool = True,
+    **misr_options,
 ) -> Volume:
     """Upsample `volume` along its thick axis onto the grid of the slab convention.
 
     Args:
         volume: anisotropic input, (X, Y, Z) or (X, Y, Z, 3).
-        method: ``"linear"`` or ``"bspline"``.
+        method: ``"misr"`` (learned), ``"linear"`` or ``"bspline"``.
         spacing: target thick-axis spacing in the volume's unit (default: finest in-plane).
         scale: upsampling factor instead of `spacing`.
         axis: array axis to upsample (default: the thick axis found from the affine).
         keep_dtype: return the input dtype (integers rounded and clipped) rather than float32.
+        **misr_options: `upsample_misr` options (model, fit_seconds, device, batch_size,
+            progress).
 
     Returns:
         The upsampled volume; its affine covers the input's physical extent.
     """
+    from medsr.transforms import restore_dtype
+
     grid = plan_output_grid(
         volume.spatial_shape, volume.affine, spacing=spacing, scale=scale, axis=axis
     )
@@ -57,11 +144,16 @@ def upsample_volume(
     )
     if method in ("linear", "bspline"):
         return upsample_baseline(volume, grid, method, keep_dtype=keep_dtype)
-    raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if method != "misr":
+        raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    result = upsample_misr(volume, grid, **misr_options)
+    if keep_dtype:
+        result = restore_dtype(result, volume.array.dtype)
+    return volume.with_array(result, grid.affine)
 
 
 def default_output_path(input_path: Path, method: str) -> Path:
-    """``scan.nii.gz`` -> ``scan_bspline.nii.gz`` beside it; folders and DICOM give NIfTI."""
+    """``scan.nii.gz`` -> ``scan_misr.nii.gz`` beside it; folders and DICOM give NIfTI."""
     if input_path.is_dir():
         return input_path.parent / f"{input_path.name}_{method}.nii.gz"
     name = input_path.name
@@ -79,7 +171,7 @@ def upsample_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str] | None = None,
     *,
-    method: Method = "bspline",
+    method: Method = "misr",
     spacing: float | None = None,
     scale: float | None = None,
     axis: int | None = None,
@@ -87,6 +179,7 @@ def upsample_file(
     input_unit: Unit | None = None,
     keep_dtype: bool = True,
     overwrite: bool = False,
+    **misr_options,
 ) -> Path:
     """Read, upsample and write one volume; the input file is never modified.
 
@@ -110,6 +203,12 @@ def upsample_file(
             "nothing written (give --spacing or --scale to resample anyway)"
         )
     result = upsample_volume(
-        volume, method=method, spacing=spacing, scale=scale, axis=axis, keep_dtype=keep_dtype
+        volume,
+        method=method,
+        spacing=spacing,
+        scale=scale,
+        axis=axis,
+        keep_dtype=keep_dtype,
+        **misr_options,
     )
     return write_volume(result, output, overwrite=overwrite)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -65,7 +66,7 @@ def load_generator(path: str | os.PathLike[str], device: torch.device | str = "c
         config = config_from_dict(state["config"])
         generator = build_generator(config)
         generator.load_state_dict(state["generator"])
-    except (OSError, KeyError, RuntimeError, TypeError) as error:
+    except Exception as error:  # unpickling errors, missing keys, shape mismatches
         raise MedsrError(f"cannot load model checkpoint '{path}': {error}") from error
     return generator.to(device).eval(), config
 
@@ -101,6 +102,7 @@ class Trainer:
             self.discriminator = PlaneDiscriminator(
                 config.model.discriminator_channels, config.model.discriminator_layers
             ).to(device)
+            self._check_discriminator_input(sampler)
         self.perceptual = None
         if loss.perceptual_weight > 0:
             features = load_vgg_features(loss.vgg_weights, loss.perceptual_layer)
@@ -130,13 +132,38 @@ class Trainer:
             if self.discriminator is not None:
                 self.d_net = DistributedDataParallel(self.discriminator, device_ids=ids)
 
+    def _check_discriminator_input(self, sampler: PairSampler) -> None:
+        data = self.config.data
+        smallest = (1, 1, data.patch_width, data.patch_slices * min(sampler.scales))
+        try:
+            with torch.no_grad():
+                self.discriminator(torch.zeros(smallest, device=self.device))
+        except (RuntimeError, ValueError) as error:  # conv too large, or 1x1 instance norm
+            raise MedsrError(
+                f"training patches of {smallest[2]}x{smallest[3]} are too small for a "
+                f"{self.config.model.discriminator_layers}-layer discriminator; raise "
+                "data.patch_width / data.patch_slices or lower model.discriminator_layers"
+            ) from error
+
     @property
     def adversarial_phase(self) -> bool:
         """True once the MSE-only warm-up is over."""
         return self.step >= self.config.train.warmup_steps
 
+    def _set_learning_rates(self) -> None:
+        # derived from the step alone, so a resumed run follows the same schedule
+        train = self.config.train
+        factor = 1.0
+        if train.lr_schedule == "cosine":
+            factor = 0.5 * (1 + math.cos(math.pi * min(self.step, train.steps) / train.steps))
+        for group in self.opt_g.param_groups:
+            group["lr"] = train.learning_rate * factor
+        for group in self.opt_d.param_groups if self.opt_d is not None else []:
+            group["lr"] = train.discriminator_learning_rate * factor
+
     def train_step(self, lr: torch.Tensor, hr: torch.Tensor, scale: int) -> dict[str, float]:
         """One generator update and, in the adversarial phase, one discriminator update."""
+        self._set_learning_rates()
         lr, hr = lr.to(self.device), hr.to(self.device)
         weights, losses = self.config.loss, {}
         use_gan = self.adversarial_phase and self.d_net is not None
@@ -235,11 +262,19 @@ class Trainer:
         self.rng.bit_generator.state = states[self.rank] if self.rank < len(states) else states[0]
         torch.set_rng_state(state["torch_rng"].cpu())
 
-    def fit(self, progress: bool = False) -> dict[str, float]:
-        """Train until `config.train.steps`; returns the last validation scores."""
+    def fit(
+        self,
+        progress: bool = False,
+        *,
+        until_step: int | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, float]:
+        """Train until `config.train.steps` (or `until_step`, or the `time.perf_counter()`
+        `deadline`, whichever comes first); returns the last validation scores."""
         from tqdm import tqdm
 
         train, start, last = self.config.train, time.perf_counter(), {}
+        stop = train.steps if until_step is None else min(until_step, train.steps)
         log = _MetricsLog(
             self.run_dir / "metrics.csv" if self.run_dir and self.rank == 0 else None, self.step
         )
@@ -250,7 +285,7 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
-        while self.step < train.steps:
+        while self.step < stop and (deadline is None or time.perf_counter() < deadline):
             lr, hr, scale = self.sampler.sample(self.rng)
             losses = self.train_step(lr, hr, scale)
             self.step += 1
@@ -289,6 +324,7 @@ class _MetricsLog:
         self.path = path
         if path is None:
             return
+        path.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         if path.exists():
             with path.open(newline="") as handle:
@@ -371,6 +407,10 @@ def run_training(
     from medsr.runtime import close_distributed, init_distributed, resolve_device, seed_everything
 
     run_dir = Path(run_dir)
+    if not resume and (run_dir / "checkpoints" / "latest.pt").exists():
+        raise MedsrError(
+            f"'{run_dir}' already holds a run; use --resume to continue it or choose another --out"
+        )
     rank, local_rank, world = distributed_world()
     device = resolve_device(config.train.device)
     if device.type == "cuda" and world > 1:

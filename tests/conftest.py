@@ -67,3 +67,59 @@ def phantom() -> Volume:
 def phantom_path(tmp_path: Path, phantom: Volume) -> Path:
     """The phantom written as NIfTI under tmp_path."""
     return write_volume(phantom, tmp_path / "phantom.nii.gz")
+
+
+VGG_WEIGHTS = (
+    Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_imagenet_features.pth"
+)
+
+
+@pytest.fixture
+def tiny_config():
+    """A model and run small enough for a CPU test (seconds)."""
+    from medsr.config import Config, DataConfig, LossConfig, ModelConfig, TrainConfig
+
+    return Config(
+        model=ModelConfig(
+            neighbours=3,
+            num_features=8,
+            num_blocks=1,
+            scales=(2, 3),
+            discriminator_channels=8,
+            discriminator_layers=2,
+        ),
+        loss=LossConfig(perceptual_weight=0.0, adversarial_weight=0.01),
+        data=DataConfig(factors=(2, 3), patch_width=16, patch_slices=8, batch_size=4),
+        train=TrainConfig(
+            steps=2, warmup_steps=1, checkpoint_every=1, validate_every=2, device="cpu"
+        ),
+    )
+
+
+@pytest.fixture
+def hr_volume() -> Volume:
+    """A 1 mm isotropic phantom (source-1 training data)."""
+    return Volume(array=phantom_array((24, 22, 20)), affine=make_affine("RAS", (1, 1, 1)))
+
+
+@pytest.fixture
+def identity_checkpoint(tmp_path, tiny_config) -> Path:
+    """A checkpoint of an untrained generator: zero heads, so it reproduces cubic B-spline."""
+    import torch
+
+    from medsr import __version__
+    from medsr.config import config_to_dict
+    from medsr.training import build_generator
+
+    torch.manual_seed(0)
+    path = tmp_path / "identity.pt"
+    generator = build_generator(tiny_config)
+    torch.save(
+        {
+            "generator": generator.state_dict(),
+            "config": config_to_dict(tiny_config),
+            "version": __version__,
+        },
+        path,
+    )
+    return path

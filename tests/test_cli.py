@@ -36,7 +36,19 @@ def test_upsample_writes_overlaying_output(tmp_path, phantom_path, method, capsy
 
 def test_default_output_name_and_float_dtype(phantom_path):
     assert (
-        main(["upsample", str(phantom_path), "--scale", "2.5", "--dtype", "float32", "--quiet"])
+        main(
+            [
+                "upsample",
+                "--method",
+                "bspline",
+                str(phantom_path),
+                "--scale",
+                "2.5",
+                "--dtype",
+                "float32",
+                "--quiet",
+            ]
+        )
         == 0
     )
     out = phantom_path.parent / "phantom_bspline.nii.gz"
@@ -59,6 +71,8 @@ def test_tiff_with_input_spacing_writes_ome_tiff(tmp_path):
         main(
             [
                 "upsample",
+                "--method",
+                "bspline",
                 str(tmp_path / "stack.tif"),
                 "--input-spacing",
                 "0.5",
@@ -119,7 +133,7 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path, capsys, case):
     source = make(tmp_path)
     before = {p.name: _digest(p) for p in tmp_path.iterdir()}
     out = tmp_path / "out.nii.gz"
-    assert main(["upsample", str(source), "-o", str(out)]) == 1
+    assert main(["upsample", "--method", "bspline", str(source), "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("medsr: error:") and len(err.splitlines()) == 1
     assert not out.exists()
@@ -130,23 +144,54 @@ def test_existing_output_and_output_equal_to_input_are_refused(tmp_path, phantom
     out = tmp_path / "out.nii.gz"
     write_volume(Volume(array=np.zeros((2, 2, 2), np.int16), affine=np.eye(4)), out)
     before = _digest(out), _digest(phantom_path)
-    assert main(["upsample", str(phantom_path), "-o", str(out)]) == 1
+    assert main(["upsample", "--method", "bspline", str(phantom_path), "-o", str(out)]) == 1
     assert "output exists" in capsys.readouterr().err
-    assert main(["upsample", str(phantom_path), "-o", str(phantom_path), "--overwrite"]) == 1
+    assert (
+        main(
+            [
+                "upsample",
+                "--method",
+                "bspline",
+                str(phantom_path),
+                "-o",
+                str(phantom_path),
+                "--overwrite",
+            ]
+        )
+        == 1
+    )
     assert "is the input" in capsys.readouterr().err
     assert (_digest(out), _digest(phantom_path)) == before
-    assert main(["upsample", str(phantom_path), "-o", str(out), "--overwrite", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "upsample",
+                "--method",
+                "bspline",
+                str(phantom_path),
+                "-o",
+                str(out),
+                "--overwrite",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert read_volume(out).spatial_shape == (20, 18, 32)
 
 
 def test_isotropic_input_is_resampled_when_asked(tmp_path):
     source = _nifti(tmp_path / "iso.nii", np.ones((5, 5, 5), np.float32), (1, 1, 1))
-    assert main(["upsample", str(source), "--spacing", "0.5", "--quiet"]) == 0
+    assert (
+        main(["upsample", "--method", "bspline", str(source), "--spacing", "0.5", "--quiet"]) == 0
+    )
     assert read_volume(tmp_path / "iso_bspline.nii").spatial_shape == (5, 5, 10)
     assert (
         main(
             [
                 "upsample",
+                "--method",
+                "bspline",
                 str(source),
                 "--scale",
                 "2",
@@ -173,7 +218,7 @@ def test_oblique_lia_input_overlays(tmp_path):
     source = write_volume(
         Volume(array=np.ones((6, 5, 7), np.float32), affine=affine), tmp_path / "obl.nrrd"
     )
-    assert main(["upsample", str(source), "--quiet"]) == 0
+    assert main(["upsample", "--method", "bspline", str(source), "--quiet"]) == 0
     result = read_volume(tmp_path / "obl_bspline.nrrd")
     assert result.spatial_shape == (6, round(5 * 3.0 / 0.8), 7)
     for a, b in zip(

@@ -1,0 +1,36 @@
+import pytest
+
+from medsr.config import Config, config_from_dict, config_to_dict, load_config, save_config
+from medsr.errors import MedsrError
+
+
+def test_yaml_maps_onto_dataclasses_and_round_trips(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model:\n  neighbours: 1\n  scales: [2, 4]\ntrain:\n  steps: 10\n")
+    config = load_config(path, ["loss.perceptual_weight=0", "data.profile=gaussian"])
+    assert config.model.neighbours == 1 and config.model.scales == (2, 4)
+    assert config.train.steps == 10 and config.loss.perceptual_weight == 0.0
+    assert config.data.profile == "gaussian"
+    save_config(config, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+    assert config_from_dict(config_to_dict(Config())) == Config()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"model": {"neighbors": 3}}, "unknown config key.*model.neighbors"),
+        ({"optimiser": {}}, "unknown config key.*optimiser"),
+        ({"data": {"profile": "triangle"}}, "not one of"),
+        ({"train": {"steps": "many"}}, "cannot read"),
+        ({"train": {"mixed_precision": "yes"}}, "true/false"),
+    ],
+)
+def test_bad_config_values_are_errors(values, message):
+    with pytest.raises(MedsrError, match=message):
+        config_from_dict(values)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(MedsrError, match="section.field=value"):
+        load_config(None, ["steps=3"])

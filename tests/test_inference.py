@@ -1,0 +1,221 @@
+import numpy as np
+import pytest
+import torch
+from conftest import make_affine, phantom_array
+
+from medsr.baselines import upsample_baseline
+from medsr.cli import main
+from medsr.geometry import plan_output_grid, world_extent
+from medsr.inference import default_model_path, upsample_volume
+from medsr.io import Volume, read_volume, write_volume
+from medsr.reconstruction import plane_orientations, resample_matrix
+from medsr.training import load_generator
+
+
+def _thick_volume(orientation="LPS", axis=2, thick=3.0, fine=1.0, shape=(14, 12, 6)):
+    spacing = [fine, fine, fine]
+    spacing[axis] = thick
+    shape = list(shape)
+    shape[axis], shape[2] = shape[2], shape[axis]
+    return Volume(array=phantom_array(tuple(shape)), affine=make_affine(orientation, spacing))
+
+
+def test_identity_model_reassembles_the_bspline_upsampling(identity_checkpoint):
+    volume = _thick_volume()
+    result = upsample_volume(
+        volume,
+        method="misr",
+        model=identity_checkpoint,
+        fit_seconds=0,
+        keep_dtype=False,
+        device="cpu",
+    )
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    expected = upsample_baseline(volume, grid, "bspline", keep_dtype=False)
+    np.testing.assert_allclose(result.array, expected.array, atol=1e-3)
+    np.testing.assert_allclose(result.affine, grid.affine)
+
+
+def test_constant_volume_stays_constant(identity_checkpoint):
+    volume = _thick_volume()
+    constant = volume.with_array(np.full(volume.array.shape, 812, np.int16))
+    result = upsample_volume(
+        constant, method="misr", model=identity_checkpoint, fit_seconds=0, scale=2.5, device="cpu"
+    )
+    assert result.array.dtype == np.int16 and np.all(result.array == 812)
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LIA", "oblique"])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_misr_output_overlays_the_input(identity_checkpoint, orientation, axis):
+    volume = _thick_volume(orientation, axis, thick=2.6)
+    result = upsample_volume(
+        volume, method="misr", model=identity_checkpoint, fit_seconds=0, device="cpu"
+    )
+    assert result.spatial_shape[axis] == round(6 * 2.6)
+    for a, b in zip(
+        world_extent(volume.spatial_shape, volume.affine, axis),
+        world_extent(result.spatial_shape, result.affine, axis),
+        strict=True,
+    ):
+        assert np.linalg.norm(a - b) <= 0.25 + 1e-6
+    np.testing.assert_allclose(np.linalg.norm(result.affine[:3, :3], axis=0)[axis], 1.0)
+
+
+def test_adaptation_changes_the_model_and_keeps_geometry(identity_checkpoint):
+    volume = _thick_volume(shape=(30, 28, 8))
+    fitted = upsample_volume(
+        volume,
+        method="misr",
+        model=identity_checkpoint,
+        fit_seconds=2,
+        keep_dtype=False,
+        device="cpu",
+    )
+    plain = upsample_volume(
+        volume,
+        method="misr",
+        model=identity_checkpoint,
+        fit_seconds=0,
+        keep_dtype=False,
+        device="cpu",
+    )
+    assert fitted.array.shape == plain.array.shape
+    assert not np.allclose(fitted.array, plain.array)
+    np.testing.assert_allclose(fitted.affine, plain.affine)
+
+
+def test_rgb_channels_share_the_model(identity_checkpoint):
+    rgb = np.random.default_rng(0).integers(0, 256, (10, 9, 4, 3), dtype=np.uint8)
+    volume = Volume(array=rgb, affine=np.diag([1.0, 1.0, 3.0, 1.0]))
+    result = upsample_volume(
+        volume, method="misr", model=identity_checkpoint, fit_seconds=0, device="cpu"
+    )
+    assert result.array.shape == (10, 9, 12, 3) and result.array.dtype == np.uint8
+
+
+def test_resample_matrix_is_none_on_the_network_grid():
+    positions = plan_output_grid((4, 4, 5), np.diag([1, 1, 3.0, 1]), scale=3).positions
+    assert resample_matrix(5, 3, positions) is None
+    positions = plan_output_grid((4, 4, 5), np.diag([1, 1, 3.0, 1]), scale=2.5).positions
+    assert resample_matrix(5, 3, positions).shape == (round(12.5), 15)
+
+
+def test_neighbours_are_one_thick_spacing_apart_at_inference():
+    assert plane_orientations(2, np.array([0.5, 0.5, 3.6])) == [(0, 1, 7), (1, 0, 7)]
+    assert plane_orientations(0, np.array([4.0, 1.0, 2.0])) == [(1, 2, 4), (2, 1, 2)]
+
+
+def test_cli_model_round_trip_with_a_trained_checkpoint(tmp_path, hr_volume):
+    hr = write_volume(hr_volume, tmp_path / "hr.nii.gz")
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(hr),
+                "--out",
+                str(run),
+                "--quiet",
+                "--device",
+                "cpu",
+                "--set",
+                "train.steps=2",
+                "--set",
+                "model.num_features=4",
+                "--set",
+                "model.num_blocks=1",
+                "--set",
+                "data.batch_size=2",
+                "--set",
+                "loss.perceptual_weight=0",
+                "--set",
+                "loss.adversarial_weight=0",
+            ]
+        )
+        == 0
+    )
+    scan = write_volume(_thick_volume(), tmp_path / "scan.nii.gz")
+    out = tmp_path / "scan_sr.nii.gz"
+    assert (
+        main(
+            [
+                "upsample",
+                str(scan),
+                "-o",
+                str(out),
+                "--model",
+                str(run / "checkpoints" / "latest.pt"),
+                "--fit-seconds",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    result = read_volume(out)
+    assert result.spatial_shape == (14, 12, 18)
+    np.testing.assert_allclose(
+        result.affine, plan_output_grid((14, 12, 6), read_volume(scan).affine).affine, atol=1e-5
+    )
+
+
+def test_ctrl_c_leaves_no_partial_output(tmp_path, identity_checkpoint, monkeypatch, capsys):
+    import medsr.reconstruction
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medsr.reconstruction, "reconstruct", interrupted)
+    scan = write_volume(_thick_volume(), tmp_path / "scan.nii.gz")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(
+        [
+            "upsample",
+            str(scan),
+            "--model",
+            str(identity_checkpoint),
+            "--fit-seconds",
+            "0",
+            "--quiet",
+        ]
+    )
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_model_options_need_method_misr(phantom_path, capsys):
+    assert main(["upsample", str(phantom_path), "--method", "linear", "--fit-seconds", "3"]) == 1
+    assert "misr only" in capsys.readouterr().err
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path, phantom_path, capsys):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert (
+        main(
+            [
+                "upsample",
+                str(phantom_path),
+                "--model",
+                str(tmp_path / "bad.pt"),
+                "-o",
+                str(tmp_path / "o.nii.gz"),
+            ]
+        )
+        == 1
+    )
+    assert "cannot load model checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_shipped_weights_load():
+    path = default_model_path()
+    if not path.exists():
+        pytest.fail(f"shipped weights missing at {path}")
+    generator, config = load_generator(path)
+    assert path.stat().st_size < 5 * 2**20
+    assert set(config.model.scales) >= {2, 3, 4, 5}
+    with torch.no_grad():
+        out = generator(torch.zeros(1, generator.neighbours, 8, 4), 3)
+    assert out.shape == (1, 1, 8, 12)

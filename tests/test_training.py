@@ -1,0 +1,209 @@
+import csv
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from medsr.cli import main
+from medsr.config import load_config
+from medsr.data import build_sampler
+from medsr.io import read_volume, write_volume
+from medsr.runtime import seed_everything
+from medsr.training import Trainer, load_generator, run_training
+
+
+@pytest.fixture
+def hr_path(tmp_path, hr_volume):
+    return write_volume(hr_volume, tmp_path / "hr.nii.gz")
+
+
+def _with_steps(config, steps):
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps))
+
+
+def test_two_step_run_writes_checkpoint_config_and_metrics(tmp_path, hr_path, tiny_config):
+    run = tmp_path / "run"
+    scores = run_training([hr_path], run, tiny_config)
+    assert set(scores) == {"val_psnr", "val_psnr_bspline", "val_ssim", "val_ssim_bspline"}
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 2 and state["version"] and state["config"]["model"]["num_features"] == 8
+    assert state["discriminator"] is not None and state["opt_d"] is not None
+    assert load_config(run / "config.yaml") == tiny_config
+    generator, config = load_generator(run / "checkpoints" / "latest.pt")
+    assert config == tiny_config
+    for name, tensor in generator.state_dict().items():
+        torch.testing.assert_close(tensor, state["generator"][name], rtol=0, atol=0)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2] and rows[1]["val_psnr"]
+    assert rows[1]["loss_d"]  # the adversarial phase started after the 1-step warm-up
+
+
+def test_resume_continues_bit_for_bit(tmp_path, hr_path, hr_volume, tiny_config):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    config = _with_steps(tiny_config, 4)
+    run_training([hr_path], straight, config)
+    # the same run killed after step 2 (checkpoints every step), then resumed
+    seed_everything(config.train.seed)
+    sampler = build_sampler([(read_volume(hr_path), "hr")], config.data, 3)
+    Trainer(config, sampler, torch.device("cpu"), split).fit(until_step=2)
+    assert torch.load(split / "checkpoints" / "latest.pt", weights_only=True)["step"] == 2
+    run_training([hr_path], split, config, resume=True)
+    a = torch.load(straight / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "latest.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    for part in ("generator", "discriminator"):
+        for name, tensor in a[part].items():
+            torch.testing.assert_close(tensor, b[part][name], rtol=0, atol=0)
+    rows = list(csv.DictReader((split / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_cli_train_resume_extends_steps(tmp_path, hr_path):
+    run = tmp_path / "run"
+    tiny = [
+        "--set",
+        "model.num_features=4",
+        "--set",
+        "model.num_blocks=1",
+        "--set",
+        "model.scales=[2,3]",
+        "--set",
+        "data.factors=[2]",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "data.patch_width=8",
+        "--set",
+        "data.patch_slices=4",
+        "--set",
+        "loss.perceptual_weight=0",
+        "--set",
+        "loss.adversarial_weight=0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    assert (
+        main(["train", "--data", str(hr_path), "--out", str(run), "--set", "train.steps=1", *tiny])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(hr_path),
+                "--out",
+                str(run),
+                "--resume",
+                "--set",
+                "train.steps=3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["step"] == 3
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path, hr_path, tiny_config, capsys):
+    run = tmp_path / "run"
+    run_training([hr_path], run, tiny_config)
+    before = (run / "checkpoints" / "latest.pt").read_bytes()
+    assert main(["train", "--data", str(hr_path), "--out", str(run), "--quiet"]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == before
+
+
+def test_too_small_patches_for_the_discriminator(tmp_path, hr_path, tiny_config, capsys):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(hr_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--set",
+            "data.patch_width=8",
+            "--set",
+            "data.patch_slices=4",
+            "--set",
+            "loss.perceptual_weight=0",
+            "--set",
+            "model.discriminator_layers=3",
+        ]
+    )
+    assert code == 1 and "too small" in capsys.readouterr().err
+
+
+def test_missing_vgg_weights_is_a_clear_error(tmp_path, hr_path, capsys, monkeypatch):
+    monkeypatch.delenv("MEDSR_VGG_WEIGHTS", raising=False)
+    code = main(
+        [
+            "train",
+            "--data",
+            str(hr_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--vgg-weights",
+            str(tmp_path / "none.pth"),
+            "--quiet",
+        ]
+    )
+    assert code == 1
+    assert "VGG16 weights not found" in capsys.readouterr().err
+
+
+def test_two_process_gloo_run_completes(tmp_path, hr_path):
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "medsr.cli",
+        "train",
+        "--data",
+        str(hr_path),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.warmup_steps=1",
+        "--set",
+        "model.num_features=4",
+        "--set",
+        "model.num_blocks=1",
+        "--set",
+        "model.scales=[2,3]",
+        "--set",
+        "data.factors=[2,3]",
+        "--set",
+        "data.batch_size=2",
+        "--set",
+        "data.patch_width=16",
+        "--set",
+        "data.patch_slices=8",
+        "--set",
+        "loss.perceptual_weight=0",
+        "--set",
+        "model.discriminator_channels=4",
+        "--set",
+        "model.discriminator_layers=2",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, [line for line in result.stderr.splitlines() if "medsr" in line]
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 2 and len(state["rng"]) == 2  # both ranks' sampling state saved
