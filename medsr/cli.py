@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _add_input_geometry(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +77,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="output voxel type (default: the input's, rounded and clipped)",
     )
     _add_input_geometry(up)
+    up.add_argument(
+        "--align", action="store_true", help="rigidly align consecutive sections first (histology)"
+    )
     up.add_argument("--overwrite", action="store_true", help="replace an existing output")
     up.add_argument("--quiet", action="store_true", help="print errors only")
 
@@ -112,6 +116,64 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu or cuda:N (default: config's)")
     train.add_argument("--quiet", action="store_true", help="no progress bar, errors only")
 
+    batch = commands.add_parser(
+        "batch", help="upsample every scan and section folder under a folder, resumably"
+    )
+    batch.add_argument("input_root", metavar="INPUT_ROOT")
+    batch.add_argument("output_root", metavar="OUTPUT_ROOT")
+    batch.add_argument("--method", choices=["misr", "linear", "bspline"], default="misr")
+    batch.add_argument("--pattern", metavar="GLOB", help="only inputs whose name matches")
+    batch.add_argument(
+        "--output-suffix",
+        metavar="EXT",
+        help="output format, e.g. .nii.gz or .ome.tif (default: like the input; "
+        "section folders give .ome.tif)",
+    )
+    batch.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    batch.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask distributed scheduler (or 'local' for a local cluster)",
+    )
+    target_b = batch.add_mutually_exclusive_group()
+    target_b.add_argument("--spacing", type=float, metavar="MM")
+    target_b.add_argument("--scale", type=float, metavar="R")
+    batch.add_argument("--model", metavar="CKPT")
+    batch.add_argument("--fit-seconds", type=float, metavar="S")
+    batch.add_argument("--align", action="store_true", help="align sections first")
+    batch.add_argument("--dtype", choices=["input", "float32"], default="input")
+    _add_input_geometry(batch)
+    batch.add_argument("--quiet", action="store_true")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="simulate thick slices of HR volumes and score every method"
+    )
+    evaluate.add_argument("volumes", nargs="+", metavar="HR_VOLUME")
+    evaluate.add_argument("--factor", type=float, required=True, help="thick / thin spacing")
+    evaluate.add_argument(
+        "--axis", type=int, choices=[0, 1, 2], default=2, help="array axis made thick (default 2)"
+    )
+    evaluate.add_argument("--profile", choices=["boxcar", "gaussian"], default="boxcar")
+    evaluate.add_argument(
+        "--methods",
+        default="misr,linear,bspline",
+        help="comma-separated methods (default misr,linear,bspline)",
+    )
+    evaluate.add_argument("--mask", metavar="VOLUME", help="evaluation mask (default: Otsu)")
+    evaluate.add_argument("--model", metavar="CKPT")
+    evaluate.add_argument("--fit-seconds", type=float, metavar="S")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--out", required=True, metavar="REPORT_DIR")
+    evaluate.add_argument("--quiet", action="store_true")
+
+    compare = commands.add_parser(
+        "compare", help="figure of the same world planes through an input and its outputs"
+    )
+    compare.add_argument("low", metavar="IN_LOW")
+    compare.add_argument("outputs", nargs="+", metavar="OUT")
+    compare.add_argument("--out", required=True, metavar="FIG.png")
+    compare.add_argument("--quiet", action="store_true")
+
     info = commands.add_parser("info", help="print shape, spacing, orientation and thick axis")
     info.add_argument("input")
     _add_input_geometry(info)
@@ -145,6 +207,7 @@ def _run_upsample(args: argparse.Namespace) -> int:
         input_unit=args.input_unit,
         keep_dtype=args.dtype == "input",
         overwrite=args.overwrite,
+        align=args.align,
         **options,
     )
     if not args.quiet:
@@ -174,6 +237,97 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     if not args.quiet:
         print(f"checkpoint: {Path(args.out) / 'checkpoints' / 'latest.pt'}")
+    return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from medsr.batch import discover, run_batch
+    from medsr.inference import DEFAULT_FIT_SECONDS
+
+    settings = {
+        "method": args.method,
+        "spacing": args.spacing,
+        "scale": args.scale,
+        "input_spacing": args.input_spacing,
+        "input_unit": args.input_unit,
+        "keep_dtype": args.dtype == "input",
+        "align": args.align,
+    }
+    if args.method == "misr":
+        fit = DEFAULT_FIT_SECONDS if args.fit_seconds is None else args.fit_seconds
+        settings.update(model=args.model, fit_seconds=fit, device="cpu")
+    total = (
+        len(
+            discover(
+                Path(args.input_root), Path(args.output_root), args.pattern, args.output_suffix
+            )
+        )
+        if Path(args.input_root).is_dir()
+        else 0
+    )
+    bar = tqdm(total=total, disable=args.quiet, unit="input", desc="batch")
+
+    def done(entry: dict) -> None:
+        bar.update(1)
+        if entry["status"] != "done":
+            bar.write(f"failed: {entry['input']}: {entry.get('error', '')}")
+
+    entries = run_batch(
+        args.input_root,
+        args.output_root,
+        settings=settings,
+        pattern=args.pattern,
+        suffix=args.output_suffix,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        on_done=done,
+    )
+    bar.close()
+    failed = [k for k, e in entries.items() if e["status"] != "done"]
+    if not args.quiet:
+        print(
+            f"{len(entries) - len(failed)} done, {len(failed)} failed; manifest in "
+            f"{Path(args.output_root) / 'medsr_manifest.json'}"
+        )
+    return 1 if failed else 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from medsr.inference import DEFAULT_FIT_SECONDS
+    from medsr.report import run_evaluation
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    fit = DEFAULT_FIT_SECONDS if args.fit_seconds is None else args.fit_seconds
+    misr = {
+        "model": args.model,
+        "fit_seconds": fit,
+        "device": args.device,
+        "progress": not args.quiet,
+    }
+    run_evaluation(
+        args.volumes,
+        args.out,
+        factor=args.factor,
+        axis=args.axis,
+        profile=args.profile,
+        methods=methods,
+        mask_path=args.mask,
+        misr_options=misr,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(f"wrote {args.out}/report.md, metrics.csv, metrics.json and figures")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from medsr.report import run_compare
+
+    path = run_compare(args.low, args.outputs, args.out)
+    if not args.quiet:
+        print(f"wrote {path}")
     return 0
 
 
@@ -218,7 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.captureWarnings(True)
     from medsr.errors import MedsrError
 
-    handlers = {"upsample": _run_upsample, "train": _run_train, "info": _run_info}
+    handlers = {
+        "batch": _run_batch,
+        "upsample": _run_upsample,
+        "train": _run_train,
+        "evaluate": _run_evaluate,
+        "compare": _run_compare,
+        "info": _run_info,
+    }
     try:
         return handlers[args.command](args)
     except MedsrError as error:

@@ -51,8 +51,8 @@ class LossConfig:
             cache (see `medsr.losses.find_vgg_weights`).
     """
 
-    perceptual_weight: float = 0.01
-    adversarial_weight: float = 0.001
+    perceptual_weight: float = 0.003
+    adversarial_weight: float = 0.0001
     perceptual_layer: Literal["relu1_2", "relu2_2", "relu3_3"] = "relu2_2"
     vgg_weights: str | None = None
 

@@ -179,9 +179,14 @@ def upsample_file(
     input_unit: Unit | None = None,
     keep_dtype: bool = True,
     overwrite: bool = False,
+    align: bool = False,
     **misr_options,
 ) -> Path:
     """Read, upsample and write one volume; the input file is never modified.
+
+    With `align`, consecutive sections (slices along the thick axis) are first aligned rigidly
+    (`medsr.alignment`) and the transforms are written beside the output
+    (``<output>.transforms.json``).
 
     Raises:
         MedsrError: bad input, an isotropic input without an explicit target, an output that
@@ -202,6 +207,13 @@ def upsample_file(
             f"'{input_path}' is already isotropic ({spacing_text} {volume.unit}); "
             "nothing written (give --spacing or --scale to resample anyway)"
         )
+    records = None
+    if align:
+        from medsr.alignment import align_sections
+        from medsr.geometry import thick_axis
+
+        sections_axis = thick_axis(volume.affine) if axis is None else axis
+        volume, records = align_sections(volume, axis=sections_axis)
     result = upsample_volume(
         volume,
         method=method,
@@ -211,4 +223,9 @@ def upsample_file(
         keep_dtype=keep_dtype,
         **misr_options,
     )
-    return write_volume(result, output, overwrite=overwrite)
+    written = write_volume(result, output, overwrite=overwrite)
+    if records is not None:
+        from medsr.alignment import save_transforms
+
+        save_transforms(records, written.with_name(written.name + ".transforms.json"))
+    return written

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from monai.losses import PatchAdversarialLoss
 from torch import nn
 
@@ -93,12 +92,13 @@ def load_vgg_features(path: str | os.PathLike[str] | None, layer: str) -> VGGFea
 
 
 class PerceptualLoss(nn.Module):
-    """Distance between VGG16 features of prediction and target (Johnson et al., ECCV 2016).
+    """Relative distance between VGG16 features of prediction and target (Johnson et al.,
+    ECCV 2016): ``mean((f(pred) - f(target))**2) / mean(f(target)**2)``.
 
-    Features are unit-normalised along channels at each position before the squared distance
-    (as in LPIPS, Zhang et al. CVPR 2018, without learned weights), so the loss lies in [0, 4]
-    whatever the layer, and `perceptual_weight` keeps its meaning across layers. 0 for identical
-    inputs; it grows with blur.
+    Dividing by the target's feature energy makes the loss scale-free (so `perceptual_weight`
+    keeps its meaning across layers and intensity ranges) without normalising each position to
+    unit length, which would turn the near-zero features of background into noise-driven unit
+    vectors. 0 for identical inputs; it grows with blur.
     """
 
     def __init__(self, features: VGGFeatures) -> None:
@@ -106,9 +106,9 @@ class PerceptualLoss(nn.Module):
         self.features = features
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        pred_features = F.normalize(self.features(pred), dim=1, eps=1e-6)
-        target_features = F.normalize(self.features(target), dim=1, eps=1e-6)
-        return (pred_features - target_features).pow(2).sum(dim=1).mean()
+        target_features = self.features(target)
+        energy = target_features.pow(2).mean().clamp_min(1e-8)
+        return (self.features(pred) - target_features).pow(2).mean() / energy
 
 
 class AdversarialLoss(nn.Module):

@@ -309,6 +309,8 @@ class Trainer:
             log.write(row)
             bar.update(1)
             bar.set_postfix({k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items()})
+            if self.run_dir and self.step == train.warmup_steps:
+                self.save_checkpoint(self.run_dir / "checkpoints" / "warmup.pt")  # MSE-only model
             if self.run_dir and (
                 self.step % train.checkpoint_every == 0 or self.step == train.steps
             ):

@@ -6,7 +6,8 @@ factor 2.5-5), writes it as NIfTI, and runs every method as its own process (as 
 that wall time and peak memory (max RSS of that process) are end to end. Outputs lie on the
 high-resolution grid by construction (docs/geometry.md) and are scored against the truth inside a
 head mask (Otsu, closed, filled): PSNR, 3D SSIM, and an edge-sharpness ratio (mean through-plane
-gradient magnitude of the output over that of the truth, inside the mask; 1 = as sharp as truth).
+gradient magnitude of the output over that of the truth, inside the mask; 1 = as sharp as truth)
+and HFEN (relative error of Laplacian-of-Gaussian filtered images; lower is better).
 
 Usage: python pipelines/benchmark_mri.py [--data ../shared/data/mri] [--fit-seconds 45]
            [--cases all|quick] [--out docs/benchmark_mri.csv]
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from medsr.io import Volume, read_volume, write_volume
-from medsr.metrics import foreground_mask, psnr, ssim
+from medsr.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
 from medsr.transforms import simulate_thick_slices, thick_slice_affine
 
 # (volume file, factor, profile, thick array axis)
@@ -93,14 +94,6 @@ def method_command(method: str, source: Path, output: Path, fit_seconds: float) 
     return command + (["--fit-seconds", str(fit_seconds)] if method == "misr" else [])
 
 
-def sharpness(image: np.ndarray, axis: int, mask: np.ndarray) -> float:
-    return float(
-        np.abs(np.diff(image, axis=axis))[
-            np.take(mask, np.arange(mask.shape[axis] - 1), axis=axis)
-        ].mean()
-    )
-
-
 def run_smore(source: Path, output: Path, fit_seconds: float) -> None:
     """The SMORE-style baseline as one process: fit on the scan, reconstruct, write."""
     import torch
@@ -138,7 +131,6 @@ def benchmark(data: Path, cases: list, fit_seconds: float, rows_out: Path | None
             source = write_volume(thick, Path(folder) / "thick.nii.gz", overwrite=True)
             mask = foreground_mask(truth)
             data_range = float(truth.max() - truth.min())
-            truth_sharpness = sharpness(truth, axis, mask)
             for method in METHODS:
                 output = Path(folder) / f"{method}.nii.gz"
                 seconds, memory = run_timed(method_command(method, source, output, fit_seconds))
@@ -153,7 +145,8 @@ def benchmark(data: Path, cases: list, fit_seconds: float, rows_out: Path | None
                         "method": method,
                         "psnr": psnr(pred, truth, data_range=data_range, mask=mask),
                         "ssim": ssim(pred, truth, data_range=data_range, mask=mask),
-                        "sharpness": sharpness(pred, axis, mask) / truth_sharpness,
+                        "sharpness": sharpness_ratio(pred, truth, axis=axis, mask=mask),
+                        "hfen": hfen(pred, truth, mask=mask),
                         "seconds": seconds,
                         "peak_mib": memory,
                     }
@@ -177,9 +170,9 @@ def print_markdown(rows: list[dict]) -> None:
     print(f"\nmachine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores\n")
     print(
         "| volume | factor | profile | axis | method | PSNR (dB) | ΔPSNR vs B-spline | SSIM "
-        "| sharpness | time (s) | peak RSS (MiB) |"
+        "| HFEN | sharpness | time (s) | peak RSS (MiB) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     reference = {
         (r["volume"], r["factor"], r["profile"], r["axis"]): r
         for r in rows
@@ -190,7 +183,8 @@ def print_markdown(rows: list[dict]) -> None:
         print(
             f"| {r['volume']} | {r['factor']} | {r['profile']} | {r['axis']} | {r['method']} | "
             f"{r['psnr']:.2f} | {r['psnr'] - ref['psnr']:+.2f} | {r['ssim']:.4f} | "
-            f"{r['sharpness']:.3f} | {r['seconds']:.1f} | {r['peak_mib']:.0f} |"
+            f"{r['hfen']:.3f} | {r['sharpness']:.3f} | {r['seconds']:.1f} | "
+            f"{r['peak_mib']:.0f} |"
         )
     for method in METHODS:
         mine = [r for r in rows if r["method"] == method]

@@ -18,18 +18,18 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from benchmark_mri import sharpness, thicken
+from benchmark_mri import thicken
 
 from medsr.cli import main as medsr_main
 from medsr.inference import upsample_volume
 from medsr.io import read_volume
-from medsr.metrics import foreground_mask, psnr, ssim
+from medsr.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
 
 VARIANTS = {  # name: (k, perceptual weight, adversarial weight)
     "k=1, MSE only": (1, 0.0, 0.0),
     "k=3, MSE only": (3, 0.0, 0.0),
-    "k=1, MSE + VGG + GAN": (1, 0.01, 0.001),
-    "k=3, MSE + VGG + GAN": (3, 0.01, 0.001),
+    "k=1, MSE + VGG + GAN": (1, 0.003, 0.0001),
+    "k=3, MSE + VGG + GAN": (3, 0.003, 0.0001),
 }
 
 
@@ -61,11 +61,12 @@ def main() -> None:
         return (
             f"{psnr(array, truth, data_range=data_range, mask=mask):.2f} | "
             f"{ssim(array, truth, data_range=data_range, mask=mask):.4f} | "
-            f"{sharpness(array, 2, mask) / sharpness(truth, 2, mask):.3f}"
+            f"{hfen(array, truth, mask=mask):.3f} | "
+            f"{sharpness_ratio(array, truth, axis=2, mask=mask):.3f}"
         )
 
-    print("| model | PSNR (dB) | SSIM | sharpness | s / 1,000 steps (MSE / GAN phase) |")
-    print("|---|---|---|---|---|")
+    print("| model | PSNR (dB) | SSIM | HFEN | sharpness | s / 1,000 steps (MSE / GAN phase) |")
+    print("|---|---|---|---|---|---|")
     for method in ("linear", "bspline"):
         result = upsample_volume(thick, method=method, keep_dtype=False)
         print(f"| {method} | {score(result.array)} | |", flush=True)

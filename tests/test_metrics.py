@@ -42,3 +42,15 @@ def test_foreground_mask_finds_the_object():
     mask = foreground_mask(array)
     assert mask[15, 15, 15] and not mask[0, 0, 0]
     assert abs(int(mask.sum()) - 14**3) < 0.1 * 14**3
+
+
+def test_hfen_and_sharpness_rank_blur():
+    from medsr.metrics import hfen, sharpness_ratio
+
+    target = phantom_array((24, 24, 24))
+    assert hfen(target, target) == 0.0
+    assert sharpness_ratio(target, target, axis=2) == pytest.approx(1.0)
+    soft = ndimage.gaussian_filter1d(target, 1.0, axis=2)
+    softer = ndimage.gaussian_filter1d(target, 2.5, axis=2)
+    assert 0 < hfen(soft, target) < hfen(softer, target)
+    assert sharpness_ratio(softer, target, axis=2) < sharpness_ratio(soft, target, axis=2) < 1

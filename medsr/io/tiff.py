@@ -9,6 +9,7 @@ metadata (z spacing and unit) with the X/YResolution tags, or a ``series.json`` 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -31,6 +32,8 @@ _UNIT_NAMES = {
     "millimetre": "mm",
 }
 _OME_UNITS = {"um": "µm", "mm": "mm"}
+
+logger = logging.getLogger(__name__)
 
 
 def natural_key(name: str) -> list[object]:
@@ -113,34 +116,81 @@ def _read_section(path: Path) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as image:
+            image.load()
             return np.asarray(image.convert("RGB") if image.mode not in ("L", "I;16") else image)
     except Exception as error:  # any decoder failure names the section
         raise MedsrError(f"cannot read section '{path}': {error}") from error
 
 
+ORDER_FILE = "order.txt"
+
+
 def list_sections(directory: Path) -> list[Path]:
-    """Section image files in `directory`, in natural sort order."""
+    """Section image files in `directory`: in the order of ``order.txt`` (one file name per line,
+    ``#`` comments) when present, else in natural sort order."""
+    order = directory / ORDER_FILE
+    if order.exists():
+        names = [line.strip() for line in order.read_text().splitlines()]
+        files = [directory / name for name in names if name and not name.startswith("#")]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise MedsrError(f"section(s) listed in '{order}' are missing: {', '.join(missing)}")
+        return files
     files = [p for p in directory.iterdir() if p.suffix.lower() in SECTION_SUFFIXES]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _border_value(section: np.ndarray) -> np.ndarray:
+    """Median of the outermost pixels: the slide background (white for H&E, dark for
+    fluorescence), used to pad smaller sections so that padding looks like empty glass."""
+    border = np.concatenate([section[0], section[-1], section[:, 0], section[:, -1]])
+    return np.median(border, axis=0).astype(section.dtype)
+
+
+def pad_sections(sections: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
+    """Centre every section on the largest height and width, padding with its background."""
+    height = max(s.shape[0] for s in sections)
+    width = max(s.shape[1] for s in sections)
+    padded, changed = [], []
+    for name, section in zip(names, sections, strict=True):
+        if section.shape[:2] == (height, width):
+            padded.append(section)
+            continue
+        top, left = (height - section.shape[0]) // 2, (width - section.shape[1]) // 2
+        canvas = np.empty((height, width, *section.shape[2:]), dtype=section.dtype)
+        canvas[...] = _border_value(section)
+        canvas[top : top + section.shape[0], left : left + section.shape[1]] = section
+        padded.append(canvas)
+        changed.append(name)
+    if changed:
+        logger.warning(
+            "padded %d of %d sections to %dx%d with their background: %s",
+            len(changed),
+            len(sections),
+            height,
+            width,
+            ", ".join(changed),
+        )
+    return padded
 
 
 def read_section_folder(
     directory: Path, spacing: list[float] | None = None, unit: Unit | None = None
 ) -> Volume:
-    """Read a folder of 2D section images (naturally sorted) as one stack.
+    """Read a folder of 2D section images as one stack.
 
-    Spacing comes from `spacing` or from ``series.json`` (``{"spacing": [x, y, z], "unit": "um"}``).
+    Order: ``order.txt`` or natural sort. Sections of unequal size are centred and padded with
+    their background (a warning says which). Spacing comes from `spacing` or from ``series.json``
+    (``{"spacing": [x, y, z], "unit": "um"}``).
     """
     files = list_sections(directory)
     if not files:
         raise MedsrError(f"no section images ({', '.join(SECTION_SUFFIXES)}) in '{directory}'")
     sections = [_read_section(path) for path in files]
-    for path, section in zip(files, sections, strict=True):
-        if section.shape != sections[0].shape:
-            raise MedsrError(
-                f"section '{path.name}' has shape {section.shape}, "
-                f"the first has {sections[0].shape}"
-            )
+    kinds = {(s.ndim, s.shape[2] if s.ndim == 3 else 1) for s in sections}
+    if len(kinds) > 1:
+        raise MedsrError(f"sections in '{directory}' mix grey and colour images")
+    sections = pad_sections(sections, [f.name for f in files])
     sidecar = directory / "series.json"
     if spacing is None and sidecar.exists():
         info = json.loads(sidecar.read_text())

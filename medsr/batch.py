@@ -1,0 +1,236 @@
+"""`medsr batch`: every scan file and every section-series folder under INPUT_ROOT becomes an
+output under OUTPUT_ROOT at the same relative path.
+
+A manifest (``OUTPUT_ROOT/medsr_manifest.json``) records, per input, its checksum, the settings,
+the output and its checksum, the status ('done' or 'failed' with the error) and the time. A rerun
+skips inputs that are done with the same input checksum and settings and whose output still
+exists; failures are retried. One failing input never stops the others. Work runs in local worker
+processes, or on an existing Dask distributed cluster (``--scheduler ADDRESS``, or ``local`` for
+a local cluster) with the same task function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+from medsr.errors import MedsrError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "medsr_manifest.json"
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".tif", ".tiff")
+SECTION_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One input and where its output goes."""
+
+    source: str
+    output: str
+    key: str  # the input's path relative to INPUT_ROOT
+
+
+def _is_series(folder: Path) -> bool:
+    files = [p for p in folder.iterdir() if p.is_file()]
+    has_sections = sum(p.suffix.lower() in SECTION_SUFFIXES for p in files) >= 2
+    return (
+        (folder / "series.json").exists()
+        or (folder / "order.txt").exists()
+        or has_sections
+        or any(p.suffix.lower() == ".dcm" for p in files)
+    )
+
+
+def discover(
+    input_root: Path, output_root: Path, pattern: str | None, suffix: str | None
+) -> list[Task]:
+    """Scan files and series folders under `input_root` (a series folder is one input)."""
+    tasks, series = [], []
+    for folder, subfolders, files in os.walk(input_root):
+        folder = Path(folder)
+        if folder != input_root and _is_series(folder):
+            series.append(folder)
+            subfolders.clear()
+            continue
+        for name in sorted(files):
+            lower = name.lower()
+            if not lower.endswith(VOLUME_SUFFIXES) or name == MANIFEST:
+                continue
+            if pattern and not fnmatch(name, pattern):
+                continue
+            tasks.append(folder / name)
+    tasks += [s for s in series if not pattern or fnmatch(s.name, pattern)]
+    result = []
+    for source in sorted(tasks):
+        relative = source.relative_to(input_root)
+        out_suffix = suffix or _default_suffix(source)
+        stem = relative.name
+        for known in sorted(VOLUME_SUFFIXES + (".ome.tif", ".ome.tiff"), key=len, reverse=True):
+            if stem.lower().endswith(known):
+                stem = stem[: -len(known)]
+                break
+        output = output_root / relative.parent / (stem + out_suffix)
+        result.append(Task(str(source), str(output), str(relative)))
+    return result
+
+
+def _default_suffix(source: Path) -> str:
+    if source.is_dir():
+        return (
+            ".ome.tif"
+            if not any(p.suffix.lower() == ".dcm" for p in source.iterdir())
+            else ".nii.gz"
+        )
+    name = source.name.lower()
+    if name.endswith((".tif", ".tiff")):
+        return ".ome.tif"
+    if name.endswith(".dcm"):
+        return ".nii.gz"
+    return next(s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if name.endswith(s))
+
+
+def checksum(path: str | Path) -> str:
+    """SHA-256 of a file, or of a folder's files (names and contents, sorted)."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for item in files:
+        digest.update(str(item.relative_to(path) if path.is_dir() else item.name).encode())
+        with item.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def process_one(task: Task, settings: dict) -> dict:
+    """Run one input (in a worker process or on a cluster); never raises."""
+    import torch
+
+    from medsr.inference import upsample_file
+
+    torch.set_num_threads(max(1, settings.pop("threads", 1)))
+    start = time.perf_counter()
+    record = {"input": task.key, "output": task.output, "input_sha256": checksum(task.source)}
+    try:
+        Path(task.output).parent.mkdir(parents=True, exist_ok=True)
+        align = settings.pop("align", False)
+        output = upsample_file(task.source, task.output, overwrite=True, align=align, **settings)
+        record.update(status="done", output_sha256=checksum(output))
+    except MedsrError as error:
+        record.update(status="failed", error=str(error))
+    except Exception as error:  # a bug or an unexpected library error must not stop the batch
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    return record
+
+
+def _load_manifest(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text()).get("inputs", {})
+    except (json.JSONDecodeError, AttributeError):
+        logger.warning("manifest '%s' is unreadable; starting afresh", path)
+        return {}
+
+
+def _save_manifest(path: Path, entries: dict, settings: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({"settings": settings, "inputs": entries}, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def run_batch(
+    input_root: str | os.PathLike[str],
+    output_root: str | os.PathLike[str],
+    *,
+    settings: dict,
+    pattern: str | None = None,
+    suffix: str | None = None,
+    workers: int = 2,
+    scheduler: str | None = None,
+    on_done: Callable[[dict], None] | None = None,
+) -> dict:
+    """Process every input not already done; returns the manifest's entries."""
+    input_root, output_root = Path(input_root), Path(output_root)
+    if not input_root.is_dir():
+        raise MedsrError(f"input folder not found: '{input_root}'")
+    output_root.mkdir(parents=True, exist_ok=True)
+    manifest_path = output_root / MANIFEST
+    entries = _load_manifest(manifest_path)
+    settings_key = json.dumps(settings, sort_keys=True)
+    tasks = discover(input_root, output_root, pattern, suffix)
+    if not tasks:
+        raise MedsrError(f"no scans or section folders under '{input_root}'")
+    todo = []
+    for task in tasks:
+        entry = entries.get(task.key)
+        if (
+            entry
+            and entry.get("status") == "done"
+            and entry.get("settings") == settings_key
+            and Path(task.output).exists()
+            and entry.get("input_sha256") == checksum(task.source)
+        ):
+            logger.info("skip %s (done)", task.key)
+            if on_done:
+                on_done(entry)
+            continue
+        todo.append(task)
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+
+    def record(result: dict) -> None:
+        result["settings"] = settings_key
+        entries[result["input"]] = result
+        _save_manifest(manifest_path, entries, settings)  # after every input: resumable
+        if on_done:
+            on_done(result)
+
+    job_settings = [dict(settings, threads=threads) for _ in todo]
+    if scheduler:
+        _run_on_dask(todo, job_settings, scheduler, workers, record)
+    elif workers <= 1:
+        for task, options in zip(todo, job_settings, strict=True):
+            record(process_one(task, options))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [
+                pool.submit(process_one, t, o) for t, o in zip(todo, job_settings, strict=True)
+            ]
+            for future in as_completed(futures):
+                record(future.result())
+    return entries
+
+
+def _run_on_dask(tasks, job_settings, scheduler: str, workers: int, record) -> None:
+    try:
+        from dask.distributed import Client, LocalCluster
+        from dask.distributed import as_completed as dask_completed
+    except ImportError as error:
+        raise MedsrError("--scheduler needs Dask: pip install 'medsr[distributed]'") from error
+    cluster = None
+    if scheduler == "local":
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        futures = client.map(process_one, tasks, job_settings, pure=False)
+        for future in dask_completed(futures):
+            record(future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
