@@ -257,7 +257,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     }
     if args.method == "misr":
         fit = DEFAULT_FIT_SECONDS if args.fit_seconds is None else args.fit_seconds
-        settings.update(model=args.model, fit_seconds=fit, device="cpu")
+        settings.update(model=args.model, fit_seconds=fit, device="auto")
     total = (
         len(
             discover(

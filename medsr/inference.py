@@ -59,7 +59,7 @@ def upsample_misr(
     from medsr.reconstruction import reconstruct
     from medsr.runtime import resolve_device
     from medsr.training import load_generator
-    from medsr.transforms import intensity_range, normalise_intensity, restore_intensity
+    from medsr.transforms import intensity_range, normalise_intensity
 
     torch_device = resolve_device(device)
     generator, config = load_generator(model or default_model_path(), torch_device)
@@ -98,7 +98,9 @@ def upsample_misr(
             batch_size=batch_size,
             on_batch=bar.update,
         )
-        results.append(restore_intensity(out, low, high))
+        out *= high - low  # back to input units in place: the output is the largest buffer
+        out += low
+        results.append(out)
     bar.close()
     return results[0] if len(results) == 1 else np.stack(results, axis=3)
 

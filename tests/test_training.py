@@ -20,6 +20,11 @@ def hr_path(tmp_path, hr_volume):
     return write_volume(hr_volume, tmp_path / "hr.nii.gz")
 
 
+def _sets(*fields: str) -> list[str]:
+    """``--set`` options for each ``section.field=value``."""
+    return [item for field in fields for item in ("--set", field)]
+
+
 def _with_steps(config, steps):
     return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps))
 
@@ -63,31 +68,33 @@ def test_resume_continues_bit_for_bit(tmp_path, hr_path, hr_volume, tiny_config)
 
 def test_cli_train_resume_extends_steps(tmp_path, hr_path):
     run = tmp_path / "run"
-    tiny = [
-        "--set",
+    tiny = _sets(
         "model.num_features=4",
-        "--set",
         "model.num_blocks=1",
-        "--set",
         "model.scales=[2,3]",
-        "--set",
         "data.factors=[2]",
-        "--set",
         "data.batch_size=2",
-        "--set",
         "data.patch_width=8",
-        "--set",
         "data.patch_slices=4",
-        "--set",
         "loss.perceptual_weight=0",
-        "--set",
         "loss.adversarial_weight=0",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
+    )
     assert (
-        main(["train", "--data", str(hr_path), "--out", str(run), "--set", "train.steps=1", *tiny])
+        main(
+            [
+                "train",
+                "--data",
+                str(hr_path),
+                "--out",
+                str(run),
+                "--set",
+                "train.steps=1",
+                "--device",
+                "cpu",
+                "--quiet",
+                *tiny,
+            ]
+        )
         == 0
     )
     assert (
@@ -177,30 +184,20 @@ def test_two_process_gloo_run_completes(tmp_path, hr_path):
         "--device",
         "cpu",
         "--quiet",
-        "--set",
-        "train.steps=2",
-        "--set",
-        "train.warmup_steps=1",
-        "--set",
-        "model.num_features=4",
-        "--set",
-        "model.num_blocks=1",
-        "--set",
-        "model.scales=[2,3]",
-        "--set",
-        "data.factors=[2,3]",
-        "--set",
-        "data.batch_size=2",
-        "--set",
-        "data.patch_width=16",
-        "--set",
-        "data.patch_slices=8",
-        "--set",
-        "loss.perceptual_weight=0",
-        "--set",
-        "model.discriminator_channels=4",
-        "--set",
-        "model.discriminator_layers=2",
+        *_sets(
+            "train.steps=2",
+            "train.warmup_steps=1",
+            "model.num_features=4",
+            "model.num_blocks=1",
+            "model.scales=[2,3]",
+            "data.factors=[2,3]",
+            "data.batch_size=2",
+            "data.patch_width=16",
+            "data.patch_slices=8",
+            "loss.perceptual_weight=0",
+            "model.discriminator_channels=4",
+            "model.discriminator_layers=2",
+        ),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
