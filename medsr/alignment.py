@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medsr.io import Volume
+from medsr.io.tiff import border_value
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ def _resample(section: np.ndarray, transform: sitk.Transform) -> np.ndarray:
     out = []
     for channel in channels:
         image = sitk.GetImageFromArray(np.ascontiguousarray(channel.T, dtype=np.float32))
-        border = np.concatenate([channel[0], channel[-1], channel[:, 0], channel[:, -1]])
-        moved = sitk.Resample(image, image, transform, sitk.sitkLinear, float(np.median(border)))
+        moved = sitk.Resample(
+            image, image, transform, sitk.sitkLinear, float(border_value(channel))
+        )
         out.append(sitk.GetArrayFromImage(moved).T)
     result = out[0] if section.ndim == 2 else np.stack(out, axis=2)
     if np.issubdtype(section.dtype, np.integer):

@@ -23,12 +23,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from medsr.errors import MedsrError
+from medsr.io import VOLUME_SUFFIXES, default_output_suffix, split_volume_name
+from medsr.io.tiff import SECTION_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "medsr_manifest.json"
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".tif", ".tiff")
-SECTION_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -73,30 +73,10 @@ def discover(
     result = []
     for source in sorted(tasks):
         relative = source.relative_to(input_root)
-        out_suffix = suffix or _default_suffix(source)
-        stem = relative.name
-        for known in sorted(VOLUME_SUFFIXES + (".ome.tif", ".ome.tiff"), key=len, reverse=True):
-            if stem.lower().endswith(known):
-                stem = stem[: -len(known)]
-                break
-        output = output_root / relative.parent / (stem + out_suffix)
+        stem, _ = split_volume_name(relative)
+        output = output_root / relative.parent / (stem + (suffix or default_output_suffix(source)))
         result.append(Task(str(source), str(output), str(relative)))
     return result
-
-
-def _default_suffix(source: Path) -> str:
-    if source.is_dir():
-        return (
-            ".ome.tif"
-            if not any(p.suffix.lower() == ".dcm" for p in source.iterdir())
-            else ".nii.gz"
-        )
-    name = source.name.lower()
-    if name.endswith((".tif", ".tiff")):
-        return ".ome.tif"
-    if name.endswith(".dcm"):
-        return ".nii.gz"
-    return next(s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if name.endswith(s))
 
 
 def checksum(path: str | Path) -> str:

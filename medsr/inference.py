@@ -15,7 +15,14 @@ import numpy as np
 from medsr.baselines import upsample_baseline
 from medsr.errors import MedsrError
 from medsr.geometry import ISOTROPY_TOLERANCE, OutputGrid, anisotropy, plan_output_grid
-from medsr.io import Volume, read_volume, volume_format, write_volume
+from medsr.io import (
+    Volume,
+    default_output_suffix,
+    read_volume,
+    split_volume_name,
+    volume_format,
+    write_volume,
+)
 from medsr.io.volume import Unit
 
 logger = logging.getLogger(__name__)
@@ -155,18 +162,9 @@ def upsample_volume(
 
 
 def default_output_path(input_path: Path, method: str) -> Path:
-    """``scan.nii.gz`` -> ``scan_misr.nii.gz`` beside it; folders and DICOM give NIfTI."""
-    if input_path.is_dir():
-        return input_path.parent / f"{input_path.name}_{method}.nii.gz"
-    name = input_path.name
-    fmt = volume_format(input_path)
-    suffixes = {"nifti": (".nii.gz", ".nii"), "tiff": (".ome.tiff", ".ome.tif", ".tiff", ".tif")}
-    for suffix in suffixes.get(fmt, (input_path.suffix,)):
-        if name.lower().endswith(suffix):
-            stem = name[: -len(suffix)]
-            break
-    new_suffix = {"tiff": ".ome.tif", "dicom": ".nii.gz"}.get(fmt, suffix)
-    return input_path.parent / f"{stem}_{method}{new_suffix}"
+    """``scan.nii.gz`` -> ``scan_misr.nii.gz`` beside it (format: `default_output_suffix`)."""
+    stem, _ = split_volume_name(input_path)
+    return input_path.parent / f"{stem}_{method}{default_output_suffix(input_path)}"
 
 
 def upsample_file(

@@ -22,7 +22,7 @@ from medsr.evaluation import (
 )
 from medsr.figures import comparison_figure
 from medsr.inference import upsample_volume
-from medsr.io import read_volume
+from medsr.io import read_volume, split_volume_name
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +30,7 @@ _HEADERS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "hfen": "HFEN ↓", "sharpness"
 
 
 def _volume_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".ome.tif", ".tif", ".tiff"):
-        name = name.removesuffix(suffix)
-    return name
+    return split_volume_name(path)[0]
 
 
 def _markdown(rows: list[dict], notes: list[str], figures: list[str]) -> str:

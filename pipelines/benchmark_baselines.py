@@ -21,19 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
+from medsr.evaluation import simulate_acquisition
 from medsr.inference import upsample_volume
 from medsr.io import Volume, read_volume
 from medsr.metrics import foreground_mask, psnr, ssim
-from medsr.transforms import simulate_thick_slices, thick_slice_affine
 
 
 def _cases(data: Path) -> list[tuple[str, Volume, np.ndarray | None]]:
     sample = read_volume(Path(__file__).parents[1] / "sample_data" / "dipy_aniso_vox.nii.gz")
     b0 = read_volume(data / "heudiconv_b0_1.5mm_run1.nii.gz")
-    truth = b0.array.astype(np.float32)
-    thick = simulate_thick_slices(truth, 2, 3)
-    truth = truth[:, :, : thick.shape[2] * 3]
-    b0_thick = Volume(array=thick, affine=thick_slice_affine(b0.affine, 2, 3))
+    acquisition = simulate_acquisition(b0, factor=3, axis=2)
+    b0_thick, truth = acquisition.thick, acquisition.truth.array
     rng = np.random.default_rng(0)
     synthetic = Volume(
         array=rng.random((256, 256, 64), dtype=np.float32), affine=np.diag([1.0, 1.0, 4.0, 1.0])

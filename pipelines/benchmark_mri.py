@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medsr.evaluation import simulate_acquisition
 from medsr.io import Volume, read_volume, write_volume
 from medsr.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
-from medsr.transforms import simulate_thick_slices, thick_slice_affine
 
 # (volume file, factor, profile, thick array axis)
 CASES = [
@@ -45,13 +45,8 @@ METHODS = ("misr", "smore", "linear", "bspline")
 
 def thicken(volume: Volume, factor: float, profile: str, axis: int) -> tuple[Volume, np.ndarray]:
     """Thick volume and the truth cropped to the slabs it covers (a whole number of slices)."""
-    count = volume.spatial_shape[axis]
-    slabs = int(count // factor)
-    while slabs > 0 and abs(slabs * factor - round(slabs * factor)) > 1e-6:
-        slabs -= 1
-    truth = np.take(volume.array.astype(np.float32), np.arange(round(slabs * factor)), axis=axis)
-    thick = simulate_thick_slices(truth, axis, factor, profile=profile)
-    return Volume(array=thick, affine=thick_slice_affine(volume.affine, axis, factor)), truth
+    acquisition = simulate_acquisition(volume, factor=factor, axis=axis, profile=profile)
+    return acquisition.thick, acquisition.truth.array
 
 
 def run_timed(command: list[str]) -> tuple[float, float]:

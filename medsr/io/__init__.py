@@ -19,7 +19,17 @@ import numpy as np
 from medsr.errors import MedsrError
 from medsr.io.volume import Unit, Volume, unit_scale
 
-__all__ = ["Volume", "read_volume", "write_volume", "volume_format", "set_spacing", "unit_scale"]
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "Volume",
+    "default_output_suffix",
+    "read_volume",
+    "set_spacing",
+    "split_volume_name",
+    "unit_scale",
+    "volume_format",
+    "write_volume",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +48,39 @@ _SUFFIXES = {
 }
 
 
+#: every known file suffix, longest first (so ``.nii.gz`` wins over ``.gz``-less ``.nii``)
+VOLUME_SUFFIXES: tuple[str, ...] = tuple(sorted(_SUFFIXES, key=len, reverse=True))
+
+
+def split_volume_name(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """``scan.nii.gz`` -> (``scan``, ``.nii.gz``); a folder or unknown suffix -> (name, "")."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    return name, ""
+
+
+def _is_section_folder(folder: Path) -> bool:
+    from medsr.io.tiff import SECTION_SUFFIXES
+
+    return any(p.suffix.lower() in SECTION_SUFFIXES for p in folder.iterdir())
+
+
+def default_output_suffix(path: str | os.PathLike[str]) -> str:
+    """Output format for an input: its own, except TIFF and section folders -> ``.ome.tif``
+    (physical sizes kept) and DICOM -> ``.nii.gz`` (DICOM is not written)."""
+    path = Path(path)
+    if path.is_dir():
+        return ".ome.tif" if _is_section_folder(path) else ".nii.gz"
+    fmt = volume_format(path)
+    return {"tiff": ".ome.tif", "dicom": ".nii.gz"}.get(fmt) or split_volume_name(path)[1]
+
+
 def volume_format(path: str | os.PathLike[str]) -> str:
     """Format of a file path from its extension (``nifti``, ``nrrd``, ``mha``, ``tiff``...)."""
     name = Path(path).name.lower()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+    for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix):
             return _SUFFIXES[suffix]
     known = ", ".join(sorted(_SUFFIXES))
@@ -63,7 +102,7 @@ def _read_any(path: Path, spacing: Sequence[float] | None, unit: Unit | None) ->
     from medsr.io import itk, nifti, tiff
 
     if path.is_dir():
-        if any(p.suffix.lower() in tiff.SECTION_SUFFIXES for p in path.iterdir()):
+        if _is_section_folder(path):
             return tiff.read_section_folder(path, None if spacing is None else list(spacing), unit)
         return itk.read_dicom_series(path)
     fmt = volume_format(path)

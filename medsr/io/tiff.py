@@ -140,7 +140,7 @@ def list_sections(directory: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def _border_value(section: np.ndarray) -> np.ndarray:
+def border_value(section: np.ndarray) -> np.ndarray:
     """Median of the outermost pixels: the slide background (white for H&E, dark for
     fluorescence), used to pad smaller sections so that padding looks like empty glass."""
     border = np.concatenate([section[0], section[-1], section[:, 0], section[:, -1]])
@@ -158,7 +158,7 @@ def pad_sections(sections: list[np.ndarray], names: list[str]) -> list[np.ndarra
             continue
         top, left = (height - section.shape[0]) // 2, (width - section.shape[1]) // 2
         canvas = np.empty((height, width, *section.shape[2:]), dtype=section.dtype)
-        canvas[...] = _border_value(section)
+        canvas[...] = border_value(section)
         canvas[top : top + section.shape[0], left : left + section.shape[1]] = section
         padded.append(canvas)
         changed.append(name)
