@@ -115,3 +115,11 @@ def test_upsample_with_align_writes_transforms_and_ome_tiff(tmp_path):
         assert 'PhysicalSizeZ="0.5"' in tif.ome_metadata and "µm" in tif.ome_metadata
     result = read_volume(out)
     assert result.array.dtype == np.uint8 and result.array.shape == (64, 48, 120, 3)
+
+
+def test_section_folder_default_output_is_ome_tiff(tmp_path):
+    image = _he_image()[:24, :32]
+    folder = _write_series(tmp_path / "slide", [image, image], ["1.png", "2.png"])
+    assert main(["upsample", str(folder), "--method", "linear", "--quiet"]) == 0
+    result = read_volume(tmp_path / "slide_linear.ome.tif")
+    assert result.unit == "um" and result.spatial_shape == (32, 24, 80)
