@@ -218,7 +218,7 @@ def _run_upsample(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medsr.training import resolve_config, run_training
+    from medsr.training_run import resolve_config, run_training
 
     overrides = list(args.overrides)
     if args.self_supervised:

@@ -12,7 +12,8 @@ from medsr.config import load_config
 from medsr.data import build_sampler
 from medsr.io import read_volume, write_volume
 from medsr.runtime import seed_everything
-from medsr.training import Trainer, load_generator, run_training
+from medsr.training import Trainer, load_generator
+from medsr.training_run import run_training
 
 
 @pytest.fixture

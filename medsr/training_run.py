@@ -1,0 +1,106 @@
+"""A training run on disk: expand the data paths, resolve the config (defaults, checkpoint,
+YAML, --set), and drive a `Trainer` in RUN_DIR, under torchrun or alone (``medsr train``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from medsr.config import Config, config_from_dict
+from medsr.errors import MedsrError
+from medsr.runtime import distributed_world
+from medsr.training import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def expand_data_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; a folder of volume files becomes its files (sorted); a DICOM or section
+    folder stays one volume."""
+    from medsr.io import volume_format
+
+    expanded = []
+    for item in map(Path, paths):
+        if not item.exists():
+            raise MedsrError(f"training data not found: '{item}'")
+        files = []
+        if item.is_dir():
+            for child in sorted(item.iterdir()):
+                try:
+                    if child.is_file() and volume_format(child) != "tiff":
+                        files.append(child)
+                except MedsrError:
+                    continue
+        expanded += files or [item]
+    return expanded
+
+
+def resolve_config(
+    run_dir: Path, config_path: str | None, overrides: list[str], resume: bool
+) -> Config:
+    """The run's config: defaults (or, with `resume`, the checkpoint's), then file, then --set."""
+    import yaml
+
+    from medsr.config import apply_overrides
+
+    values: dict = {}
+    latest = run_dir / "checkpoints" / "latest.pt"
+    if resume:
+        if not latest.exists():
+            raise MedsrError(f"--resume: no checkpoint at '{latest}'")
+        values = torch.load(latest, map_location="cpu", weights_only=True)["config"]
+    if config_path is not None:
+        try:
+            loaded = yaml.safe_load(Path(config_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise MedsrError(f"cannot read config '{config_path}': {error}") from error
+        for section, fields in loaded.items():
+            values.setdefault(section, {})
+            if not isinstance(fields, dict):
+                raise MedsrError(f"config {section}: expected a mapping")
+            values[section] = {**values[section], **fields}
+    return config_from_dict(apply_overrides(values, overrides))
+
+
+def run_training(
+    data_paths: list,
+    run_dir: str | os.PathLike[str],
+    config: Config,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Read the data, train (resuming from ``RUN_DIR/checkpoints/latest.pt`` if asked), and
+    save the resolved config in RUN_DIR. Works under torchrun (one process per rank)."""
+    from medsr.config import save_config
+    from medsr.data import build_sampler
+    from medsr.io import read_volume
+    from medsr.runtime import close_distributed, init_distributed, resolve_device, seed_everything
+
+    run_dir = Path(run_dir)
+    if not resume and (run_dir / "checkpoints" / "latest.pt").exists():
+        raise MedsrError(
+            f"'{run_dir}' already holds a run; use --resume to continue it or choose another --out"
+        )
+    rank, local_rank, world = distributed_world()
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+    init_distributed(device)
+    try:
+        seed_everything(config.train.seed + rank)
+        volumes = [(read_volume(path), path.name) for path in expand_data_paths(data_paths)]
+        sampler = build_sampler(volumes, config.data, config.model.neighbours)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(config, sampler, device, run_dir)
+        if resume:
+            trainer.load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+            logger.info("resumed at step %d", trainer.step)
+        if rank == 0:
+            save_config(config, run_dir / "config.yaml")
+        return trainer.fit(progress=progress)
+    finally:
+        close_distributed()
