@@ -89,6 +89,17 @@ def interpolate_along_axis(
     return np.moveaxis(out, 0, axis)
 
 
+def interpolation_matrix(
+    count: int, positions: np.ndarray, method: BaselineMethod = "bspline"
+) -> np.ndarray:
+    """(M, count) matrix applying `interpolate_along_axis` to `count` samples.
+
+    Interpolation is linear in the samples, so interpolating the identity gives the matrix;
+    networks use it to apply the exact baseline to tensors.
+    """
+    return interpolate_along_axis(np.eye(count), np.asarray(positions, np.float64), 0, method)
+
+
 def upsample_baseline(
     volume: Volume, grid: OutputGrid, method: BaselineMethod, *, keep_dtype: bool = True
 ) -> Volume:

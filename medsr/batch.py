@@ -103,8 +103,7 @@ def process_one(task: Task, settings: dict) -> dict:
     record = {"input": task.key, "output": task.output, "input_sha256": checksum(task.source)}
     try:
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
-        align = settings.pop("align", False)
-        output = upsample_file(task.source, task.output, overwrite=True, align=align, **settings)
+        output = upsample_file(task.source, task.output, overwrite=True, **settings)
         record.update(status="done", output_sha256=checksum(output))
     except MedsrError as error:
         record.update(status="failed", error=str(error))
@@ -139,9 +138,14 @@ def run_batch(
     suffix: str | None = None,
     workers: int = 2,
     scheduler: str | None = None,
+    on_start: Callable[[int], None] | None = None,
     on_done: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Process every input not already done; returns the manifest's entries."""
+    """Process every input not already done; returns the manifest's entries.
+
+    `on_start` receives the number of inputs found (skipped ones included), `on_done` every
+    record, skipped or new, as it is settled.
+    """
     input_root, output_root = Path(input_root), Path(output_root)
     if not input_root.is_dir():
         raise MedsrError(f"input folder not found: '{input_root}'")
@@ -152,6 +156,8 @@ def run_batch(
     tasks = discover(input_root, output_root, pattern, suffix)
     if not tasks:
         raise MedsrError(f"no scans or section folders under '{input_root}'")
+    if on_start:
+        on_start(len(tasks))
     todo = []
     for task in tasks:
         entry = entries.get(task.key)

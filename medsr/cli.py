@@ -243,7 +243,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medsr.batch import discover, run_batch
+    from medsr.batch import run_batch
     from medsr.inference import DEFAULT_FIT_SECONDS
 
     settings = {
@@ -258,16 +258,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     if args.method == "misr":
         fit = DEFAULT_FIT_SECONDS if args.fit_seconds is None else args.fit_seconds
         settings.update(model=args.model, fit_seconds=fit, device="auto")
-    total = (
-        len(
-            discover(
-                Path(args.input_root), Path(args.output_root), args.pattern, args.output_suffix
-            )
-        )
-        if Path(args.input_root).is_dir()
-        else 0
-    )
-    bar = tqdm(total=total, disable=args.quiet, unit="input", desc="batch")
+    bar = tqdm(disable=args.quiet, unit="input", desc="batch")
 
     def done(entry: dict) -> None:
         bar.update(1)
@@ -282,6 +273,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         suffix=args.output_suffix,
         workers=args.workers,
         scheduler=args.scheduler,
+        on_start=lambda total: bar.reset(total=total),
         on_done=done,
     )
     bar.close()

@@ -39,6 +39,18 @@ def integer_scale(factor: float) -> int:
     return max(2, math.ceil(factor - 1e-6))
 
 
+def neighbour_offset(thick_spacing: float, plane_spacing: float) -> int:
+    """Planes between neighbours: one thick spacing, in units of the spacing between planes."""
+    return max(1, round(thick_spacing / plane_spacing))
+
+
+def neighbour_indices(centres: np.ndarray, neighbours: int, offset: int, count: int) -> np.ndarray:
+    """(len(centres), neighbours) plane indices around each centre, `offset` apart; planes past
+    the border repeat the edge plane. Training and inference both take neighbours here."""
+    offsets = (np.arange(neighbours) - neighbours // 2) * offset
+    return np.clip(np.asarray(centres)[:, None] + offsets[None, :], 0, count - 1)
+
+
 @dataclass
 class PlaneStack:
     """One (p, w, a) array, its factor and its derived pair arrays (computed on first use).
@@ -102,7 +114,7 @@ def stacks_from_volume(volume: Volume, factors: tuple[int, ...], name: str) -> l
             w = 3 - a - p
             view = np.ascontiguousarray(np.transpose(array, (p, w, a)))
             for factor in factors:
-                offset = max(1, round(factor * spacing[a] / spacing[p]))
+                offset = neighbour_offset(factor * spacing[a], spacing[p])
                 stacks.append(PlaneStack(view, float(factor), offset, f"{name}:a{a}p{p}x{factor}"))
     return stacks
 
@@ -126,7 +138,8 @@ def stacks_self_supervised(volume: Volume, name: str, scale: int | None = None) 
         w = 3 - a - z
         view = np.ascontiguousarray(np.transpose(array, (z, w, a)))
         factor = float(spacing[z] / spacing[a])
-        stacks.append(PlaneStack(view, factor, 1, f"{name}:a{a}", network_scale=scale))
+        offset = neighbour_offset(spacing[z], spacing[z])  # adjacent thick slices
+        stacks.append(PlaneStack(view, factor, offset, f"{name}:a{a}", network_scale=scale))
     return stacks
 
 
@@ -153,9 +166,9 @@ class PairSampler:
         return max(1, count - max(1, round(count * self.config.validation_fraction)))
 
     def _planes(self, stack: PlaneStack, centres: np.ndarray) -> np.ndarray:
-        offsets = (np.arange(self.neighbours) - self.neighbours // 2) * stack.neighbour_offset
-        index = centres[:, None] + offsets[None, :]
-        return np.clip(index, 0, stack.array.shape[0] - 1)  # edge planes repeat at the borders
+        return neighbour_indices(
+            centres, self.neighbours, stack.neighbour_offset, stack.array.shape[0]
+        )
 
     def sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
         """One batch: lr (B, k, W, n), hr (B, 1, W, n * scale) and the integer scale."""

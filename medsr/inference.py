@@ -62,19 +62,17 @@ def upsample_misr(
     from tqdm import tqdm
 
     from medsr.adaptation import adapt_to_scan
-    from medsr.data import integer_scale
-    from medsr.reconstruction import reconstruct
+    from medsr.reconstruction import network_scale, reconstruct_volume
     from medsr.runtime import resolve_device
     from medsr.training import load_generator
-    from medsr.transforms import intensity_range, normalise_intensity
 
     torch_device = resolve_device(device)
     generator, config = load_generator(model or default_model_path(), torch_device)
-    spacing = volume.spacing
-    scale = integer_scale(spacing[grid.axis] / grid.spacing)
+    scale = network_scale(volume, grid)
     if scale not in generator.scales:
+        factor = volume.spacing[grid.axis] / grid.spacing
         raise MedsrError(
-            f"factor {spacing[grid.axis] / grid.spacing:.3g} needs a x{scale} head; "
+            f"factor {factor:.3g} needs a x{scale} head; "
             f"the model has {generator.scales} (use --method bspline or train one)"
         )
     grey = volume.array if volume.num_channels == 1 else volume.array.mean(axis=3)
@@ -88,28 +86,15 @@ def upsample_misr(
             device=torch_device,
             progress=progress,
         )
-    low, high = intensity_range(volume.array)
-    channels = [volume.array] if volume.num_channels == 1 else list(np.moveaxis(volume.array, 3, 0))
-    planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis) * len(channels)
-    bar = tqdm(total=planes, disable=not progress, unit="plane", desc="reconstruct")
-    results = []
-    for channel in channels:
-        normalised = normalise_intensity(channel, low, high)
-        out = reconstruct(
-            normalised,
-            grid,
-            spacing,
-            generator,
-            scale=scale,
-            device=torch_device,
-            batch_size=batch_size,
-            on_batch=bar.update,
-        )
-        out *= high - low  # back to input units in place: the output is the largest buffer
-        out += low
-        results.append(out)
+    planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis)
+    bar = tqdm(
+        total=planes * volume.num_channels, disable=not progress, unit="plane", desc="reconstruct"
+    )
+    result = reconstruct_volume(
+        volume, grid, generator, device=torch_device, batch_size=batch_size, on_batch=bar.update
+    )
     bar.close()
-    return results[0] if len(results) == 1 else np.stack(results, axis=3)
+    return result
 
 
 def upsample_volume(

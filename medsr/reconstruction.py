@@ -16,10 +16,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from medsr.baselines import interpolate_along_axis
+from medsr.baselines import interpolation_matrix
+from medsr.data import integer_scale, neighbour_indices, neighbour_offset
 from medsr.geometry import OutputGrid
+from medsr.io import Volume
 from medsr.models import MISRGenerator
 from medsr.runtime import autocast
+from medsr.transforms import intensity_range, normalise_intensity
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +33,14 @@ def resample_matrix(count: int, scale: int, positions: np.ndarray) -> np.ndarray
     fine = (np.asarray(positions) + 0.5) * scale - 0.5  # output centres in R-grid indices
     if len(fine) == count * scale and np.allclose(fine, np.arange(count * scale), atol=1e-6):
         return None
-    return interpolate_along_axis(np.eye(count * scale), fine, 0, "bspline").astype(np.float32)
+    return interpolation_matrix(count * scale, fine).astype(np.float32)
 
 
 def plane_orientations(axis: int, spacing: np.ndarray) -> list[tuple[int, int, int]]:
     """(p, w, offset) for both through-plane orientations: planes stacked along p, in-plane w,
     neighbours `offset` planes apart (one thick spacing)."""
     others = [a for a in range(3) if a != axis]
-    return [(p, 3 - axis - p, max(1, round(spacing[axis] / spacing[p]))) for p in others]
+    return [(p, 3 - axis - p, neighbour_offset(spacing[axis], spacing[p])) for p in others]
 
 
 @torch.no_grad()
@@ -78,10 +81,9 @@ def reconstruct(
         planes = np.transpose(normalised, (p, w, grid.axis))  # view (P, W, n)
         target = np.transpose(output, (p, w, grid.axis))  # view (P, W, M)
         total = planes.shape[0]
-        neighbours = (np.arange(k) - k // 2) * offset
         for start in range(0, total, batch_size):
             centres = np.arange(start, min(start + batch_size, total))
-            index = np.clip(centres[:, None] + neighbours[None, :], 0, total - 1)
+            index = neighbour_indices(centres, k, offset, total)
             lr = torch.from_numpy(np.ascontiguousarray(planes[index], dtype=np.float32))
             with autocast(device):
                 sr = generator(lr.to(device), scale)[:, 0].float()  # (B, W, n * scale)
@@ -92,3 +94,43 @@ def reconstruct(
                 on_batch(len(centres))
     output /= len(orientations)
     return output
+
+
+def network_scale(volume: Volume, grid: OutputGrid) -> int:
+    """Integer factor of the network head that reaches `grid` from `volume`."""
+    return integer_scale(volume.spacing[grid.axis] / grid.spacing)
+
+
+def reconstruct_volume(
+    volume: Volume,
+    grid: OutputGrid,
+    generator: MISRGenerator,
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """`reconstruct` for a volume in its own units: one intensity scaling shared by all channels
+    (RGB keeps its hues), each channel through the same network, back to input units.
+
+    Returns:
+        float32 array of `grid.shape` (plus the channel axis for RGB), in the input's units.
+    """
+    low, high = intensity_range(volume.array)
+    channels = [volume.array] if volume.num_channels == 1 else list(np.moveaxis(volume.array, 3, 0))
+    results = []
+    for channel in channels:
+        out = reconstruct(
+            normalise_intensity(channel, low, high),
+            grid,
+            volume.spacing,
+            generator,
+            scale=network_scale(volume, grid),
+            device=device,
+            batch_size=batch_size,
+            on_batch=on_batch,
+        )
+        out *= high - low  # back to input units in place: the output is the largest buffer
+        out += low
+        results.append(out)
+    return results[0] if len(results) == 1 else np.stack(results, axis=3)

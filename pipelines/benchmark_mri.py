@@ -90,32 +90,22 @@ def method_command(method: str, source: Path, output: Path, fit_seconds: float) 
 
 
 def run_smore(source: Path, output: Path, fit_seconds: float) -> None:
-    """The SMORE-style baseline as one process: fit on the scan, reconstruct, write."""
+    """The SMORE-style baseline as one process: fit on the scan, then the same reconstruction
+    path as misr (both orientations, exact resample, fusion), write."""
     import torch
 
-    from medsr.data import integer_scale
     from medsr.geometry import plan_output_grid
-    from medsr.reconstruction import reconstruct
+    from medsr.reconstruction import network_scale, reconstruct_volume
     from medsr.smore import fit_smore
-    from medsr.transforms import intensity_range, normalise_intensity, restore_intensity
 
     volume = read_volume(source)
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
-    scale = integer_scale(volume.spacing[grid.axis] / grid.spacing)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = fit_smore(volume, scale=scale, seconds=fit_seconds, device=device)
-    low, high = intensity_range(volume.array)
-    out = reconstruct(
-        normalise_intensity(volume.array, low, high),
-        grid,
-        volume.spacing,
-        network,
-        scale=scale,
-        device=device,
+    network = fit_smore(
+        volume, scale=network_scale(volume, grid), seconds=fit_seconds, device=device
     )
-    write_volume(
-        volume.with_array(restore_intensity(out, low, high), grid.affine), output, overwrite=True
-    )
+    out = reconstruct_volume(volume, grid, network, device=device)
+    write_volume(volume.with_array(out, grid.affine), output, overwrite=True)
 
 
 def benchmark(data: Path, cases: list, fit_seconds: float, rows_out: Path | None) -> list[dict]:

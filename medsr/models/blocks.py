@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsr.baselines import interpolate_along_axis
+from medsr.baselines import interpolation_matrix
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -41,10 +41,9 @@ class ResidualBlock(nn.Module):
 
 @lru_cache(maxsize=64)
 def _bspline_matrix(count: int, scale: int) -> np.ndarray:
-    # cubic B-spline interpolation is linear in the samples: interpolating the identity gives the
-    # (count * scale, count) matrix that maps samples to the thin slices of the slab convention
+    # (count * scale, count): samples -> the thin slices of the slab convention
     positions = (np.arange(count * scale) + 0.5) / scale - 0.5
-    return interpolate_along_axis(np.eye(count), positions, 0, "bspline").astype(np.float32)
+    return interpolation_matrix(count, positions).astype(np.float32)
 
 
 def bspline_upsample_last_axis(x: torch.Tensor, scale: int) -> torch.Tensor:
