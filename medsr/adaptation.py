@@ -1,9 +1,13 @@
-"""Adapting a trained generator to one scan within a time budget (self-supervised, source 2).
+"""Adapting a trained generator to one scan (self-supervised), a fixed number of steps.
 
 The scan's own in-plane slices are degraded to its thick-slice spacing along each in-plane axis
 and the generator is fine-tuned with the pixel loss to undo that, starting from trained weights
 (SMORE/ECLARE idea, warm-started). Only the pixel loss is used: it is the fastest signal in a
 short budget, and the perceptual/adversarial character comes from the pre-trained weights.
+
+The fit is a number of steps, not a time: for a given seed and device the same scan gives the
+same adapted weights, so the same command writes the same file. A time limit is an optional upper
+bound on top (then the result depends on the machine's speed, and the steps run are recorded).
 """
 
 from __future__ import annotations
@@ -15,15 +19,41 @@ import time
 import torch
 
 from medsr.config import Config
-from medsr.data import PairSampler, stacks_self_supervised
+from medsr.data import PairSampler, sources_self_supervised
 from medsr.io import Volume
 from medsr.models import MISRGenerator
 from medsr.training import Trainer
 
 logger = logging.getLogger(__name__)
 
-#: learning rate of the fine-tuning (constant: the number of steps is set by the clock)
+#: learning rate of the fine-tuning (constant: short fits gain nothing from a decay)
 ADAPTATION_LEARNING_RATE = 2e-4
+
+
+def adaptation_config(config: Config, steps: int, seed: int) -> Config:
+    """`config` turned into the fine-tuning's: pixel loss only, the scan's own factor, no
+    intensity or noise augmentation, constant learning rate, `steps` steps."""
+    return dataclasses.replace(
+        config,
+        loss=dataclasses.replace(config.loss, perceptual_weight=0.0, adversarial_weight=0.0),
+        data=dataclasses.replace(
+            config.data,
+            self_supervised=True,
+            validation_fraction=0.0,
+            noise_max=0.0,
+            gamma_range=(1.0, 1.0),
+            gain_range=(1.0, 1.0),
+        ),
+        train=dataclasses.replace(
+            config.train,
+            steps=max(1, steps),
+            warmup_steps=0,
+            learning_rate=ADAPTATION_LEARNING_RATE,
+            lr_schedule="constant",
+            validate_every=10**9,
+            seed=seed,
+        ),
+    )
 
 
 def adapt_to_scan(
@@ -31,47 +61,39 @@ def adapt_to_scan(
     config: Config,
     volume: Volume,
     *,
-    scale: int,
-    seconds: float,
+    steps: int,
     device: torch.device,
+    seed: int = 0,
+    seconds: float | None = None,
     progress: bool = False,
-) -> MISRGenerator:
-    """Fine-tune a copy of `generator` on `volume`'s in-plane slices for `seconds`.
+) -> tuple[MISRGenerator, int]:
+    """Fine-tune a copy of `generator` on `volume`'s in-plane slices.
 
     Args:
         generator: trained generator (left unchanged).
-        config: its config (model sizes, patch sizes, seed).
+        config: its config (model sizes, patch sizes).
         volume: the grey anisotropic scan to be reconstructed.
-        scale: integer network factor inference will use.
-        seconds: wall-clock budget for fitting.
+        steps: optimisation steps (0: return the generator as it is).
         device: torch device.
+        seed: seed of the patch sampling.
+        seconds: optional wall-clock upper bound on the fit.
         progress: show a progress bar.
 
     Returns:
-        The adapted generator, in eval mode.
+        (the adapted generator in eval mode, the number of steps run).
     """
-    adapt_config = dataclasses.replace(
-        config,
-        loss=dataclasses.replace(config.loss, perceptual_weight=0.0, adversarial_weight=0.0),
-        data=dataclasses.replace(config.data, self_supervised=True, validation_fraction=0.0),
-        train=dataclasses.replace(
-            config.train,
-            steps=10**9,
-            warmup_steps=0,
-            learning_rate=ADAPTATION_LEARNING_RATE,
-            lr_schedule="constant",
-            validate_every=10**9,
-        ),
-    )
+    if steps <= 0:
+        return generator.eval(), 0
+    adapt_config = adaptation_config(config, steps, seed)
     sampler = PairSampler(
-        stacks_self_supervised(volume, "scan", scale=scale), adapt_config.data, generator.neighbours
+        sources_self_supervised(volume, "scan"), adapt_config.data, generator.neighbours
     )
-    torch.manual_seed(config.train.seed)
-    trainer = Trainer(adapt_config, sampler, device)
+    trainer = Trainer(adapt_config, sampler, device, validation=[])
     trainer.generator.load_state_dict(generator.state_dict())
     start = time.perf_counter()
-    trainer.fit(progress=progress, deadline=start + seconds)
+    deadline = None if seconds is None else start + seconds
+    trainer.fit(progress=progress, deadline=deadline, description="adapting to the scan")
     logger.info(
         "adapted to the scan: %d steps in %.1f s", trainer.step, time.perf_counter() - start
     )
-    return trainer.generator.eval()
+    return trainer.generator.eval(), trainer.step

@@ -27,6 +27,53 @@ def _add_input_geometry(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the learned method, the same for upsample, batch and evaluate."""
+    parser.add_argument(
+        "--model",
+        metavar="CKPT",
+        help="checkpoint from 'medsr train' (default: the shipped weights)",
+    )
+    parser.add_argument(
+        "--fit-steps",
+        type=int,
+        metavar="N",
+        help="steps adapting the model to each scan (default 300, about 45 s for 256x256x60 "
+        "on 2 CPU cores; 0: the shipped prior alone)",
+    )
+    parser.add_argument(
+        "--fit-seconds",
+        type=float,
+        metavar="S",
+        help="optional upper bound on the adaptation's time (the result then depends on the "
+        "machine's speed)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the adaptation (default 0; same seed, same file)",
+    )
+
+
+def _fit_settings(args: argparse.Namespace) -> dict:
+    """The learned method's options from parsed arguments (checked before any work)."""
+    from medsr.errors import MedsrError
+    from medsr.inference import DEFAULT_FIT_STEPS
+
+    steps = DEFAULT_FIT_STEPS if args.fit_steps is None else args.fit_steps
+    if steps < 0:
+        raise MedsrError(f"--fit-steps must be >= 0, got {steps}")
+    if args.fit_seconds is not None and args.fit_seconds < 0:
+        raise MedsrError(f"--fit-seconds must be >= 0, got {args.fit_seconds}")
+    return {
+        "model": args.model,
+        "fit_steps": steps,
+        "fit_seconds": args.fit_seconds,
+        "seed": args.seed,
+    }
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medsr", description="Medical volumetric super-resolution."
@@ -43,17 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default="misr",
         help="misr: the learned SR-GAN (default); linear / bspline: interpolation",
     )
-    up.add_argument(
-        "--model",
-        metavar="CKPT",
-        help="checkpoint from 'medsr train' (default: the shipped weights)",
-    )
-    up.add_argument(
-        "--fit-seconds",
-        type=float,
-        metavar="S",
-        help="seconds to adapt the model to this scan (default 45; 0: none)",
-    )
+    _add_fit_options(up)
     up.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     up.add_argument("--batch-size", type=int, default=8, metavar="N", help="planes per batch")
     target = up.add_mutually_exclusive_group()
@@ -91,6 +128,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="high-resolution volumes (or anisotropic scans with "
         "--self-supervised); folders of volumes are expanded",
+    )
+    train.add_argument(
+        "--validation-data",
+        nargs="+",
+        metavar="PATH",
+        help="whole held-out volumes to validate on (default: held-back planes of --data)",
     )
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     train.add_argument("--config", metavar="YAML", help="config file (unknown keys are errors)")
@@ -138,8 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
     target_b = batch.add_mutually_exclusive_group()
     target_b.add_argument("--spacing", type=float, metavar="MM")
     target_b.add_argument("--scale", type=float, metavar="R")
-    batch.add_argument("--model", metavar="CKPT")
-    batch.add_argument("--fit-seconds", type=float, metavar="S")
+    _add_fit_options(batch)
     batch.add_argument("--align", action="store_true", help="align sections first")
     batch.add_argument("--dtype", choices=["input", "float32"], default="input")
     _add_input_geometry(batch)
@@ -160,8 +202,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="comma-separated methods (default misr,linear,bspline)",
     )
     evaluate.add_argument("--mask", metavar="VOLUME", help="evaluation mask (default: Otsu)")
-    evaluate.add_argument("--model", metavar="CKPT")
-    evaluate.add_argument("--fit-seconds", type=float, metavar="S")
+    _add_fit_options(evaluate)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", required=True, metavar="REPORT_DIR")
     evaluate.add_argument("--quiet", action="store_true")
@@ -182,20 +223,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _run_upsample(args: argparse.Namespace) -> int:
     from medsr.errors import MedsrError
-    from medsr.inference import DEFAULT_FIT_SECONDS, upsample_file
+    from medsr.inference import upsample_file
 
     options = {}
     if args.method == "misr":
-        fit = DEFAULT_FIT_SECONDS if args.fit_seconds is None else args.fit_seconds
         options = {
-            "model": args.model,
-            "fit_seconds": fit,
+            **_fit_settings(args),
             "device": args.device,
             "batch_size": args.batch_size,
             "progress": not args.quiet,
         }
-    elif args.model or args.fit_seconds is not None:
-        raise MedsrError("--model and --fit-seconds apply to --method misr only")
+    elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
+        raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
     output = upsample_file(
         args.input,
         args.output,
@@ -228,7 +267,14 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.device:
         overrides.append(f"train.device={args.device}")
     config = resolve_config(Path(args.out), args.config, overrides, args.resume)
-    scores = run_training(args.data, args.out, config, resume=args.resume, progress=not args.quiet)
+    scores = run_training(
+        args.data,
+        args.out,
+        config,
+        resume=args.resume,
+        progress=not args.quiet,
+        validation_paths=args.validation_data,
+    )
     if not args.quiet and scores:
         print(
             f"validation PSNR {scores['val_psnr']:.2f} dB (B-spline "
@@ -244,7 +290,6 @@ def _run_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from medsr.batch import run_batch
-    from medsr.inference import DEFAULT_FIT_SECONDS
 
     settings = {
         "method": args.method,
@@ -256,8 +301,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         "align": args.align,
     }
     if args.method == "misr":
-        fit = DEFAULT_FIT_SECONDS if args.fit_seconds is None else args.fit_seconds
-        settings.update(model=args.model, fit_seconds=fit, device="auto")
+        settings.update(_fit_settings(args), device="auto")
     bar = tqdm(disable=args.quiet, unit="input", desc="batch")
 
     def done(entry: dict) -> None:
@@ -287,14 +331,11 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from medsr.inference import DEFAULT_FIT_SECONDS
     from medsr.report import run_evaluation
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    fit = DEFAULT_FIT_SECONDS if args.fit_seconds is None else args.fit_seconds
     misr = {
-        "model": args.model,
-        "fit_seconds": fit,
+        **_fit_settings(args),
         "device": args.device,
         "progress": not args.quiet,
     }
@@ -324,7 +365,13 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from medsr.geometry import anisotropy, orientation_codes, thick_axis
+    from medsr.geometry import (
+        ISOTROPY_TOLERANCE,
+        anisotropy,
+        orientation_codes,
+        plan_output_grid,
+        thick_axis,
+    )
     from medsr.io import read_volume
 
     volume = read_volume(args.input, spacing=args.input_spacing, unit=args.input_unit)
@@ -339,6 +386,16 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"orientation: {orientation_codes(volume.affine)}")
     print(f"thick axis:  {thick_axis(volume.affine)}")
     print(f"anisotropy:  {anisotropy(volume.affine):.3g}")
+    if anisotropy(volume.affine) >= ISOTROPY_TOLERANCE:
+        from medsr.inference import learned_coverage
+
+        grid = plan_output_grid(volume.spatial_shape, volume.affine)
+        factor = volume.spacing[grid.axis] / grid.spacing
+        print(
+            f"output grid: {' x '.join(map(str, grid.shape))}, {grid.spacing:.4g} {volume.unit} "
+            f"along axis {grid.axis} (factor {factor:.3g}, default upsample)"
+        )
+        print(f"learned:     {learned_coverage(factor)}")
     return 0
 
 
@@ -372,8 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         "compare": _run_compare,
         "info": _run_info,
     }
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return handlers[args.command](args)
+        with logging_redirect_tqdm():  # log lines never break a progress bar
+            return handlers[args.command](args)
     except MedsrError as error:
         print(f"medsr: error: {error}", file=sys.stderr)
         return 1

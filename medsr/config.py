@@ -24,9 +24,9 @@ class ModelConfig:
     Attributes:
         neighbours: k, the number of neighbouring low-resolution planes the generator sees
             (odd; 1 = single-image).
-        num_features: feature channels of the generator.
-        num_blocks: residual blocks of the generator.
-        scales: integer upsampling factors the generator has output heads for.
+        num_features: feature channels of the generator's encoder.
+        num_blocks: residual blocks of the encoder.
+        hidden: channels of the arbitrary-scale decoder (per output sample).
         discriminator_channels: channels of the first discriminator layer.
         discriminator_layers: downsampling layers of the patch discriminator.
     """
@@ -34,9 +34,18 @@ class ModelConfig:
     neighbours: int = 3
     num_features: int = 32
     num_blocks: int = 4
-    scales: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    hidden: int = 32
     discriminator_channels: int = 32
-    discriminator_layers: int = 3
+    discriminator_layers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1 or self.neighbours % 2 == 0:
+            raise MedsrError(f"config model.neighbours must be odd and >= 1, got {self.neighbours}")
+        for name in ("num_features", "hidden", "discriminator_channels", "discriminator_layers"):
+            if getattr(self, name) < 1:
+                raise MedsrError(f"config model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_blocks < 0:
+            raise MedsrError(f"config model.num_blocks must be >= 0, got {self.num_blocks}")
 
 
 @dataclass(frozen=True)
@@ -59,28 +68,62 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training pairs.
+    """Training pairs and the degradations they are drawn with (`medsr.data`).
 
     Attributes:
-        self_supervised: pairs from the in-plane slices of anisotropic scans (else: simulate
-            thick slices from high-resolution volumes).
-        factors: upsampling factors simulated from high-resolution volumes.
-        profile: slice profile of the simulated acquisition.
-        thickness_ratio: slice thickness / slice spacing (1 = contiguous, < 1 = gap).
+        self_supervised: pairs from the in-plane slices of anisotropic scans at their own factor
+            (else: simulate thick slices from high-resolution volumes).
+        min_factor: smallest simulated factor (thick / thin spacing), drawn log-uniformly.
+        max_factor: largest simulated factor; also the ceiling the model is used for.
+        profiles: slice profiles to draw from (FWHM or width = the slice thickness).
+        thickness_ratios: range of slice thickness / slice spacing (< 1 gap, > 1 overlap).
+        noise_max: largest Rician noise std (normalised units) added to the thin truth before
+            thickening (in 2 of 3 batches).
+        gamma_range: range of the contrast change (a gamma, drawn log-uniformly).
+        gain_range: range of the intensity gain.
         patch_width: in-plane size of a training patch (voxels).
-        patch_slices: low-resolution slices in a training patch.
+        patch_slices: most low-resolution slices in a training patch.
+        max_thin_slices: most target slices in a patch (large factors get fewer thick slices).
         batch_size: patches per step (per process).
-        validation_fraction: share of planes held back for validation.
+        validation_fraction: share of planes held back for validation when no held-out volumes
+            are given (0: none).
     """
 
     self_supervised: bool = False
-    factors: tuple[int, ...] = (2, 3, 4, 5)
-    profile: Literal["boxcar", "gaussian"] = "boxcar"
-    thickness_ratio: float = 1.0
+    min_factor: float = 1.5
+    max_factor: float = 16.0
+    profiles: tuple[Literal["boxcar", "gaussian"], ...] = ("boxcar", "gaussian")
+    thickness_ratios: tuple[float, float] = (0.8, 1.2)
+    noise_max: float = 0.03
+    gamma_range: tuple[float, float] = (0.7, 1.4)
+    gain_range: tuple[float, float] = (0.8, 1.2)
     patch_width: int = 48
     patch_slices: int = 12
+    max_thin_slices: int = 96
     batch_size: int = 16
     validation_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 1.0 < self.min_factor <= self.max_factor:
+            raise MedsrError(
+                f"config data: need 1 < min_factor <= max_factor, got {self.min_factor} "
+                f"and {self.max_factor}"
+            )
+        for name in ("thickness_ratios", "gamma_range", "gain_range"):
+            values = getattr(self, name)
+            if len(values) != 2 or not 0 < values[0] <= values[1]:
+                raise MedsrError(f"config data.{name} must be [low, high] with 0 < low <= high")
+        if not self.profiles:
+            raise MedsrError("config data.profiles must name at least one profile")
+        if not 0 <= self.validation_fraction < 1:
+            raise MedsrError(
+                f"config data.validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
+        if self.noise_max < 0:
+            raise MedsrError(f"config data.noise_max must be >= 0, got {self.noise_max}")
+        for name in ("patch_width", "patch_slices", "max_thin_slices", "batch_size"):
+            if getattr(self, name) < 1:
+                raise MedsrError(f"config data.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +153,15 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise MedsrError(f"config train.steps must be >= 1, got {self.steps}")
+        for name in ("warmup_steps", "checkpoint_every", "validate_every"):
+            if getattr(self, name) < (0 if name == "warmup_steps" else 1):
+                raise MedsrError(f"config train.{name} is out of range: {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.discriminator_learning_rate <= 0:
+            raise MedsrError("config train: learning rates must be positive")
 
 
 @dataclass(frozen=True)

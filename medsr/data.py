@@ -1,42 +1,48 @@
 """Training pairs: k neighbouring low-resolution through-plane planes -> one high-resolution plane.
 
-Every source is reduced to *plane stacks*: a 3D array with axes (p, w, a) where `a` is the axis
-made thick (by `factor`, with a slice profile), `w` the other in-plane axis of each plane, and `p`
-the axis along which the k neighbouring planes are taken, `neighbour_offset` voxels apart.
+Every source is reduced to *plane sources*: a 3D view with axes (p, w, a) where `a` is the axis
+made thick, `w` the other in-plane axis of each plane, and `p` the axis along which the k
+neighbouring planes are taken, one thick spacing apart.
+
+Pairs are made on the fly, one small patch at a time, by the same degradation that describes an
+acquisition (`medsr.transforms.slice_profile_weights`): a factor drawn log-uniformly over the
+supported range (or the scan's own, for self-supervision), a boxcar or Gaussian profile, a slice
+thickness that leaves a gap or an overlap, Rician noise on the thin truth (thick slices average it
+down, as a thick acquisition's higher SNR does), and intensity and contrast changes.
+Nothing but one normalised copy of each volume is held in memory: sources are transposed views.
 
 Neighbours are always taken one *thick spacing* apart, in training and at inference. In
-self-supervised training (source 2) the only direction perpendicular to an in-plane slice is the
-thick axis itself, so neighbours there are adjacent thick slices; at inference the neighbours of a
-sagittal/coronal plane are therefore taken round(thick / fine) fine voxels apart, the same
-physical distance, so the network sees the same geometry in both. Source 1 (high-resolution
-volumes) follows the same rule.
+self-supervised training the only direction perpendicular to an in-plane slice is the thick axis
+itself, so neighbours there are adjacent thick slices; at inference the neighbours of a
+sagittal/coronal plane are round(thick / fine) fine voxels apart, the same physical distance.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from medsr.baselines import interpolate_along_axis
 from medsr.config import DataConfig
 from medsr.errors import MedsrError
 from medsr.geometry import anisotropy, thick_axis
 from medsr.io import Volume
-from medsr.transforms import intensity_range, normalise_intensity, simulate_thick_slices
+from medsr.models.blocks import slab_positions
+from medsr.transforms import intensity_range, normalise_intensity, slice_profile_weights
 
 logger = logging.getLogger(__name__)
 
-#: high-resolution volumes for source 1 must be about isotropic
+#: high-resolution volumes must be about isotropic
 MAX_SOURCE_ANISOTROPY = 1.5
+#: fewest thick slices in a training patch
+MIN_PATCH_SLICES = 4
+#: factors of the fixed validation planes (those a source is long enough for)
+VALIDATION_FACTORS = (2.5, 4.0, 6.5, 10.0, 16.0)
 
-
-def integer_scale(factor: float) -> int:
-    """Integer network factor for a physical factor: the next integer, at least 2."""
-    return max(2, math.ceil(factor - 1e-6))
+#: (lr (B, k, W, s), hr (B, 1, W, M), positions (M,), factor)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]
 
 
 def neighbour_offset(thick_spacing: float, plane_spacing: float) -> int:
@@ -51,80 +57,67 @@ def neighbour_indices(centres: np.ndarray, neighbours: int, offset: int, count: 
     return np.clip(np.asarray(centres)[:, None] + offsets[None, :], 0, count - 1)
 
 
-@dataclass
-class PlaneStack:
-    """One (p, w, a) array, its factor and its derived pair arrays (computed on first use).
+@dataclass(frozen=True)
+class PlaneSource:
+    """A (p, w, a) view of one normalised volume, and how to thicken it.
 
     Attributes:
-        array: normalised high-resolution data, axes (p, w, a).
-        factor: thick spacing / spacing along `a` (physical factor, may be non-integer).
-        neighbour_offset: voxels along `p` between neighbouring planes.
+        array: normalised data, axes (p, w, a) (a view: no copy per orientation).
+        spacing: voxel spacing along (p, w, a), any unit.
         name: for logs.
+        factor: fixed factor (self-supervision: the scan's thick / in-plane spacing); None draws
+            one per batch.
+        fixed_offset: fixed neighbour offset along p (self-supervision: 1, adjacent thick
+            slices); None: one thick spacing, from the drawn factor.
     """
 
     array: np.ndarray
-    factor: float
-    neighbour_offset: int
+    spacing: tuple[float, float, float]
     name: str
-    network_scale: int | None = None
-    _pairs: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    factor: float | None = None
+    fixed_offset: int | None = None
 
-    @property
-    def scale(self) -> int:
-        """Integer factor of the network head that learns this stack."""
-        return self.network_scale or integer_scale(self.factor)
+    def offset(self, factor: float) -> int:
+        """Neighbour offset along p for a thick spacing of `factor` voxels along a."""
+        if self.fixed_offset is not None:
+            return self.fixed_offset
+        return neighbour_offset(factor * self.spacing[2], self.spacing[0])
 
-    def pairs(self, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-        """(thick, target): thick (p, w, n) and the target (p, w, n * scale) on the thin grid."""
-        if self._pairs is None:
-            thick = simulate_thick_slices(
-                self.array,
-                2,
-                self.factor,
-                thickness=self.factor * config.thickness_ratio,
-                profile=config.profile,
-            )
-            count = thick.shape[2] * self.scale
-            positions = (np.arange(count) + 0.5) * self.factor / self.scale - 0.5
-            if np.allclose(positions, np.round(positions)):
-                target = self.array[:, :, :count]
-            else:
-                target = interpolate_along_axis(self.array, positions, 2, "bspline")
-            self._pairs = (thick.astype(np.float32), np.ascontiguousarray(target, np.float32))
-        return self._pairs
+    def max_factor(self) -> float:
+        """Largest factor that still leaves `MIN_PATCH_SLICES` thick slices."""
+        return self.array.shape[2] / MIN_PATCH_SLICES
 
 
 def _normalised(volume: Volume) -> np.ndarray:
-    if volume.num_channels != 1:
-        raise MedsrError("training volumes must be grey; train colour per channel")
-    return normalise_intensity(volume.array, *intensity_range(volume.array))
+    grey = volume.array if volume.num_channels == 1 else volume.array.mean(axis=3)
+    return normalise_intensity(grey, *intensity_range(grey))
 
 
-def stacks_from_volume(volume: Volume, factors: tuple[int, ...], name: str) -> list[PlaneStack]:
-    """Source 1: every axis of a high-resolution volume made thick, each other axis as `p`."""
-    if anisotropy(volume.affine) > MAX_SOURCE_ANISOTROPY:
+def sources_from_volume(volume: Volume, name: str, min_width: int = 16) -> list[PlaneSource]:
+    """High-resolution volume: every axis made thick, each other axis as `p` (both through-plane
+    orientations). A 2D image is a volume of one slice: its two in-plane axes each made thick."""
+    if anisotropy(volume.affine) > MAX_SOURCE_ANISOTROPY and min(volume.spatial_shape) > 1:
         raise MedsrError(
             f"'{name}' is anisotropic ({anisotropy(volume.affine):.2f}); use it "
             "with --self-supervised, or give high-resolution volumes"
         )
     array, spacing = _normalised(volume), volume.spacing
-    stacks = []
+    sources = []
     for a in range(3):
         for p in (axis for axis in range(3) if axis != a):
             w = 3 - a - p
-            view = np.ascontiguousarray(np.transpose(array, (p, w, a)))
-            for factor in factors:
-                offset = neighbour_offset(factor * spacing[a], spacing[p])
-                stacks.append(PlaneStack(view, float(factor), offset, f"{name}:a{a}p{p}x{factor}"))
-    return stacks
+            if array.shape[w] < min_width or array.shape[a] < 2 * MIN_PATCH_SLICES:
+                continue
+            view = np.transpose(array, (p, w, a))
+            sources.append(
+                PlaneSource(view, (spacing[p], spacing[w], spacing[a]), f"{name}:a{a}p{p}")
+            )
+    return sources
 
 
-def stacks_self_supervised(volume: Volume, name: str, scale: int | None = None) -> list[PlaneStack]:
-    """Source 2: in-plane slices of an anisotropic scan, made thick along each in-plane axis.
-
-    `scale` sets the network factor (default: the next integer above thick / in-plane spacing),
-    so that a model can be adapted for the factor that inference will use.
-    """
+def sources_self_supervised(volume: Volume, name: str) -> list[PlaneSource]:
+    """In-plane slices of an anisotropic scan, made thick along each in-plane axis to the scan's
+    own factor; neighbours are adjacent thick slices."""
     ratio = anisotropy(volume.affine)
     if ratio < 1.2:
         raise MedsrError(
@@ -133,96 +126,165 @@ def stacks_self_supervised(volume: Volume, name: str, scale: int | None = None) 
         )
     array, spacing = _normalised(volume), volume.spacing
     z = thick_axis(volume.affine)
-    stacks = []
+    sources = []
     for a in (axis for axis in range(3) if axis != z):
         w = 3 - a - z
-        view = np.ascontiguousarray(np.transpose(array, (z, w, a)))
+        view = np.transpose(array, (z, w, a))
         factor = float(spacing[z] / spacing[a])
-        offset = neighbour_offset(spacing[z], spacing[z])  # adjacent thick slices
-        stacks.append(PlaneStack(view, factor, offset, f"{name}:a{a}", network_scale=scale))
-    return stacks
+        sources.append(
+            PlaneSource(view, (spacing[z], spacing[w], spacing[a]), f"{name}:a{a}", factor, 1)
+        )
+    return sources
+
+
+def thicken_last_axis(
+    thin: np.ndarray, factor: float, thickness: float, profile: str
+) -> np.ndarray:
+    """Thick slices of a thin patch along its last axis (slab convention, rows sum to 1)."""
+    weights = slice_profile_weights(thin.shape[-1], factor, thickness=thickness, profile=profile)
+    return thin @ weights.T.astype(np.float32)
+
+
+def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of the image plus complex Gaussian noise of std `sigma` (MRI magnitude noise)."""
+    real = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    imaginary = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    return np.sqrt(real * real + imaginary * imaginary).astype(np.float32)
 
 
 class PairSampler:
-    """Draws batches of training pairs and holds back planes for validation.
+    """Draws batches of training pairs from plane sources, degrading patches on the fly.
 
-    Planes whose index along `p` falls in the last `validation_fraction` of each stack are never
-    used as training centres.
+    Planes whose index along `p` falls in the last `validation_fraction` of each source are never
+    used as training centres (they are the validation planes when no held-out volumes are given).
 
     Args:
-        stacks: plane stacks of one run.
+        sources: plane sources of one run.
         config: data configuration.
         neighbours: k.
     """
 
-    def __init__(self, stacks: list[PlaneStack], config: DataConfig, neighbours: int) -> None:
-        if not stacks:
+    def __init__(self, sources: list[PlaneSource], config: DataConfig, neighbours: int) -> None:
+        if not sources:
             raise MedsrError("no training data")
-        self.stacks, self.config, self.neighbours = stacks, config, neighbours
-        self.scales = sorted({stack.scale for stack in stacks})
+        self.sources, self.config, self.neighbours = sources, config, neighbours
 
-    def _split(self, stack: PlaneStack) -> int:
-        count = stack.array.shape[0]
+    def _split(self, source: PlaneSource) -> int:
+        count = source.array.shape[0]
+        if self.config.validation_fraction <= 0:
+            return count
         return max(1, count - max(1, round(count * self.config.validation_fraction)))
 
-    def _planes(self, stack: PlaneStack, centres: np.ndarray) -> np.ndarray:
-        return neighbour_indices(
-            centres, self.neighbours, stack.neighbour_offset, stack.array.shape[0]
+    def draw_factor(self, source: PlaneSource, rng: np.random.Generator) -> float:
+        """The source's own factor, or one drawn log-uniformly over the configured range."""
+        if source.factor is not None:
+            return source.factor
+        high = min(self.config.max_factor, source.max_factor())
+        low = min(self.config.min_factor, high)
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+    def patch_slices(self, factor: float, length: int) -> int:
+        """Thick slices per patch: the configured count, fewer for large factors (at most
+        `max_thin_slices` target slices) and for short sources."""
+        data = self.config
+        slices = min(data.patch_slices, int(data.max_thin_slices // factor))
+        slices = min(slices, int(np.floor(length / factor)))
+        return max(slices, min(MIN_PATCH_SLICES, int(np.floor(length / factor))))
+
+    def sample(self, rng: np.random.Generator) -> Batch:
+        """One batch of one source and one factor, with random degradations and flips."""
+        data = self.config
+        source = self.sources[int(rng.integers(len(self.sources)))]
+        factor = self.draw_factor(source, rng)
+        count, width_all, length = source.array.shape
+        slices = self.patch_slices(factor, length)
+        thin = min(int(np.ceil(slices * factor - 1e-6)), length)
+        width = min(data.patch_width, width_all)
+        offset = source.offset(factor)
+        centres = rng.integers(0, self._split(source), size=data.batch_size)
+        planes = neighbour_indices(centres, self.neighbours, offset, count)
+        starts_w = rng.integers(0, width_all - width + 1, size=data.batch_size)
+        starts_a = rng.integers(0, length - thin + 1, size=data.batch_size)
+        patches = np.empty((data.batch_size, self.neighbours, width, thin), np.float32)
+        for b in range(data.batch_size):
+            w, a = starts_w[b], starts_a[b]
+            patch = source.array[planes[b], w : w + width, a : a + thin]
+            if rng.random() < 0.5:  # mirror along w
+                patch = patch[:, ::-1]
+            if rng.random() < 0.5:  # mirror along the thick axis (before thickening: exact)
+                patch = patch[:, :, ::-1]
+            if rng.random() < 0.5:  # neighbours in reverse order
+                patch = patch[::-1]
+            patches[b] = patch
+        patches = self._intensity_change(patches, rng)
+        if data.noise_max > 0 and rng.random() < 2 / 3:
+            # noise on the thin truth before thickening: thick slices average it down (a thick
+            # acquisition has the higher SNR), and the target keeps the noise floor it would have
+            patches = add_rician_noise(patches, rng.uniform(0, data.noise_max), rng)
+        profile = data.profiles[int(rng.integers(len(data.profiles)))]
+        thickness = factor * rng.uniform(*data.thickness_ratios)
+        lr = thicken_last_axis(patches, factor, thickness, profile)
+        positions = slab_positions(slices, factor)
+        hr = np.ascontiguousarray(patches[:, self.neighbours // 2 : self.neighbours // 2 + 1])
+        hr = hr[..., : len(positions)]
+        return (
+            torch.from_numpy(np.ascontiguousarray(lr)),
+            torch.from_numpy(np.ascontiguousarray(hr)),
+            torch.from_numpy(positions.astype(np.float32)),
+            factor,
         )
 
-    def sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One batch: lr (B, k, W, n), hr (B, 1, W, n * scale) and the integer scale."""
-        stack = self.stacks[int(rng.integers(len(self.stacks)))]
-        thick, target = stack.pairs(self.config)
-        scale = stack.scale
-        width = min(self.config.patch_width, thick.shape[1])
-        slices = min(self.config.patch_slices, thick.shape[2])
-        batch = self.config.batch_size
-        centres = rng.integers(0, self._split(stack), size=batch)
-        starts_w = rng.integers(0, thick.shape[1] - width + 1, size=batch)
-        starts_a = rng.integers(0, thick.shape[2] - slices + 1, size=batch)
-        flips = rng.integers(0, 2, size=(batch, 3)).astype(bool)
-        planes = self._planes(stack, centres)
-        lr = np.empty((batch, self.neighbours, width, slices), np.float32)
-        hr = np.empty((batch, 1, width, slices * scale), np.float32)
-        for b in range(batch):
-            w, a = slice(starts_w[b], starts_w[b] + width), starts_a[b]
-            lr[b] = thick[planes[b], w, a : a + slices]
-            hr[b, 0] = target[centres[b], w, a * scale : (a + slices) * scale]
-            if flips[b, 0]:  # mirror along w
-                lr[b], hr[b] = lr[b, :, ::-1], hr[b, :, ::-1]
-            if flips[b, 1]:  # mirror along the thick axis: the slab grid is symmetric
-                lr[b], hr[b] = lr[b, :, :, ::-1], hr[b, :, :, ::-1]
-            if flips[b, 2]:  # neighbours in reverse order
-                lr[b] = lr[b, ::-1]
-        return torch.from_numpy(lr), torch.from_numpy(hr), scale
+    def _intensity_change(self, patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        # contrast (gamma) and gain, the same for input and target: the content varies, the
+        # acquisition model does not
+        gamma = float(np.exp(rng.uniform(*np.log(self.config.gamma_range))))
+        gain = float(rng.uniform(*self.config.gain_range))
+        return (np.sign(patches) * np.abs(patches) ** gamma * gain).astype(np.float32)
 
-    def validation_planes(self, max_stacks: int = 8, per_stack: int = 4):
-        """Held-back whole planes: a list of (lr (1, k, W, n), hr (1, 1, W, n*scale), scale)."""
-        chosen = self.stacks[:: max(1, len(self.stacks) // max_stacks)][:max_stacks]
+    def validation_planes(self, max_sources: int = 12) -> list[Batch]:
+        """Fixed whole planes: the middle held-back plane of each source (up to `max_sources`),
+        thickened at each of `VALIDATION_FACTORS` it is long enough for (boxcar, contiguous,
+        no noise)."""
+        chosen = self.sources[:: max(1, len(self.sources) // max_sources)][:max_sources]
         planes = []
-        for stack in chosen:
-            thick, target = stack.pairs(self.config)
-            held = np.arange(self._split(stack), stack.array.shape[0])
-            for centre in held[:: max(1, len(held) // per_stack)][:per_stack]:
-                index = self._planes(stack, np.array([centre]))[0]
+        for source in chosen:
+            count, _, length = source.array.shape
+            split = self._split(source)
+            centre = (split + count) // 2 if split < count else count // 2
+            factors = [source.factor] if source.factor else VALIDATION_FACTORS
+            for factor in (f for f in factors if length / f >= MIN_PATCH_SLICES):
+                index = neighbour_indices(
+                    np.array([centre]), self.neighbours, source.offset(factor), count
+                )[0]
+                slices = int(np.floor(length / factor))
+                thin = min(int(np.ceil(slices * factor - 1e-6)), length)
+                patch = np.ascontiguousarray(source.array[index, :, :thin], np.float32)
+                lr = thicken_last_axis(patch, factor, factor, "boxcar")
+                positions = slab_positions(slices, factor)
+                hr = patch[self.neighbours // 2][None, None, :, : len(positions)]
                 planes.append(
                     (
-                        torch.from_numpy(thick[index][None].copy()),
-                        torch.from_numpy(target[centre][None, None].copy()),
-                        stack.scale,
+                        torch.from_numpy(lr[None].copy()),
+                        torch.from_numpy(hr.copy()),
+                        torch.from_numpy(positions.astype(np.float32)),
+                        float(factor),
                     )
                 )
         return planes
 
 
 def build_sampler(volumes: list[tuple[Volume, str]], config: DataConfig, neighbours: int):
-    """Plane stacks of every volume (source 1, or source 2 when `config.self_supervised`)."""
-    stacks: list[PlaneStack] = []
+    """Plane sources of every volume: high-resolution volumes and 2D images at drawn factors;
+    thick-slice scans (and everything, with `config.self_supervised`) at their own factor."""
+    sources: list[PlaneSource] = []
     for volume, name in volumes:
-        if config.self_supervised:
-            stacks += stacks_self_supervised(volume, name)
+        flat = min(volume.spatial_shape) == 1  # a 2D image
+        if config.self_supervised or (
+            not flat and anisotropy(volume.affine) > MAX_SOURCE_ANISOTROPY
+        ):
+            # a thick-slice scan among high-resolution volumes teaches its own factor
+            sources += sources_self_supervised(volume, name)
         else:
-            stacks += stacks_from_volume(volume, config.factors, name)
-    logger.info("%d plane stacks from %d volume(s)", len(stacks), len(volumes))
-    return PairSampler(stacks, config, neighbours)
+            sources += sources_from_volume(volume, name)
+    logger.info("%d plane sources from %d volume(s)", len(sources), len(volumes))
+    return PairSampler(sources, config, neighbours)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -29,8 +30,11 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["misr", "linear", "bspline"]
 METHODS: tuple[str, ...] = ("misr", "linear", "bspline")
-#: default fitting budget: keeps a 256x256x60 scan under 2 minutes end to end on 2 CPU cores
-DEFAULT_FIT_SECONDS = 45.0
+#: default number of adaptation steps: a 256x256x60 scan fits in about 45 s on 2 CPU cores
+#: (docs/benchmarks.md)
+DEFAULT_FIT_STEPS = 300
+#: seed of the adaptation's patch sampling
+DEFAULT_SEED = 0
 
 
 def default_model_path() -> Path:
@@ -38,54 +42,94 @@ def default_model_path() -> Path:
     return Path(str(resources.files("medsr") / "weights" / "misr_default.pt"))
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file (model and input provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def learned_factor_limit(config) -> float:
+    """Largest factor a model covers: the top of the factor range it was trained on."""
+    return float(config.data.max_factor)
+
+
+def check_learned_factor(factor: float, limit: float, unit_spacing: float, unit: str) -> None:
+    """One-line error, with a target spacing that is reachable, above the learned range."""
+    if factor > limit * (1 + 1e-6):
+        reachable = unit_spacing / limit
+        raise MedsrError(
+            f"factor {factor:.3g} is above the learned method's range (up to x{limit:.3g}); "
+            f"use --spacing {reachable:.4g} ({unit}) or coarser, or --method bspline"
+        )
+
+
+def learned_coverage(factor: float, model: str | os.PathLike[str] | None = None) -> str:
+    """One line: whether the learned method covers `factor` with `model` (default: shipped)."""
+    from medsr.training import load_generator
+
+    _, config = load_generator(model or default_model_path())
+    limit = learned_factor_limit(config)
+    if factor <= limit * (1 + 1e-6):
+        return f"covered (misr works up to x{limit:.3g})"
+    return f"not covered: x{factor:.3g} is above misr's x{limit:.3g}; use --spacing or bspline"
+
+
 def upsample_misr(
     volume: Volume,
     grid: OutputGrid,
     *,
     model: str | os.PathLike[str] | None = None,
-    fit_seconds: float = DEFAULT_FIT_SECONDS,
+    fit_steps: int = DEFAULT_FIT_STEPS,
+    fit_seconds: float | None = None,
+    seed: int = DEFAULT_SEED,
     device: str | None = None,
     batch_size: int = 8,
     progress: bool = False,
-) -> np.ndarray:
-    """Learned reconstruction on `grid` (float32, input units).
+) -> tuple[np.ndarray, dict]:
+    """Learned reconstruction on `grid` (float32, input units) and what produced it.
 
     Args:
         volume: anisotropic input, grey or RGB (channels share one model).
         grid: output grid.
         model: checkpoint from ``medsr train`` (default: the shipped weights).
-        fit_seconds: time to adapt the model to this scan's own in-plane slices (0: none).
+        fit_steps: steps adapting the model to this scan's own in-plane slices (0: prior only).
+        fit_seconds: optional upper bound on the adaptation's wall time.
+        seed: seed of the adaptation.
         device: ``"auto"``/None, ``"cpu"`` or ``"cuda:N"``.
         batch_size: planes per generator call.
         progress: progress bars for fitting and reconstruction.
+
+    Returns:
+        (array on `grid`, provenance dict: model and its sha256, steps run, seed, device).
     """
     from tqdm import tqdm
 
     from medsr.adaptation import adapt_to_scan
-    from medsr.reconstruction import network_scale, reconstruct_volume
+    from medsr.reconstruction import reconstruct_volume
     from medsr.runtime import resolve_device
     from medsr.training import load_generator
 
+    model_path = Path(model) if model else default_model_path()
     torch_device = resolve_device(device)
-    generator, config = load_generator(model or default_model_path(), torch_device)
-    scale = network_scale(volume, grid)
-    if scale not in generator.scales:
-        factor = volume.spacing[grid.axis] / grid.spacing
-        raise MedsrError(
-            f"factor {factor:.3g} needs a x{scale} head; "
-            f"the model has {generator.scales} (use --method bspline or train one)"
-        )
+    generator, config = load_generator(model_path, torch_device)
+    factor = float(volume.spacing[grid.axis] / grid.spacing)
+    check_learned_factor(
+        factor, learned_factor_limit(config), volume.spacing[grid.axis], volume.unit
+    )
     grey = volume.array if volume.num_channels == 1 else volume.array.mean(axis=3)
-    if fit_seconds > 0:
-        generator = adapt_to_scan(
-            generator,
-            config,
-            volume.with_array(grey),
-            scale=scale,
-            seconds=fit_seconds,
-            device=torch_device,
-            progress=progress,
-        )
+    generator, steps_run = adapt_to_scan(
+        generator,
+        config,
+        volume.with_array(grey),
+        steps=fit_steps,
+        seconds=fit_seconds,
+        seed=seed,
+        device=torch_device,
+        progress=progress,
+    )
     planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis)
     bar = tqdm(
         total=planes * volume.num_channels, disable=not progress, unit="plane", desc="reconstruct"
@@ -94,7 +138,16 @@ def upsample_misr(
         volume, grid, generator, device=torch_device, batch_size=batch_size, on_batch=bar.update
     )
     bar.close()
-    return result
+    provenance = {
+        "model": str(model_path) if model else "shipped:misr_default.pt",
+        "model_sha256": file_sha256(model_path),
+        "fit_steps": int(fit_steps),
+        "fit_steps_run": int(steps_run),
+        "fit_seconds_limit": fit_seconds,
+        "seed": int(seed),
+        "device": str(torch_device),
+    }
+    return result, provenance
 
 
 def upsample_volume(
@@ -116,11 +169,12 @@ def upsample_volume(
         scale: upsampling factor instead of `spacing`.
         axis: array axis to upsample (default: the thick axis found from the affine).
         keep_dtype: return the input dtype (integers rounded and clipped) rather than float32.
-        **misr_options: `upsample_misr` options (model, fit_seconds, device, batch_size,
-            progress).
+        **misr_options: `upsample_misr` options (model, fit_steps, fit_seconds, seed, device,
+            batch_size, progress).
 
     Returns:
-        The upsampled volume; its affine covers the input's physical extent.
+        The upsampled volume; its affine covers the input's physical extent, and
+        ``meta["provenance"]`` records what produced it (`provenance_record`).
     """
     from medsr.transforms import restore_dtype
 
@@ -137,13 +191,62 @@ def upsample_volume(
         method,
     )
     if method in ("linear", "bspline"):
-        return upsample_baseline(volume, grid, method, keep_dtype=keep_dtype)
-    if method != "misr":
+        result = upsample_baseline(volume, grid, method, keep_dtype=keep_dtype)
+        details: dict = {}
+    elif method == "misr":
+        array, details = upsample_misr(volume, grid, **misr_options)
+        if keep_dtype:
+            array = restore_dtype(array, volume.array.dtype)
+        result = volume.with_array(array, grid.affine)
+    else:
         raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    result = upsample_misr(volume, grid, **misr_options)
-    if keep_dtype:
-        result = restore_dtype(result, volume.array.dtype)
-    return volume.with_array(result, grid.affine)
+    record = provenance_record(volume, grid, method, details)
+    result.meta["provenance"] = record
+    result.meta["description"] = provenance_description(record)
+    return result
+
+
+def provenance_record(volume: Volume, grid: OutputGrid, method: str, details: dict) -> dict:
+    """What produced an output: medsr and torch versions, method, factor, output grid, and the
+    learned method's model, its sha256, fit steps and seed. No clock times, so that the same
+    command writes the same record."""
+    import torch
+
+    from medsr import __version__
+
+    return {
+        "medsr_version": __version__,
+        "torch_version": torch.__version__,
+        "method": method,
+        "factor": float(volume.spacing[grid.axis] / grid.spacing),
+        "thick_axis": int(grid.axis),
+        "input_shape": list(volume.spatial_shape),
+        "input_spacing": [float(s) for s in volume.spacing],
+        "output_shape": list(grid.shape),
+        "output_spacing": float(grid.spacing),
+        "unit": volume.unit,
+        "output_affine": np.asarray(grid.affine).round(9).tolist(),
+        **details,
+    }
+
+
+def provenance_description(record: dict) -> str:
+    """The record in short, for the 80-byte NIfTI description."""
+    text = f"medsr {record['medsr_version']} {record['method']} x{record['factor']:.3g}"
+    if "model_sha256" in record:
+        text += f" m{record['model_sha256'][:8]} s{record['fit_steps_run']} r{record['seed']}"
+    return text
+
+
+def write_provenance(record: dict, output: Path) -> Path:
+    """``<output>.json`` beside the output, written atomically."""
+    import json
+
+    sidecar = output.with_name(output.name + ".json")
+    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
+    temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, sidecar)
+    return sidecar
 
 
 def default_output_path(input_path: Path, method: str) -> Path:
@@ -209,6 +312,10 @@ def upsample_file(
         **misr_options,
     )
     written = write_volume(result, output, overwrite=overwrite)
+    record = dict(result.meta["provenance"], input=str(input_path))
+    if input_path.is_file():
+        record["input_sha256"] = file_sha256(input_path)
+    write_provenance(record, written)
     if records is not None:
         from medsr.alignment import save_transforms
 

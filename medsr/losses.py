@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import torch
-from monai.losses import PatchAdversarialLoss
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from medsr.errors import MedsrError
@@ -112,22 +112,26 @@ class PerceptualLoss(nn.Module):
 
 
 class AdversarialLoss(nn.Module):
-    """Non-saturating GAN loss on patch logits (MONAI's `PatchAdversarialLoss`, BCE).
+    """Non-saturating GAN loss on patch logits (Goodfellow et al. 2014; BCE as in MONAI's
+    `PatchAdversarialLoss`).
 
     The generator minimises ``-log D(fake)`` (target "real"), the discriminator
-    ``-log D(real) - log(1 - D(fake))``.
+    ``-log D(real) - log(1 - D(fake))``. Computed from logits in float32
+    (`binary_cross_entropy_with_logits`): numerically stable, and allowed next to CUDA autocast,
+    which refuses BCE on probabilities (MONAI's sigmoid + `BCELoss`). Callers pass logits cast to
+    float32, outside the autocast region.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.loss = PatchAdversarialLoss(criterion="bce", reduction="mean")
+    @staticmethod
+    def _bce(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+        logits = logits.float()
+        target = torch.ones_like(logits) if target_is_real else torch.zeros_like(logits)
+        return F.binary_cross_entropy_with_logits(logits, target)
 
     def generator_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        return self.loss(fake_logits, target_is_real=True, for_discriminator=False)
+        return self._bce(fake_logits, True)
 
     def discriminator_loss(
         self, real_logits: torch.Tensor, fake_logits: torch.Tensor
     ) -> torch.Tensor:
-        real = self.loss(real_logits, target_is_real=True, for_discriminator=True)
-        fake = self.loss(fake_logits, target_is_real=False, for_discriminator=True)
-        return 0.5 * (real + fake)
+        return 0.5 * (self._bce(real_logits, True) + self._bce(fake_logits, False))

@@ -16,8 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from medsr.baselines import interpolation_matrix
-from medsr.data import integer_scale, neighbour_indices, neighbour_offset
+from medsr.data import neighbour_indices, neighbour_offset
 from medsr.geometry import OutputGrid
 from medsr.io import Volume
 from medsr.models import MISRGenerator
@@ -25,15 +24,6 @@ from medsr.runtime import autocast
 from medsr.transforms import intensity_range, normalise_intensity
 
 logger = logging.getLogger(__name__)
-
-
-def resample_matrix(count: int, scale: int, positions: np.ndarray) -> np.ndarray | None:
-    """(M, count * scale) cubic B-spline matrix from the R grid onto `positions` (input-slice
-    units), or None when the output grid *is* the R grid."""
-    fine = (np.asarray(positions) + 0.5) * scale - 0.5  # output centres in R-grid indices
-    if len(fine) == count * scale and np.allclose(fine, np.arange(count * scale), atol=1e-6):
-        return None
-    return interpolation_matrix(count * scale, fine).astype(np.float32)
 
 
 def plane_orientations(axis: int, spacing: np.ndarray) -> list[tuple[int, int, int]]:
@@ -50,7 +40,6 @@ def reconstruct(
     spacing: np.ndarray,
     generator: MISRGenerator,
     *,
-    scale: int,
     device: torch.device,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
@@ -61,8 +50,7 @@ def reconstruct(
         normalised: input intensities mapped to about [0, 1], shape (X, Y, Z) in file order.
         grid: output grid (its `axis` is the thick axis).
         spacing: input voxel spacing per array axis.
-        generator: trained generator with a head for `scale`.
-        scale: integer factor of the network.
+        generator: trained generator, called as ``generator(lr, positions, factor)``.
         device: where the generator runs.
         batch_size: planes per generator call.
         on_batch: called with the number of planes done after each batch (progress).
@@ -72,9 +60,8 @@ def reconstruct(
     """
     generator = generator.to(device).eval()
     k = generator.neighbours
-    count = normalised.shape[grid.axis]
-    matrix = resample_matrix(count, scale, grid.positions)
-    matrix_t = None if matrix is None else torch.from_numpy(matrix.T).to(device)
+    factor = float(spacing[grid.axis] / grid.spacing)
+    positions = torch.from_numpy(np.asarray(grid.positions, np.float32)).to(device)
     output = np.zeros(grid.shape, dtype=np.float32)
     orientations = plane_orientations(grid.axis, spacing)
     for p, w, offset in orientations:
@@ -86,19 +73,12 @@ def reconstruct(
             index = neighbour_indices(centres, k, offset, total)
             lr = torch.from_numpy(np.ascontiguousarray(planes[index], dtype=np.float32))
             with autocast(device):
-                sr = generator(lr.to(device), scale)[:, 0].float()  # (B, W, n * scale)
-            if matrix_t is not None:
-                sr = sr @ matrix_t
+                sr = generator(lr.to(device), positions, factor)[:, 0].float()  # (B, W, M)
             target[centres] += sr.cpu().numpy()
             if on_batch is not None:
                 on_batch(len(centres))
     output /= len(orientations)
     return output
-
-
-def network_scale(volume: Volume, grid: OutputGrid) -> int:
-    """Integer factor of the network head that reaches `grid` from `volume`."""
-    return integer_scale(volume.spacing[grid.axis] / grid.spacing)
 
 
 def reconstruct_volume(
@@ -125,7 +105,6 @@ def reconstruct_volume(
             grid,
             volume.spacing,
             generator,
-            scale=network_scale(volume, grid),
             device=device,
             batch_size=batch_size,
             on_batch=on_batch,

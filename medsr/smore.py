@@ -13,16 +13,17 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from medsr.config import DataConfig
-from medsr.data import PairSampler, stacks_self_supervised
+from medsr.data import PairSampler, sources_self_supervised
 from medsr.io import Volume
-from medsr.models.blocks import bspline_upsample_last_axis
+from medsr.models.blocks import bspline_sample_last_axis
 
 logger = logging.getLogger(__name__)
 
 
 class SmoreNet(nn.Module):
     """8 convolutions of 32 channels (ReLU between) predicting a residual over the cubic
-    B-spline pre-upsampled plane; the same call signature as `MISRGenerator` (k = 1)."""
+    B-spline pre-upsampled plane (on the output grid); the same call signature as
+    `MISRGenerator` (k = 1)."""
 
     neighbours = 1
 
@@ -37,15 +38,14 @@ class SmoreNet(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
         self.body = nn.Sequential(*layers)
 
-    def forward(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
-        upsampled = bspline_upsample_last_axis(lr, scale)
+    def forward(self, lr: torch.Tensor, positions: torch.Tensor, factor: float) -> torch.Tensor:
+        upsampled = bspline_sample_last_axis(lr, positions)
         return upsampled + self.body(upsampled)
 
 
 def fit_smore(
     volume: Volume,
     *,
-    scale: int,
     seconds: float,
     device: torch.device,
     seed: int = 0,
@@ -54,15 +54,21 @@ def fit_smore(
     """Fit a fresh `SmoreNet` to `volume`'s in-plane slices for `seconds` (L1, Adam)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    config = DataConfig(self_supervised=True, validation_fraction=0.0)
-    sampler = PairSampler(stacks_self_supervised(volume, "scan", scale=scale), config, 1)
+    config = DataConfig(
+        self_supervised=True,
+        validation_fraction=0.0,
+        noise_max=0.0,
+        gamma_range=(1.0, 1.0),
+        gain_range=(1.0, 1.0),
+    )
+    sampler = PairSampler(sources_self_supervised(volume, "scan"), config, 1)
     network = SmoreNet().to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate)
     deadline, steps = time.perf_counter() + seconds, 0
     while time.perf_counter() < deadline:
-        lr, hr, batch_scale = sampler.sample(rng)
+        lr, hr, positions, factor = sampler.sample(rng)
         optimiser.zero_grad(set_to_none=True)
-        loss = F.l1_loss(network(lr.to(device), batch_scale), hr.to(device))
+        loss = F.l1_loss(network(lr.to(device), positions, factor), hr.to(device))
         loss.backward()
         optimiser.step()
         steps += 1

@@ -23,7 +23,7 @@ from medsr.errors import MedsrError
 from medsr.losses import AdversarialLoss, PerceptualLoss, load_vgg_features
 from medsr.metrics import psnr, ssim
 from medsr.models import MISRGenerator, PlaneDiscriminator
-from medsr.models.blocks import bspline_upsample_last_axis
+from medsr.models.blocks import bspline_sample_last_axis
 from medsr.runtime import autocast, distributed_world
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 METRIC_COLUMNS = [
     "step",
     "seconds",
-    "scale",
+    "factor",
     "loss_g",
     "loss_pixel",
     "loss_perceptual",
@@ -51,7 +51,7 @@ def build_generator(config: Config) -> MISRGenerator:
         neighbours=model.neighbours,
         num_features=model.num_features,
         num_blocks=model.num_blocks,
-        scales=tuple(model.scales),
+        hidden=model.hidden,
     )
 
 
@@ -80,6 +80,8 @@ class Trainer:
         sampler: source of training batches and validation planes.
         device: torch device.
         run_dir: folder for checkpoints and ``metrics.csv`` (None: keep nothing on disk).
+        validation: fixed validation batches (`PairSampler.validation_planes` of held-out
+            volumes); default: the held-back planes of `sampler`.
     """
 
     def __init__(
@@ -88,20 +90,22 @@ class Trainer:
         sampler: PairSampler,
         device: torch.device,
         run_dir: str | os.PathLike[str] | None = None,
+        validation: list | None = None,
     ) -> None:
         self.config, self.sampler, self.device = config, sampler, device
+        self._validation = validation
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.rank, _, self.world = distributed_world()
-        missing = sorted(set(sampler.scales) - set(config.model.scales))
-        if missing:
-            raise MedsrError(f"the data need factor(s) {missing}; add them to model.scales")
-        self.generator = build_generator(config).to(device)
         loss = config.loss
         self.discriminator = None
-        if loss.adversarial_weight > 0:
-            self.discriminator = PlaneDiscriminator(
-                config.model.discriminator_channels, config.model.discriminator_layers
-            ).to(device)
+        with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG kept
+            torch.manual_seed(config.train.seed)
+            self.generator = build_generator(config).to(device)
+            if loss.adversarial_weight > 0:
+                self.discriminator = PlaneDiscriminator(
+                    config.model.discriminator_channels, config.model.discriminator_layers
+                ).to(device)
+        if self.discriminator is not None:
             self._check_discriminator_input(sampler)
         self.perceptual = None
         if loss.perceptual_weight > 0:
@@ -122,6 +126,9 @@ class Trainer:
         self.amp = train.mixed_precision and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
+        #: cosine schedule as (start step, start factor, end step); a resume with a new
+        #: `train.steps` continues from the current rate instead of jumping
+        self.schedule = (0, 1.0, train.steps)
         self.rng = np.random.default_rng([train.seed, self.rank])
         self.g_net, self.d_net = self.generator, self.discriminator
         if self.world > 1:  # heads of unused factors get no gradient in a step
@@ -133,8 +140,10 @@ class Trainer:
                 self.d_net = DistributedDataParallel(self.discriminator, device_ids=ids)
 
     def _check_discriminator_input(self, sampler: PairSampler) -> None:
+        # the shortest target a batch can have: the smallest factor's patch
         data = self.config.data
-        smallest = (1, 1, data.patch_width, data.patch_slices * min(sampler.scales))
+        slices = sampler.patch_slices(data.min_factor, 10**6)
+        smallest = (1, 1, data.patch_width, max(1, int(slices * data.min_factor)))
         try:
             with torch.no_grad():
                 self.discriminator(torch.zeros(smallest, device=self.device))
@@ -146,23 +155,41 @@ class Trainer:
             ) from error
 
     @property
+    def validation(self) -> list:
+        """Validation batches, made on first use."""
+        if self._validation is None:
+            self._validation = self.sampler.validation_planes()
+        return self._validation
+
+    @property
     def adversarial_phase(self) -> bool:
         """True once the MSE-only warm-up is over."""
         return self.step >= self.config.train.warmup_steps
 
+    def schedule_factor(self, step: int) -> float:
+        """Learning-rate factor at `step` (derived from the step alone: resumes are exact)."""
+        if self.config.train.lr_schedule != "cosine":
+            return 1.0
+        start, start_factor, end = self.schedule
+        progress = min(max(step - start, 0), end - start) / max(end - start, 1)
+        return start_factor * 0.5 * (1 + math.cos(math.pi * progress))
+
     def _set_learning_rates(self) -> None:
-        # derived from the step alone, so a resumed run follows the same schedule
+        factor = self.schedule_factor(self.step)
         train = self.config.train
-        factor = 1.0
-        if train.lr_schedule == "cosine":
-            factor = 0.5 * (1 + math.cos(math.pi * min(self.step, train.steps) / train.steps))
         for group in self.opt_g.param_groups:
             group["lr"] = train.learning_rate * factor
         for group in self.opt_d.param_groups if self.opt_d is not None else []:
             group["lr"] = train.discriminator_learning_rate * factor
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor, scale: int) -> dict[str, float]:
-        """One generator update and, in the adversarial phase, one discriminator update."""
+    def train_step(
+        self, lr: torch.Tensor, hr: torch.Tensor, positions: torch.Tensor, factor: float
+    ) -> dict[str, float]:
+        """One generator update and, in the adversarial phase, one discriminator update.
+
+        The adversarial terms are computed from the discriminator's logits in float32 outside
+        autocast (binary cross-entropy on probabilities is refused under CUDA autocast).
+        """
         self._set_learning_rates()
         lr, hr = lr.to(self.device), hr.to(self.device)
         weights, losses = self.config.loss, {}
@@ -172,17 +199,20 @@ class Trainer:
         self.generator.train()
         self.opt_g.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
-            fake = self.g_net(lr, scale)
-            loss_g = F.mse_loss(fake.float(), hr)
-            losses["loss_pixel"] = loss_g.item()
-            if self.adversarial_phase and self.perceptual is not None:
-                loss_percep = self.perceptual(fake.float(), hr)
-                loss_g = loss_g + weights.perceptual_weight * loss_percep
-                losses["loss_perceptual"] = loss_percep.item()
-            if use_gan:
-                loss_adv = self.adversarial.generator_loss(self.d_net(fake))
-                loss_g = loss_g + weights.adversarial_weight * loss_adv
-                losses["loss_adversarial"] = loss_adv.item()
+            fake = self.g_net(lr, positions, factor)
+            fake_logits = self.d_net(fake) if use_gan else None
+        fake = fake.float()
+        loss_g = F.mse_loss(fake, hr)
+        losses["loss_pixel"] = loss_g.item()
+        if self.adversarial_phase and self.perceptual is not None:
+            with autocast(self.device, self.amp):
+                loss_percep = self.perceptual(fake, hr).float()
+            loss_g = loss_g + weights.perceptual_weight * loss_percep
+            losses["loss_perceptual"] = loss_percep.item()
+        if use_gan:
+            loss_adv = self.adversarial.generator_loss(fake_logits.float())
+            loss_g = loss_g + weights.adversarial_weight * loss_adv
+            losses["loss_adversarial"] = loss_adv.item()
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
         losses["loss_g"] = loss_g.item()
@@ -190,9 +220,8 @@ class Trainer:
             self.discriminator.requires_grad_(True)
             self.opt_d.zero_grad(set_to_none=True)
             with autocast(self.device, self.amp):
-                loss_d = self.adversarial.discriminator_loss(
-                    self.d_net(hr), self.d_net(fake.detach())
-                )
+                real_logits, fake_logits = self.d_net(hr), self.d_net(fake.detach())
+            loss_d = self.adversarial.discriminator_loss(real_logits.float(), fake_logits.float())
             self.scaler.scale(loss_d).backward()
             self.scaler.step(self.opt_d)
             losses["loss_d"] = loss_d.item()
@@ -202,19 +231,19 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean PSNR/SSIM (normalised units, range 1) of the generator and of cubic B-spline on
-        the held-back planes."""
+        the validation planes (held-out volumes, or held-back planes)."""
         self.generator.eval()
         scores: dict[str, list[float]] = {k: [] for k in METRIC_COLUMNS[-4:]}
-        for lr, hr, scale in self.sampler.validation_planes():
+        for lr, hr, positions, factor in self.validation:
             lr = lr.to(self.device)
-            pred = self.generator(lr, scale)[0, 0].float().cpu().numpy()
+            pred = self.generator(lr, positions, factor)[0, 0].float().cpu().numpy()
             centre = lr[:, self.generator.neighbours // 2 : self.generator.neighbours // 2 + 1]
-            base = bspline_upsample_last_axis(centre, scale)[0, 0].cpu().numpy()
+            base = bspline_sample_last_axis(centre, positions)[0, 0].cpu().numpy()
             target = hr[0, 0].numpy()
             for name, image in (("", pred), ("_bspline", base)):
                 scores[f"val_psnr{name}"].append(psnr(image, target, data_range=1.0))
                 scores[f"val_ssim{name}"].append(ssim(image, target, data_range=1.0))
-        return {k: float(np.mean(v)) for k, v in scores.items()}
+        return {k: float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
 
     def checkpoint(self) -> dict:
         """Everything needed to resume: one dict of tensors and plain Python values."""
@@ -231,6 +260,7 @@ class Trainer:
             "opt_d": None if self.opt_d is None else self.opt_d.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
+            "schedule": list(self.schedule),
             "config": config_to_dict(self.config),
             "version": __version__,
             "rng": rng_states,
@@ -249,8 +279,23 @@ class Trainer:
         os.replace(temporary, path)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Restore networks, optimisers, step and random state from `path`."""
+        """Restore networks, optimisers, step, schedule and random state from `path`.
+
+        Raises:
+            MedsrError: the checkpoint's model configuration differs from this run's.
+        """
         state = torch.load(Path(path), map_location=self.device, weights_only=True)
+        saved = config_from_dict(state["config"]).model
+        if saved != self.config.model:
+            changed = [
+                f"{name} {getattr(saved, name)} -> {getattr(self.config.model, name)}"
+                for name in saved.__dataclass_fields__
+                if getattr(saved, name) != getattr(self.config.model, name)
+            ]
+            raise MedsrError(
+                f"cannot resume '{path}' with a changed model ({', '.join(changed)}); "
+                "start a new run instead"
+            )
         self.generator.load_state_dict(state["generator"])
         if self.discriminator is not None and state["discriminator"] is not None:
             self.discriminator.load_state_dict(state["discriminator"])
@@ -258,6 +303,10 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        start, start_factor, end = state.get("schedule", (0, 1.0, self.config.train.steps))
+        self.schedule = (int(start), float(start_factor), int(end))
+        if int(end) != self.config.train.steps:  # a new horizon: continue from today's rate
+            self.schedule = (self.step, self.schedule_factor(self.step), self.config.train.steps)
         states = state["rng"]
         self.rng.bit_generator.state = states[self.rank] if self.rank < len(states) else states[0]
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -268,6 +317,7 @@ class Trainer:
         *,
         until_step: int | None = None,
         deadline: float | None = None,
+        description: str = "train",
     ) -> dict[str, float]:
         """Train until `config.train.steps` (or `until_step`, or the `time.perf_counter()`
         `deadline`, whichever comes first); returns the last validation scores."""
@@ -279,20 +329,21 @@ class Trainer:
             self.run_dir / "metrics.csv" if self.run_dir and self.rank == 0 else None, self.step
         )
         bar = tqdm(
-            total=train.steps,
+            total=stop,
             initial=self.step,
+            desc=description,
             disable=not progress or self.rank != 0,
             unit="step",
             dynamic_ncols=True,
         )
         while self.step < stop and (deadline is None or time.perf_counter() < deadline):
-            lr, hr, scale = self.sampler.sample(self.rng)
-            losses = self.train_step(lr, hr, scale)
+            lr, hr, positions, factor = self.sampler.sample(self.rng)
+            losses = self.train_step(lr, hr, positions, factor)
             self.step += 1
             row = {
                 "step": self.step,
                 "seconds": time.perf_counter() - start,
-                "scale": scale,
+                "factor": factor,
                 **losses,
             }
             if self.step % train.validate_every == 0 or self.step == train.steps:
@@ -308,7 +359,9 @@ class Trainer:
                 )
             log.write(row)
             bar.update(1)
-            bar.set_postfix({k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items()})
+            bar.set_postfix(
+                {k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items() if v != 0}
+            )
             if self.run_dir and self.step == train.warmup_steps:
                 self.save_checkpoint(self.run_dir / "checkpoints" / "warmup.pt")  # MSE-only model
             if self.run_dir and (

@@ -7,18 +7,25 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medsr.config import Config, config_from_dict
 from medsr.errors import MedsrError
+from medsr.io import Volume
 from medsr.runtime import distributed_world
 from medsr.training import Trainer
 
 logger = logging.getLogger(__name__)
 
 
+#: single 2D images (histology tiles, photographs of sections) usable as training planes
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 def expand_data_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given; a folder of volume files becomes its files (sorted); a DICOM or section
+    """Files as given; a ``.txt`` file lists paths (one per line, ``#`` comments, relative to
+    the list); a folder of volume files becomes its files (sorted); a DICOM series or section
     folder stays one volume."""
     from medsr.io import volume_format
 
@@ -26,16 +33,42 @@ def expand_data_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
     for item in map(Path, paths):
         if not item.exists():
             raise MedsrError(f"training data not found: '{item}'")
+        if item.is_file() and item.suffix.lower() == ".txt":
+            lines = [line.split("#")[0].strip() for line in item.read_text().splitlines()]
+            expanded += expand_data_paths([item.parent / line for line in lines if line])
+            continue
         files = []
         if item.is_dir():
             for child in sorted(item.iterdir()):
                 try:
-                    if child.is_file() and volume_format(child) != "tiff":
+                    if child.is_file() and volume_format(child) not in ("tiff", "dicom"):
                         files.append(child)
                 except MedsrError:
                     continue
         expanded += files or [item]
     return expanded
+
+
+def read_training_volume(path: Path) -> Volume:
+    """A volume for training: `read_volume`, or a single 2D image (PNG/JPEG, or a TIFF of one
+    plane) as a volume of one slice with unit pixels. Colour becomes its grey mean."""
+    from medsr.io import read_volume
+    from medsr.io.tiff import read_section
+
+    is_tiff = path.suffix.lower() in (".tif", ".tiff")
+    if path.suffix.lower() in IMAGE_SUFFIXES or is_tiff:
+        image = np.asarray(read_section(path))
+        if is_tiff and image.ndim == 3 and image.shape[-1] not in (3, 4):
+            try:
+                return read_volume(path)  # a stack
+            except MedsrError as error:
+                if "no spacing" not in str(error):
+                    raise
+                logger.warning("'%s' has no spacing; training on it as isotropic", path)
+                return read_volume(path, spacing=(1.0, 1.0, 1.0))
+        grey = image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+        return Volume(np.asarray(grey, np.float32)[:, :, None], np.eye(4))
+    return read_volume(path)
 
 
 def resolve_config(
@@ -72,12 +105,15 @@ def run_training(
     *,
     resume: bool = False,
     progress: bool = False,
+    validation_paths: list | None = None,
 ) -> dict[str, float]:
     """Read the data, train (resuming from ``RUN_DIR/checkpoints/latest.pt`` if asked), and
-    save the resolved config in RUN_DIR. Works under torchrun (one process per rank)."""
+    save the resolved config in RUN_DIR. Works under torchrun (one process per rank).
+
+    With `validation_paths`, validation uses whole held-out volumes (`PairSampler.
+    validation_planes` of their sources) instead of held-back planes of the training data."""
     from medsr.config import save_config
     from medsr.data import build_sampler
-    from medsr.io import read_volume
     from medsr.runtime import close_distributed, init_distributed, resolve_device, seed_everything
 
     run_dir = Path(run_dir)
@@ -92,10 +128,18 @@ def run_training(
     init_distributed(device)
     try:
         seed_everything(config.train.seed + rank)
-        volumes = [(read_volume(path), path.name) for path in expand_data_paths(data_paths)]
+        volumes = [(read_training_volume(p), p.name) for p in expand_data_paths(data_paths)]
         sampler = build_sampler(volumes, config.data, config.model.neighbours)
+        validation = None
+        if validation_paths:
+            held_out = [
+                (read_training_volume(p), p.name) for p in expand_data_paths(validation_paths)
+            ]
+            validation = build_sampler(
+                held_out, config.data, config.model.neighbours
+            ).validation_planes(max_sources=24)
         run_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(config, sampler, device, run_dir)
+        trainer = Trainer(config, sampler, device, run_dir, validation=validation)
         if resume:
             trainer.load_checkpoint(run_dir / "checkpoints" / "latest.pt")
             logger.info("resumed at step %d", trainer.step)

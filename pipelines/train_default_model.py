@@ -1,14 +1,16 @@
 """Train the generator shipped with medsr and export it into the package.
 
-Reproduces `medsr/weights/misr_default.pt`:
+Reproduces `medsr/weights/misr_default.pt` with one command (from the repository root, with
+../shared beside it):
 
     python pipelines/train_default_model.py \
-        --data ../shared/data/mri/heudiconv_b0_1.5mm_run3.nii.gz \
-        --vgg-weights ../shared/weights/vgg16_imagenet_features.pth --out runs/default_model
+        --vgg-weights ../shared/weights/vgg16_imagenet_features.pth
 
-It runs `medsr train` with `pipelines/configs/default_model.yaml` (resumable with --resume), then
-keeps only what inference needs (generator weights, config, version) in the package file.
-The benchmark volumes (b0 runs 1 and 2, the macaque template) are not used for training.
+It cuts the 2D histology images into a training (left) half and a benchmark (right) half, runs
+`medsr train` with `pipelines/configs/default_model.yaml` on the volumes listed in
+`pipelines/configs/default_model_data.txt`, validating on the whole held-out volumes of
+`default_model_validation.txt` (resumable with --resume), then keeps only what inference needs
+(generator weights, config, version, step) in the package file.
 """
 
 from __future__ import annotations
@@ -16,12 +18,33 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+import tifffile
 import torch
 
 from medsr import __version__
 from medsr.cli import main as medsr_main
+from medsr.io.tiff import read_section
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "pipelines" / "configs"
+HISTOLOGY = ["stardist_he.jpg", "wsidicom_he_tile.png", "stardist_fluo_nuclei.tif"]
+
+
+def histology_halves(data: Path, out: Path) -> None:
+    """Left halves (columns) of the 2D histology images, for training; the right halves are
+    the histology benchmark's (pipelines/benchmark_histology.py)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in HISTOLOGY:
+        image = np.asarray(read_section(data / "histology" / name))
+        left = np.ascontiguousarray(image[:, : image.shape[1] // 2])
+        stem = name.rsplit(".", 1)[0]
+        if name.endswith(".tif"):
+            tifffile.imwrite(out / f"{stem}_left.tif", left)
+        else:
+            Image.fromarray(left).save(out / f"{stem}_left.png")
 
 
 def export_generator(checkpoint: Path, destination: Path) -> None:
@@ -39,29 +62,22 @@ def export_generator(checkpoint: Path, destination: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", nargs="+", required=True)
+    parser.add_argument("--shared-data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "default_model")
     parser.add_argument("--vgg-weights", required=True)
-    parser.add_argument(
-        "--config", type=Path, default=ROOT / "pipelines" / "configs" / "default_model.yaml"
-    )
+    parser.add_argument("--config", type=Path, default=CONFIGS / "default_model.yaml")
+    parser.add_argument("--data", type=Path, default=CONFIGS / "default_model_data.txt")
+    parser.add_argument("--validation", type=Path, default=CONFIGS / "default_model_validation.txt")
     parser.add_argument(
         "--export", type=Path, default=ROOT / "medsr" / "weights" / "misr_default.pt"
     )
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
-    argv = [
-        "train",
-        "--data",
-        *args.data,
-        "--out",
-        str(args.out),
-        "--config",
-        str(args.config),
-        "--vgg-weights",
-        args.vgg_weights,
-    ]
+    histology_halves(args.shared_data, ROOT / "runs" / "default_model" / "histology_train")
+    argv = ["train", "--data", str(args.data), "--validation-data", str(args.validation)]
+    argv += ["--out", str(args.out), "--config", str(args.config)]
+    argv += ["--vgg-weights", args.vgg_weights]
     for override in args.overrides:
         argv += ["--set", override]
     if args.resume:

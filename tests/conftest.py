@@ -84,12 +84,14 @@ def tiny_config():
             neighbours=3,
             num_features=8,
             num_blocks=1,
-            scales=(2, 3),
+            hidden=8,
             discriminator_channels=8,
             discriminator_layers=2,
         ),
         loss=LossConfig(perceptual_weight=0.0, adversarial_weight=0.01),
-        data=DataConfig(factors=(2, 3), patch_width=16, patch_slices=8, batch_size=4),
+        data=DataConfig(
+            min_factor=2.0, max_factor=16.0, patch_width=16, patch_slices=8, batch_size=4
+        ),
         train=TrainConfig(
             steps=2, warmup_steps=1, checkpoint_every=1, validate_every=2, device="cpu"
         ),

@@ -61,6 +61,18 @@ def test_info_prints_geometry(phantom_path, capsys):
     text = capsys.readouterr().out
     assert "20 x 18 x 8" in text and "1 x 1 x 4 mm" in text and "LPS" in text
     assert "thick axis:  2" in text and "anisotropy:  4" in text
+    assert "output grid: 20 x 18 x 32, 1 mm along axis 2 (factor 4" in text
+    assert "learned:     covered (misr works up to x16)" in text
+
+
+def test_info_says_when_the_learned_method_does_not_cover_the_factor(tmp_path, capsys):
+    from medsr.io import Volume, write_volume
+
+    volume = Volume(array=np.zeros((8, 8, 6), np.int16), affine=np.diag([0.25, 0.25, 6.0, 1]))
+    path = write_volume(volume, tmp_path / "thick.nii.gz")
+    assert main(["info", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "factor 24" in text and "not covered: x24 is above misr's x16" in text
 
 
 def test_tiff_with_input_spacing_writes_ome_tiff(tmp_path):

@@ -6,11 +6,11 @@ from medsr.errors import MedsrError
 
 def test_yaml_maps_onto_dataclasses_and_round_trips(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text("model:\n  neighbours: 1\n  scales: [2, 4]\ntrain:\n  steps: 10\n")
-    config = load_config(path, ["loss.perceptual_weight=0", "data.profile=gaussian"])
-    assert config.model.neighbours == 1 and config.model.scales == (2, 4)
+    path.write_text("model:\n  neighbours: 1\n  hidden: 16\ntrain:\n  steps: 10\n")
+    config = load_config(path, ["loss.perceptual_weight=0", "data.profiles=[gaussian]"])
+    assert config.model.neighbours == 1 and config.model.hidden == 16
     assert config.train.steps == 10 and config.loss.perceptual_weight == 0.0
-    assert config.data.profile == "gaussian"
+    assert config.data.profiles == ("gaussian",)
     save_config(config, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == config
     assert config_from_dict(config_to_dict(Config())) == Config()
@@ -21,7 +21,10 @@ def test_yaml_maps_onto_dataclasses_and_round_trips(tmp_path):
     [
         ({"model": {"neighbors": 3}}, "unknown config key.*model.neighbors"),
         ({"optimiser": {}}, "unknown config key.*optimiser"),
-        ({"data": {"profile": "triangle"}}, "not one of"),
+        ({"data": {"profiles": ["triangle"]}}, "not one of"),
+        ({"data": {"validation_fraction": 1.5}}, "validation_fraction"),
+        ({"model": {"neighbours": 2}}, "odd"),
+        ({"train": {"steps": 0}}, "train.steps"),
         ({"train": {"steps": "many"}}, "cannot read"),
         ({"train": {"mixed_precision": "yes"}}, "true/false"),
     ],

@@ -3,61 +3,130 @@ import pytest
 from conftest import make_affine, phantom_array
 
 from medsr.config import DataConfig
-from medsr.data import build_sampler, integer_scale, stacks_from_volume, stacks_self_supervised
+from medsr.data import (
+    MIN_PATCH_SLICES,
+    add_rician_noise,
+    build_sampler,
+    sources_from_volume,
+    sources_self_supervised,
+    thicken_last_axis,
+)
 from medsr.errors import MedsrError
 from medsr.io import Volume
 
+CLEAN = {"noise_max": 0.0, "gamma_range": (1.0, 1.0), "gain_range": (1.0, 1.0)}
 
-def test_source1_pairs_come_from_true_high_resolution(hr_volume):
-    config = DataConfig(factors=(2, 3), patch_width=10, patch_slices=4, batch_size=5)
+
+def test_sources_are_views_of_one_normalised_copy(hr_volume):
+    sources = sources_from_volume(hr_volume, "hr")
+    assert len(sources) == 6  # 3 thick axes x 2 neighbour axes (both orientations)
+    base = sources[0].array.base
+    assert all(np.shares_memory(s.array, base) for s in sources)
+
+
+def test_pairs_are_the_truth_and_its_simulated_thick_slices(hr_volume):
+    config = DataConfig(
+        profiles=("boxcar",), thickness_ratios=(1.0, 1.0), patch_width=10, batch_size=4, **CLEAN
+    )
     sampler = build_sampler([(hr_volume, "hr")], config, neighbours=3)
-    assert len(sampler.stacks) == 6 * 2  # 3 thick axes x 2 neighbour axes x 2 factors
-    stack = sampler.stacks[0]
-    thick, target = stack.pairs(config)
-    # boxcar factor 2: a thick slice is the mean of two true slices, the target is the truth
-    np.testing.assert_allclose(thick[..., 0], stack.array[..., :2].mean(-1), atol=1e-5)
-    np.testing.assert_array_equal(target, stack.array[:, :, : thick.shape[2] * 2])
-    lr, hr, scale = sampler.sample(np.random.default_rng(0))
-    assert lr.shape == (5, 3, 10, 4) and hr.shape == (5, 1, 10, 4 * scale)
+    for seed in range(5):
+        lr, hr, positions, factor = sampler.sample(np.random.default_rng(seed))
+        assert config.min_factor <= factor <= config.max_factor
+        assert lr.shape[:3] == (4, 3, 10) and hr.shape[:3] == (4, 1, 10)
+        assert hr.shape[-1] == len(positions) == int(np.floor(lr.shape[-1] * factor + 1e-6))
+        # the centre plane's thick slices are the boxcar means of the target's thin slices
+        thin = hr[:, 0].numpy()
+        whole = int(np.floor(factor))
+        if whole == factor:
+            np.testing.assert_allclose(
+                lr[:, 1, :, 0].numpy(), thin[..., :whole].mean(-1), atol=1e-5
+            )
+
+
+def test_factors_are_drawn_log_uniformly_over_the_range():
+    volume = Volume(array=phantom_array((20, 20, 200)), affine=np.eye(4))
+    config = DataConfig(min_factor=2.0, max_factor=16.0, batch_size=1, patch_width=8)
+    sampler = build_sampler([(volume, "long")], config, neighbours=1)
+    rng = np.random.default_rng(0)
+    factors = np.array([sampler.draw_factor(sampler.sources[-1], rng) for _ in range(2000)])
+    assert factors.min() >= 2.0 and factors.max() <= 16.0
+    # log-uniform: as many draws in [2, 5.66) as in [5.66, 16)
+    assert abs(np.mean(factors < np.sqrt(32)) - 0.5) < 0.05
+
+
+def test_short_sources_limit_the_factor():
+    volume = Volume(array=phantom_array((20, 20, 12)), affine=np.eye(4))
+    sampler = build_sampler([(volume, "short")], DataConfig(), neighbours=1)
+    for source in sampler.sources:
+        assert source.max_factor() == source.array.shape[2] / MIN_PATCH_SLICES
+
+
+def test_self_supervised_sources_keep_the_scan_factor():
+    scan = Volume(array=phantom_array((20, 18, 6)), affine=make_affine("LIA", (0.5, 0.5, 2.2)))
+    sources = sources_self_supervised(scan, "scan")
+    assert len(sources) == 2 and {s.offset(4.4) for s in sources} == {1}
+    assert [s.factor for s in sources] == pytest.approx([4.4, 4.4])
+    config = DataConfig(self_supervised=True, patch_width=8, batch_size=2)
+    sampler = build_sampler([(scan, "scan")], config, neighbours=3)
+    lr, hr, positions, factor = sampler.sample(np.random.default_rng(1))
+    assert factor == pytest.approx(4.4) and hr.shape[-1] == len(positions)
+
+
+def test_thick_scans_among_high_resolution_volumes_teach_their_own_factor(hr_volume):
+    scan = Volume(array=phantom_array((20, 18, 6)), affine=make_affine("RAS", (0.5, 0.5, 3.0)))
+    sampler = build_sampler([(hr_volume, "hr"), (scan, "scan")], DataConfig(), neighbours=3)
+    assert [s.factor for s in sampler.sources].count(6.0) == 2
 
 
 def test_neighbours_are_one_thick_spacing_apart(hr_volume):
-    stacks = stacks_from_volume(hr_volume, (4,), "hr")
-    assert {s.neighbour_offset for s in stacks} == {4}
-    scan = Volume(array=phantom_array((20, 18, 6)), affine=make_affine("LIA", (0.5, 0.5, 2.2)))
-    stacks = stacks_self_supervised(scan, "scan")
-    assert len(stacks) == 2 and {s.neighbour_offset for s in stacks} == {1}
-    assert [s.factor for s in stacks] == pytest.approx([4.4, 4.4])
-    assert {s.scale for s in stacks} == {5}
+    sources = sources_from_volume(hr_volume, "hr")
+    assert {s.offset(4.0) for s in sources} == {4}
 
 
-def test_self_supervised_target_on_the_integer_grid():
-    scan = Volume(array=phantom_array((30, 24, 5)), affine=make_affine("RAS", (1, 1, 2.5)))
-    config = DataConfig(self_supervised=True, patch_width=8, patch_slices=4, batch_size=2)
-    sampler = build_sampler([(scan, "scan")], config, neighbours=1)
-    thick, target = sampler.stacks[0].pairs(config)
-    assert target.shape[2] == thick.shape[2] * 3  # factor 2.5 -> network factor 3
-    lr, hr, scale = sampler.sample(np.random.default_rng(1))
-    assert scale == 3 and hr.shape[-1] == lr.shape[-1] * 3
+def test_two_dimensional_images_are_sources():
+    image = Volume(array=phantom_array((40, 30, 1)), affine=np.eye(4))
+    sources = sources_from_volume(image, "image")
+    assert len(sources) == 2 and all(s.array.shape[0] == 1 for s in sources)
 
 
 def test_validation_planes_are_never_training_centres(hr_volume):
-    config = DataConfig(
-        factors=(2,), patch_width=8, patch_slices=4, batch_size=64, validation_fraction=0.25
-    )
+    config = DataConfig(batch_size=64, patch_width=8, validation_fraction=0.25)
     sampler = build_sampler([(hr_volume, "hr")], config, neighbours=1)
-    stack = sampler.stacks[0]
-    split = sampler._split(stack)
-    assert split == stack.array.shape[0] - round(stack.array.shape[0] * 0.25)
-    planes = sampler.validation_planes(max_stacks=1, per_stack=100)
-    assert len(planes) == stack.array.shape[0] - split
-    assert integer_scale(2.0) == 2 and integer_scale(2.01) == 3 and integer_scale(1.2) == 2
+    source = sampler.sources[0]
+    split = sampler._split(source)
+    assert split == source.array.shape[0] - round(source.array.shape[0] * 0.25)
+    planes = sampler.validation_planes()
+    assert planes and all(p[1].shape[-1] == len(p[2]) for p in planes)
+    first = sampler.validation_planes()
+    for a, b in zip(first, planes, strict=True):  # fixed: the same planes every time
+        assert np.array_equal(a[0].numpy(), b[0].numpy())
+
+
+def test_rician_noise_is_non_negative_and_biased_up_in_the_background():
+    rng = np.random.default_rng(0)
+    noisy = add_rician_noise(np.zeros((100, 100), np.float32), 0.1, rng)
+    assert noisy.min() >= 0 and 0.1 < noisy.mean() < 0.15  # sigma * sqrt(pi / 2) = 0.125
+
+
+def test_thickening_preserves_a_constant():
+    thick = thicken_last_axis(np.full((2, 3, 20), 5.0, np.float32), 2.5, 3.0, "gaussian")
+    assert thick.shape == (2, 3, 8)
+    np.testing.assert_allclose(thick, 5.0, rtol=1e-5)
 
 
 def test_wrong_source_is_refused():
     thick = Volume(array=phantom_array((8, 8, 8)), affine=np.diag([1, 1, 3, 1.0]))
     with pytest.raises(MedsrError, match="--self-supervised"):
-        stacks_from_volume(thick, (2,), "thick")
+        sources_from_volume(thick, "thick")
     iso = Volume(array=phantom_array((8, 8, 8)), affine=np.eye(4))
     with pytest.raises(MedsrError, match="nearly isotropic"):
-        stacks_self_supervised(iso, "iso")
+        sources_self_supervised(iso, "iso")
+
+
+def test_config_ranges_are_checked():
+    with pytest.raises(MedsrError, match="min_factor"):
+        DataConfig(min_factor=4.0, max_factor=2.0)
+    with pytest.raises(MedsrError, match="validation_fraction"):
+        DataConfig(validation_fraction=1.5)
+    with pytest.raises(MedsrError, match="thickness_ratios"):
+        DataConfig(thickness_ratios=(1.2, 0.8))

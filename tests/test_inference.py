@@ -8,7 +8,7 @@ from medsr.cli import main
 from medsr.geometry import plan_output_grid, world_extent
 from medsr.inference import default_model_path, upsample_volume
 from medsr.io import Volume, read_volume, write_volume
-from medsr.reconstruction import plane_orientations, resample_matrix
+from medsr.reconstruction import plane_orientations
 from medsr.training import load_generator
 
 
@@ -26,7 +26,7 @@ def test_identity_model_reassembles_the_bspline_upsampling(identity_checkpoint):
         volume,
         method="misr",
         model=identity_checkpoint,
-        fit_seconds=0,
+        fit_steps=0,
         keep_dtype=False,
         device="cpu",
     )
@@ -40,7 +40,7 @@ def test_constant_volume_stays_constant(identity_checkpoint):
     volume = _thick_volume()
     constant = volume.with_array(np.full(volume.array.shape, 812, np.int16))
     result = upsample_volume(
-        constant, method="misr", model=identity_checkpoint, fit_seconds=0, scale=2.5, device="cpu"
+        constant, method="misr", model=identity_checkpoint, fit_steps=0, scale=2.5, device="cpu"
     )
     assert result.array.dtype == np.int16 and np.all(result.array == 812)
 
@@ -50,7 +50,7 @@ def test_constant_volume_stays_constant(identity_checkpoint):
 def test_misr_output_overlays_the_input(identity_checkpoint, orientation, axis):
     volume = _thick_volume(orientation, axis, thick=2.6)
     result = upsample_volume(
-        volume, method="misr", model=identity_checkpoint, fit_seconds=0, device="cpu"
+        volume, method="misr", model=identity_checkpoint, fit_steps=0, device="cpu"
     )
     assert result.spatial_shape[axis] == round(6 * 2.6)
     for a, b in zip(
@@ -68,7 +68,7 @@ def test_adaptation_changes_the_model_and_keeps_geometry(identity_checkpoint):
         volume,
         method="misr",
         model=identity_checkpoint,
-        fit_seconds=2,
+        fit_steps=5,
         keep_dtype=False,
         device="cpu",
     )
@@ -76,7 +76,7 @@ def test_adaptation_changes_the_model_and_keeps_geometry(identity_checkpoint):
         volume,
         method="misr",
         model=identity_checkpoint,
-        fit_seconds=0,
+        fit_steps=0,
         keep_dtype=False,
         device="cpu",
     )
@@ -89,16 +89,33 @@ def test_rgb_channels_share_the_model(identity_checkpoint):
     rgb = np.random.default_rng(0).integers(0, 256, (10, 9, 4, 3), dtype=np.uint8)
     volume = Volume(array=rgb, affine=np.diag([1.0, 1.0, 3.0, 1.0]))
     result = upsample_volume(
-        volume, method="misr", model=identity_checkpoint, fit_seconds=0, device="cpu"
+        volume, method="misr", model=identity_checkpoint, fit_steps=0, device="cpu"
     )
     assert result.array.shape == (10, 9, 12, 3) and result.array.dtype == np.uint8
 
 
-def test_resample_matrix_is_none_on_the_network_grid():
-    positions = plan_output_grid((4, 4, 5), np.diag([1, 1, 3.0, 1]), scale=3).positions
-    assert resample_matrix(5, 3, positions) is None
-    positions = plan_output_grid((4, 4, 5), np.diag([1, 1, 3.0, 1]), scale=2.5).positions
-    assert resample_matrix(5, 3, positions).shape == (round(12.5), 15)
+@pytest.mark.parametrize("factor", [1.2, 2.5, 3.0, 7.3, 10.0, 16.0])
+def test_any_factor_lands_on_the_output_grid(identity_checkpoint, factor):
+    volume = _thick_volume(thick=factor, shape=(10, 9, 6))
+    result = upsample_volume(
+        volume, method="misr", model=identity_checkpoint, fit_steps=0, keep_dtype=False
+    )
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    expected = upsample_baseline(volume, grid, "bspline", keep_dtype=False)
+    assert result.spatial_shape == grid.shape
+    np.testing.assert_allclose(result.array, expected.array, atol=1e-3)
+
+
+def test_factor_above_the_learned_range_is_a_one_line_error(identity_checkpoint):
+    from medsr.errors import MedsrError
+
+    volume = _thick_volume(thick=20.0, shape=(10, 9, 6))
+    with pytest.raises(MedsrError, match=r"--spacing 1\.25 \(mm\)"):
+        upsample_volume(volume, method="misr", model=identity_checkpoint, fit_steps=0)
+    result = upsample_volume(
+        volume, method="misr", model=identity_checkpoint, fit_steps=0, spacing=1.25
+    )
+    assert result.spatial_shape[2] == 6 * 16
 
 
 def test_neighbours_are_one_thick_spacing_apart_at_inference():
@@ -147,8 +164,8 @@ def test_cli_model_round_trip_with_a_trained_checkpoint(tmp_path, hr_volume):
                 str(out),
                 "--model",
                 str(run / "checkpoints" / "latest.pt"),
-                "--fit-seconds",
-                "1",
+                "--fit-steps",
+                "2",
                 "--quiet",
             ]
         )
@@ -176,7 +193,7 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, identity_checkpoint, monkeypa
             str(scan),
             "--model",
             str(identity_checkpoint),
-            "--fit-seconds",
+            "--fit-steps",
             "0",
             "--quiet",
         ]
@@ -215,7 +232,41 @@ def test_shipped_weights_load():
         pytest.fail(f"shipped weights missing at {path}")
     generator, config = load_generator(path)
     assert path.stat().st_size < 5 * 2**20
-    assert set(config.model.scales) >= {2, 3, 4, 5}
+    assert config.data.max_factor >= 16
+    positions = torch.arange(12, dtype=torch.float32) / 3 - 1 / 3
     with torch.no_grad():
-        out = generator(torch.zeros(1, generator.neighbours, 8, 4), 3)
+        out = generator(torch.zeros(1, generator.neighbours, 8, 4), positions, 3.0)
     assert out.shape == (1, 1, 8, 12)
+
+
+def test_same_command_writes_the_same_file_with_its_provenance(tmp_path, identity_checkpoint):
+    import hashlib
+    import json
+
+    scan = write_volume(_thick_volume(shape=(30, 28, 8)), tmp_path / "scan.nii.gz")
+    digests = []
+    for name in ("a.nii.gz", "b.nii.gz"):
+        argv = ["upsample", str(scan), "-o", str(tmp_path / name), "--quiet"]
+        argv += ["--model", str(identity_checkpoint), "--fit-steps", "4", "--device", "cpu"]
+        assert main(argv) == 0
+        digests.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    record = json.loads((tmp_path / "a.nii.gz.json").read_text())
+    assert record["method"] == "misr" and record["fit_steps_run"] == 4 and record["seed"] == 0
+    assert record["factor"] == pytest.approx(3.0) and record["output_shape"] == [30, 28, 24]
+    expected = hashlib.sha256(identity_checkpoint.read_bytes()).hexdigest()
+    assert record["model_sha256"] == expected
+    assert record["input_sha256"] == hashlib.sha256(scan.read_bytes()).hexdigest()
+    header = __import__("nibabel").load(tmp_path / "a.nii.gz").header
+    assert header["descrip"].item().decode().startswith("medsr ")
+    assert f"m{expected[:8]} s4 r0" in header["descrip"].item().decode()
+
+
+def test_a_different_seed_gives_a_different_fit(identity_checkpoint):
+    volume = _thick_volume(shape=(30, 28, 8))
+    options = {"method": "misr", "model": identity_checkpoint, "fit_steps": 3, "keep_dtype": False}
+    first = upsample_volume(volume, seed=0, **options)
+    again = upsample_volume(volume, seed=0, **options)
+    other = upsample_volume(volume, seed=1, **options)
+    np.testing.assert_array_equal(first.array, again.array)
+    assert not np.array_equal(first.array, other.array)

@@ -78,3 +78,43 @@ def test_discriminator_learns_to_score_real_above_fake():
     with torch.no_grad():
         assert discriminator(real).mean() > discriminator(fake).mean()
         assert loss.generator_loss(discriminator(fake)) > loss.generator_loss(discriminator(real))
+
+
+def test_adversarial_loss_from_logits_matches_bce_of_probabilities():
+    logits = torch.randn(3, 1, 5, 4)
+    loss = AdversarialLoss()
+    expected = F.binary_cross_entropy(torch.sigmoid(logits), torch.ones_like(logits))
+    torch.testing.assert_close(loss.generator_loss(logits), expected)
+    extreme = torch.full((1, 1, 2, 2), 200.0)  # sigmoid saturates; logits stay finite
+    assert torch.isfinite(loss.discriminator_loss(extreme, extreme))
+
+
+def test_adversarial_loss_runs_in_float32_next_to_cpu_autocast():
+    discriminator = PlaneDiscriminator(channels=8, num_layers=2)
+    image = _smooth_image()[..., :32, :32]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = discriminator(image)
+    loss = AdversarialLoss().discriminator_loss(logits.float(), logits.float())
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+
+
+@pytest.mark.gpu
+def test_adversarial_training_step_under_cuda_autocast(tmp_path, hr_volume, tiny_config):
+    import dataclasses
+
+    from medsr.data import build_sampler
+    from medsr.training import Trainer
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    config = dataclasses.replace(
+        tiny_config, train=dataclasses.replace(tiny_config.train, warmup_steps=0, device="cuda")
+    )
+    sampler = build_sampler([(hr_volume, "hr")], config.data, 3)
+    trainer = Trainer(config, sampler, torch.device("cuda"))
+    assert trainer.amp
+    import numpy as np
+
+    losses = trainer.train_step(*sampler.sample(np.random.default_rng(0)))
+    assert np.isfinite(losses["loss_d"]) and np.isfinite(losses["loss_adversarial"])

@@ -4,55 +4,70 @@ import torch
 
 from medsr.baselines import interpolate_along_axis
 from medsr.models import MISRGenerator, PlaneDiscriminator
-from medsr.models.blocks import bspline_upsample_last_axis, shuffle_last_axis
+from medsr.models.blocks import bspline_sample_last_axis, gather_last_axis, slab_positions
 
 
 @pytest.mark.parametrize("neighbours", [1, 3])
-@pytest.mark.parametrize("scale", [2, 3, 5])
-def test_generator_shapes(neighbours, scale):
-    generator = MISRGenerator(neighbours=neighbours, num_features=8, num_blocks=1, scales=(2, 3, 5))
-    out = generator(torch.randn(2, neighbours, 16, 7), scale)
-    assert out.shape == (2, 1, 16, 7 * scale)
+@pytest.mark.parametrize("factor", [1.3, 2.0, 4.5, 10.0, 16.0])
+def test_generator_writes_any_factor_onto_the_requested_positions(neighbours, factor):
+    generator = MISRGenerator(neighbours=neighbours, num_features=8, num_blocks=1, hidden=8)
+    positions = torch.from_numpy(slab_positions(7, factor).astype(np.float32))
+    out = generator(torch.randn(2, neighbours, 16, 7), positions, factor)
+    assert out.shape == (2, 1, 16, int(np.floor(7 * factor + 1e-6)))
 
 
 def test_generator_3d_slabs():
-    generator = MISRGenerator(
-        neighbours=1, num_features=4, num_blocks=1, scales=(2,), spatial_dims=3
-    )
-    assert generator(torch.randn(1, 1, 5, 6, 4), 2).shape == (1, 1, 5, 6, 8)
+    generator = MISRGenerator(neighbours=1, num_features=4, num_blocks=1, hidden=4, spatial_dims=3)
+    positions = torch.from_numpy(slab_positions(4, 2.5).astype(np.float32))
+    assert generator(torch.randn(1, 1, 5, 6, 4), positions, 2.5).shape == (1, 1, 5, 6, 10)
 
 
-def test_untrained_generator_is_the_bspline_baseline():
-    generator = MISRGenerator(neighbours=3, num_features=8, num_blocks=1, scales=(4,))
+@pytest.mark.parametrize("factor", [1.7, 4.0, 12.3])
+def test_untrained_generator_is_the_bspline_baseline(factor):
+    generator = MISRGenerator(neighbours=3, num_features=8, num_blocks=1).double()
     lr = torch.randn(2, 3, 10, 6, dtype=torch.float64)
-    out = generator.double()(lr, 4)
-    positions = (np.arange(24) + 0.5) / 4 - 0.5
+    positions = slab_positions(6, factor)
+    out = generator(lr, torch.from_numpy(positions), factor)
     expected = interpolate_along_axis(lr[:, 1].numpy(), positions, 2, "bspline")
     np.testing.assert_allclose(out[:, 0].detach().numpy(), expected, atol=1e-5)
 
 
-def test_shuffle_places_channel_j_at_position_i_times_scale_plus_j():
-    x = torch.arange(2 * 3 * 4).reshape(1, 3, 2, 4).float()  # (N, scale=3, W=2, n=4)
-    out = shuffle_last_axis(x, 3)
-    assert out.shape == (1, 1, 2, 12)
-    for i in range(4):
-        for j in range(3):
-            assert out[0, 0, 1, i * 3 + j] == x[0, j, 1, i]
+def test_decoder_output_depends_on_offset_and_factor():
+    torch.manual_seed(0)
+    generator = MISRGenerator(neighbours=1, num_features=4, num_blocks=1, hidden=8)
+    torch.nn.init.normal_(generator.decode[-1].weight)
+    lr = torch.rand(1, 1, 4, 6)
+    positions = torch.tensor([1.0, 1.25, 1.5])
+    out = generator(lr, positions, 4.0) - bspline_sample_last_axis(lr, positions)
+    assert not torch.allclose(out[..., 0], out[..., 1])  # offset inside the slab matters
+    other = generator(lr, positions, 8.0) - bspline_sample_last_axis(lr, positions)
+    assert not torch.allclose(out, other)  # so does the factor
 
 
-def test_bspline_upsample_of_constant_and_ramp():
+def test_slab_positions_divide_each_slab():
+    positions = slab_positions(3, 4.0)
+    assert len(positions) == 12
+    np.testing.assert_allclose(positions[:4], [-0.375, -0.125, 0.125, 0.375])
+    assert len(slab_positions(5, 2.5)) == 12  # 12.5 thin slices: the whole ones
+
+
+def test_bspline_sample_of_constant_and_ramp():
     ramp = torch.arange(12, dtype=torch.float64).expand(2, 1, 3, 12)
-    out = bspline_upsample_last_axis(ramp, 3)[0, 0, 0].numpy()
-    positions = (np.arange(36) + 0.5) / 3 - 0.5
+    positions = slab_positions(12, 3.0)
+    out = bspline_sample_last_axis(ramp, positions)[0, 0, 0].numpy()
     inside = (positions > 4) & (positions < 7)
     np.testing.assert_allclose(out[inside], positions[inside], atol=1e-3)
-    constant = bspline_upsample_last_axis(torch.full((1, 1, 2, 5), 3.0), 4)
+    constant = bspline_sample_last_axis(torch.full((1, 1, 2, 5), 3.0), slab_positions(5, 4.0))
     np.testing.assert_allclose(constant.numpy(), 3.0, rtol=1e-6)
 
 
-def test_generator_refuses_unknown_scale_and_even_k():
-    with pytest.raises(ValueError, match="no output head"):
-        MISRGenerator(scales=(2,), num_features=4, num_blocks=1)(torch.randn(1, 3, 8, 4), 3)
+def test_gather_last_axis():
+    x = torch.arange(10.0).reshape(1, 1, 2, 5)
+    out = gather_last_axis(x, torch.tensor([0, 0, 4]))
+    assert out.tolist() == [[[[0.0, 0.0, 4.0], [5.0, 5.0, 9.0]]]]
+
+
+def test_generator_refuses_even_k():
     with pytest.raises(ValueError, match="odd"):
         MISRGenerator(neighbours=2)
 
@@ -68,7 +83,8 @@ def test_smore_baseline_shapes_and_fit_runs():
     from medsr.io import Volume
     from medsr.smore import SmoreNet, fit_smore
 
-    assert SmoreNet()(torch.randn(2, 1, 16, 5), 3).shape == (2, 1, 16, 15)
+    positions = torch.from_numpy(slab_positions(5, 3.0).astype(np.float32))
+    assert SmoreNet()(torch.randn(2, 1, 16, 5), positions, 3.0).shape == (2, 1, 16, 15)
     scan = Volume(array=phantom_array((40, 36, 8)), affine=make_affine("RAS", (1, 1, 3)))
-    network = fit_smore(scan, scale=3, seconds=2, device=torch.device("cpu"))
+    network = fit_smore(scan, seconds=2, device=torch.device("cpu"))
     assert network.neighbours == 1 and not network.training

@@ -72,8 +72,8 @@ def test_cli_train_resume_extends_steps(tmp_path, hr_path):
     tiny = _sets(
         "model.num_features=4",
         "model.num_blocks=1",
-        "model.scales=[2,3]",
-        "data.factors=[2]",
+        "data.min_factor=2",
+        "data.max_factor=3",
         "data.batch_size=2",
         "data.patch_width=8",
         "data.patch_slices=4",
@@ -190,8 +190,8 @@ def test_two_process_gloo_run_completes(tmp_path, hr_path):
             "train.warmup_steps=1",
             "model.num_features=4",
             "model.num_blocks=1",
-            "model.scales=[2,3]",
-            "data.factors=[2,3]",
+            "data.min_factor=2",
+            "data.max_factor=3",
             "data.batch_size=2",
             "data.patch_width=16",
             "data.patch_slices=8",
@@ -205,3 +205,45 @@ def test_two_process_gloo_run_completes(tmp_path, hr_path):
     assert result.returncode == 0, [line for line in result.stderr.splitlines() if "medsr" in line]
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert state["step"] == 2 and len(state["rng"]) == 2  # both ranks' sampling state saved
+
+
+def test_resume_with_more_steps_does_not_make_the_learning_rate_jump(
+    tmp_path, hr_path, tiny_config
+):
+    config = dataclasses.replace(
+        tiny_config,
+        loss=dataclasses.replace(tiny_config.loss, adversarial_weight=0.0),
+        train=dataclasses.replace(tiny_config.train, steps=4, lr_schedule="cosine"),
+    )
+    run = tmp_path / "run"
+    sampler = build_sampler([(read_volume(hr_path), "hr")], config.data, 3)
+    first = Trainer(config, sampler, torch.device("cpu"), run)
+    first.fit(until_step=3)
+    rate_before = first.schedule_factor(3)
+    longer = _with_steps(config, 40)
+    resumed = Trainer(longer, sampler, torch.device("cpu"), run)
+    resumed.load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert resumed.schedule_factor(3) == pytest.approx(rate_before)
+    assert resumed.schedule_factor(4) == pytest.approx(rate_before, rel=0.01)
+    assert resumed.schedule_factor(40) == pytest.approx(0.0, abs=1e-9)
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["schedule"] == [0, 1.0, 4]
+
+
+def test_resume_with_a_changed_model_is_a_one_line_error(tmp_path, hr_path, capsys):
+    run = tmp_path / "run"
+    tiny = _sets(
+        "model.num_features=4",
+        "model.num_blocks=1",
+        "data.batch_size=2",
+        "data.patch_width=8",
+        "data.patch_slices=4",
+        "loss.perceptual_weight=0",
+        "loss.adversarial_weight=0",
+    )
+    argv = ["train", "--data", str(hr_path), "--out", str(run), "--device", "cpu", "--quiet"]
+    assert main([*argv, "--set", "train.steps=1", *tiny]) == 0
+    code = main([*argv, "--resume", "--set", "model.num_features=8"])
+    err = capsys.readouterr().err
+    assert code == 1 and "changed model (num_features 4 -> 8)" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -109,7 +109,8 @@ def read_tiff(path: Path, spacing: list[float] | None = None, unit: Unit | None 
     return _stack_to_volume(stack, list(spacing), unit or "um", "tiff")
 
 
-def _read_section(path: Path) -> np.ndarray:
+def read_section(path: Path) -> np.ndarray:
+    """One 2D section image (TIFF via tifffile, PNG/JPEG via Pillow; RGB or grey)."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             return tifffile.imread(str(path))
@@ -186,7 +187,7 @@ def read_section_folder(
     files = list_sections(directory)
     if not files:
         raise MedsrError(f"no section images ({', '.join(SECTION_SUFFIXES)}) in '{directory}'")
-    sections = [_read_section(path) for path in files]
+    sections = [read_section(path) for path in files]
     kinds = {(s.ndim, s.shape[2] if s.ndim == 3 else 1) for s in sections}
     if len(kinds) > 1:
         raise MedsrError(f"sections in '{directory}' mix grey and colour images")

@@ -40,31 +40,36 @@ class ResidualBlock(nn.Module):
 
 
 @lru_cache(maxsize=64)
-def _bspline_matrix(count: int, scale: int) -> np.ndarray:
-    # (count * scale, count): samples -> the thin slices of the slab convention
-    positions = (np.arange(count * scale) + 0.5) / scale - 0.5
-    return interpolation_matrix(count, positions).astype(np.float32)
+def _bspline_matrix(count: int, positions: tuple[float, ...]) -> np.ndarray:
+    # (M, count): samples -> values at `positions`, exactly `medsr.baselines`' cubic B-spline
+    return interpolation_matrix(count, np.asarray(positions)).astype(np.float32)
 
 
-def bspline_upsample_last_axis(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """Cubic B-spline upsampling of the last axis by an integer `scale` (slab convention).
+def slab_positions(count: int, factor: float) -> np.ndarray:
+    """Centres of the thin slices of `count` slabs divided by `factor` (slab convention), as
+    continuous indices of the slabs: ``(j + 0.5) / factor - 0.5`` for ``j < floor(count * factor)``.
+    """
+    thin = int(np.floor(count * factor + 1e-6))
+    return (np.arange(thin) + 0.5) / factor - 0.5
+
+
+def bspline_sample_last_axis(x: torch.Tensor, positions: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Cubic B-spline interpolation of the last axis at continuous `positions`.
 
     Args:
         x: tensor (..., n).
+        positions: (M,) continuous indices along the last axis (sample `i` at index `i`).
 
     Returns:
-        Tensor (..., n * scale): slab `i` divided into `scale` thin slices, the same values as
-        `medsr.baselines` gives on that grid.
+        Tensor (..., M): the values `medsr.baselines` gives at those positions.
     """
-    matrix = torch.from_numpy(_bspline_matrix(int(x.shape[-1]), int(scale)))
+    if isinstance(positions, torch.Tensor):
+        positions = positions.detach().cpu().numpy()
+    key = tuple(np.round(np.asarray(positions, np.float64), 9).tolist())
+    matrix = torch.from_numpy(_bspline_matrix(int(x.shape[-1]), key))
     return x @ matrix.to(device=x.device, dtype=x.dtype).T
 
 
-def shuffle_last_axis(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """Sub-pixel shuffle along the last axis: (N, scale, ..., n) -> (N, 1, ..., n * scale).
-
-    Channel `j` at position `i` becomes output position ``i * scale + j`` (ESPCN, Shi et al.
-    CVPR 2016, along one axis only).
-    """
-    moved = x.movedim(1, -1)  # (N, ..., n, scale)
-    return moved.reshape(*moved.shape[:-2], moved.shape[-2] * scale).unsqueeze(1)
+def gather_last_axis(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[..., index]`` for a 1D index tensor: (..., n) -> (..., M)."""
+    return x.index_select(-1, index.to(x.device))

@@ -1,34 +1,40 @@
-"""The multi-image super-resolution generator."""
+"""The arbitrary-scale multi-image super-resolution generator."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from medsr.models.blocks import (
     ResidualBlock,
-    bspline_upsample_last_axis,
+    bspline_sample_last_axis,
     conv_layer,
-    shuffle_last_axis,
+    gather_last_axis,
 )
 
 
 class MISRGenerator(nn.Module):
-    """Multi-image SR generator for through-plane planes (after Sood et al., MedIA 2021).
+    """Multi-image SR generator with an arbitrary-scale output along the thick (last) axis.
 
-    Input: k neighbouring low-resolution planes that contain the thick axis (last axis). Output:
-    the centre plane with the thick axis upsampled by an integer factor. The network runs at the
-    low resolution (cost per output voxel divided by the factor) and predicts, through a
-    per-factor sub-pixel head, a residual over the exact cubic B-spline upsampling of the centre
-    plane. Heads start at zero, so an untrained generator *is* the B-spline baseline. Residual
-    blocks without batch norm (EDSR lineage). Non-integer factors are the inference driver's
-    job: the next integer factor, then an exact resample onto the target grid.
+    An encoder reads k neighbouring low-resolution planes that contain the thick axis (after Sood
+    et al., MedIA 2021: multi-image SR of through-plane planes) plus a channel carrying the
+    log-factor, and computes features at the low resolution. A local implicit decoder restricted
+    to one axis (in the spirit of Meta-SR, Hu et al. CVPR 2019; LIIF, Chen et al. CVPR 2021;
+    ArSSR, Wu et al. JBHI 2022) then predicts, for every requested output position, a residual
+    over the exact cubic B-spline value there, from the features of the two low-resolution
+    samples around the position, the position's offset from the first of them and the factor.
+
+    The decoder's first layer is linear in the features, so it runs at the low resolution (two
+    1x1 projections); only a two-layer MLP of `hidden` channels runs per output sample. Its last
+    layer starts at zero: an untrained generator *is* cubic B-spline interpolation.
 
     Args:
         neighbours: k, number of input planes (odd).
-        num_features: feature channels.
-        num_blocks: residual blocks.
-        scales: integer factors with an output head.
+        num_features: encoder feature channels.
+        num_blocks: encoder residual blocks (no batch norm).
+        hidden: decoder channels per output sample.
         spatial_dims: 2 for planes (N, k, W, n), 3 for slabs (N, k, D, W, n).
     """
 
@@ -37,32 +43,59 @@ class MISRGenerator(nn.Module):
         neighbours: int = 3,
         num_features: int = 32,
         num_blocks: int = 4,
-        scales: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8),
+        hidden: int = 32,
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         if neighbours < 1 or neighbours % 2 == 0:
             raise ValueError(f"neighbours must be odd and >= 1, got {neighbours}")
-        if not scales or min(scales) < 1:
-            raise ValueError(f"scales must be integers >= 1, got {scales}")
+        if num_features < 1 or hidden < 1 or num_blocks < 0:
+            raise ValueError(
+                f"bad sizes: features {num_features}, hidden {hidden}, blocks {num_blocks}"
+            )
         self.neighbours = neighbours
-        self.scales = tuple(int(s) for s in scales)
-        self.head = conv_layer(neighbours, num_features, spatial_dims)
+        self.head = conv_layer(neighbours + 1, num_features, spatial_dims)
         blocks = [ResidualBlock(num_features, spatial_dims) for _ in range(num_blocks)]
         self.body = nn.Sequential(*blocks, conv_layer(num_features, num_features, spatial_dims))
-        self.tails = nn.ModuleDict(
-            {str(s): conv_layer(num_features, s, spatial_dims) for s in self.scales}
+        pointwise = {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+        # features of the samples left and right of a query, projected at the low resolution
+        self.project = pointwise(num_features, 2 * hidden, kernel_size=1)
+        self.query = nn.Linear(2, hidden)  # offset and log-factor of the query
+        self.decode = nn.Sequential(
+            nn.ReLU(inplace=True),
+            pointwise(hidden, hidden, kernel_size=1),
+            nn.ReLU(inplace=True),
+            pointwise(hidden, 1, kernel_size=1),
         )
-        for tail in self.tails.values():
-            nn.init.zeros_(tail.weight)
-            nn.init.zeros_(tail.bias)
+        nn.init.zeros_(self.decode[-1].weight)
+        nn.init.zeros_(self.decode[-1].bias)
 
-    def forward(self, lr: torch.Tensor, scale: int) -> torch.Tensor:
-        """Upsample the centre plane of `lr` (N, k, ..., n) to (N, 1, ..., n * scale)."""
-        if str(scale) not in self.tails:
-            raise ValueError(f"no output head for scale {scale}; heads: {self.scales}")
-        features = self.head(lr)
+    def forward(self, lr: torch.Tensor, positions: torch.Tensor, factor: float) -> torch.Tensor:
+        """Upsample the centre plane of `lr` along its last axis.
+
+        Args:
+            lr: (N, k, ..., n) low-resolution planes, intensities about [0, 1].
+            positions: (M,) output positions as continuous indices along the last axis of `lr`
+                (sample `i` spans ``i - 0.5 .. i + 0.5``; the slab convention).
+            factor: low-resolution spacing / output spacing (> 1).
+
+        Returns:
+            (N, 1, ..., M): the centre plane at `positions`.
+        """
+        count = lr.shape[-1]
+        log_factor = math.log(max(float(factor), 1.0))
+        code = torch.full_like(lr[:, :1], log_factor)
+        features = self.head(torch.cat([lr, code], dim=1))
         features = features + self.body(features)
-        residual = shuffle_last_axis(self.tails[str(scale)](features), scale)
+        left_proj, right_proj = self.project(features).chunk(2, dim=1)
+        positions = positions.to(device=lr.device, dtype=lr.dtype)
+        left = torch.clamp(torch.floor(positions), 0, max(count - 2, 0)).long()
+        right = torch.clamp(left + 1, max=count - 1)
+        offset = positions - left.to(positions.dtype)
+        query = torch.stack([offset, torch.full_like(offset, log_factor)], dim=1)
+        query = self.query(query).T  # (hidden, M)
+        query = query.reshape(1, -1, *([1] * (lr.dim() - 3)), query.shape[-1])
+        hidden = gather_last_axis(left_proj, left) + gather_last_axis(right_proj, right)
+        residual = self.decode(hidden + query.to(hidden.dtype))
         centre = lr[:, self.neighbours // 2 : self.neighbours // 2 + 1]
-        return bspline_upsample_last_axis(centre, scale) + residual
+        return bspline_sample_last_axis(centre, positions) + residual
