@@ -11,7 +11,6 @@ a local cluster) with the same task function.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from medsr.errors import MedsrError
 from medsr.io import VOLUME_SUFFIXES, default_output_suffix, split_volume_name
 from medsr.io.tiff import SECTION_SUFFIXES
+from medsr.provenance import sha256
 
 logger = logging.getLogger(__name__)
 
@@ -79,19 +79,6 @@ def discover(
     return result
 
 
-def checksum(path: str | Path) -> str:
-    """SHA-256 of a file, or of a folder's files (names and contents, sorted)."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for item in files:
-        digest.update(str(item.relative_to(path) if path.is_dir() else item.name).encode())
-        with item.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def process_one(task: Task, settings: dict) -> dict:
     """Run one input (in a worker process or on a cluster); never raises."""
     import torch
@@ -100,11 +87,11 @@ def process_one(task: Task, settings: dict) -> dict:
 
     torch.set_num_threads(max(1, settings.pop("threads", 1)))
     start = time.perf_counter()
-    record = {"input": task.key, "output": task.output, "input_sha256": checksum(task.source)}
+    record = {"input": task.key, "output": task.output, "input_sha256": sha256(task.source)}
     try:
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
         output = upsample_file(task.source, task.output, overwrite=True, **settings)
-        record.update(status="done", output_sha256=checksum(output))
+        record.update(status="done", output_sha256=sha256(output))
     except MedsrError as error:
         record.update(status="failed", error=str(error))
     except Exception as error:  # a bug or an unexpected library error must not stop the batch
@@ -166,7 +153,7 @@ def run_batch(
             and entry.get("status") == "done"
             and entry.get("settings") == settings_key
             and Path(task.output).exists()
-            and entry.get("input_sha256") == checksum(task.source)
+            and entry.get("input_sha256") == sha256(task.source)
         ):
             logger.info("skip %s (done)", task.key)
             if on_done:

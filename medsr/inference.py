@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from medsr.io import (
     write_volume,
 )
 from medsr.io.volume import Unit
+from medsr.provenance import provenance_description, provenance_record, sha256, write_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +40,6 @@ DEFAULT_SEED = 0
 def default_model_path() -> Path:
     """The generator weights shipped inside the package."""
     return Path(str(resources.files("medsr") / "weights" / "misr_default.pt"))
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file (model and input provenance)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def learned_factor_limit(config) -> float:
@@ -140,7 +131,7 @@ def upsample_misr(
     bar.close()
     provenance = {
         "model": str(model_path) if model else "shipped:misr_default.pt",
-        "model_sha256": file_sha256(model_path),
+        "model_sha256": sha256(model_path),
         "fit_steps": int(fit_steps),
         "fit_steps_run": int(steps_run),
         "fit_seconds_limit": fit_seconds,
@@ -204,49 +195,6 @@ def upsample_volume(
     result.meta["provenance"] = record
     result.meta["description"] = provenance_description(record)
     return result
-
-
-def provenance_record(volume: Volume, grid: OutputGrid, method: str, details: dict) -> dict:
-    """What produced an output: medsr and torch versions, method, factor, output grid, and the
-    learned method's model, its sha256, fit steps and seed. No clock times, so that the same
-    command writes the same record."""
-    import torch
-
-    from medsr import __version__
-
-    return {
-        "medsr_version": __version__,
-        "torch_version": torch.__version__,
-        "method": method,
-        "factor": float(volume.spacing[grid.axis] / grid.spacing),
-        "thick_axis": int(grid.axis),
-        "input_shape": list(volume.spatial_shape),
-        "input_spacing": [float(s) for s in volume.spacing],
-        "output_shape": list(grid.shape),
-        "output_spacing": float(grid.spacing),
-        "unit": volume.unit,
-        "output_affine": np.asarray(grid.affine).round(9).tolist(),
-        **details,
-    }
-
-
-def provenance_description(record: dict) -> str:
-    """The record in short, for the 80-byte NIfTI description."""
-    text = f"medsr {record['medsr_version']} {record['method']} x{record['factor']:.3g}"
-    if "model_sha256" in record:
-        text += f" m{record['model_sha256'][:8]} s{record['fit_steps_run']} r{record['seed']}"
-    return text
-
-
-def write_provenance(record: dict, output: Path) -> Path:
-    """``<output>.json`` beside the output, written atomically."""
-    import json
-
-    sidecar = output.with_name(output.name + ".json")
-    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, sidecar)
-    return sidecar
 
 
 def default_output_path(input_path: Path, method: str) -> Path:
@@ -313,8 +261,7 @@ def upsample_file(
     )
     written = write_volume(result, output, overwrite=overwrite)
     record = dict(result.meta["provenance"], input=str(input_path))
-    if input_path.is_file():
-        record["input_sha256"] = file_sha256(input_path)
+    record["input_sha256"] = sha256(input_path)
     write_provenance(record, written)
     if records is not None:
         from medsr.alignment import save_transforms

@@ -52,7 +52,6 @@ def fit_smore(
     learning_rate: float = 1e-3,
 ) -> SmoreNet:
     """Fit a fresh `SmoreNet` to `volume`'s in-plane slices for `seconds` (L1, Adam)."""
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config = DataConfig(
         self_supervised=True,
@@ -62,7 +61,9 @@ def fit_smore(
         gain_range=(1.0, 1.0),
     )
     sampler = PairSampler(sources_self_supervised(volume, "scan"), config, 1)
-    network = SmoreNet().to(device)
+    with torch.random.fork_rng(devices=[]):  # initial weights from `seed`, global RNG kept
+        torch.manual_seed(seed)
+        network = SmoreNet().to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate)
     deadline, steps = time.perf_counter() + seconds, 0
     while time.perf_counter() < deadline:

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 import medsr.batch
-from medsr.batch import MANIFEST, checksum, discover, run_batch
+from medsr.batch import MANIFEST, discover, run_batch
 from medsr.cli import main
+from medsr.provenance import sha256
 
 SETTINGS = {"method": "linear", "keep_dtype": True}
 
@@ -58,7 +59,7 @@ def test_one_corrupt_input_does_not_stop_the_others(tree, tmp_path, capsys):
         "site2/slide7": "done",
     }
     assert "cannot read" in manifest["site2/broken.nii.gz"]["error"]
-    assert manifest["a.nii.gz"]["output_sha256"] == checksum(out / "a.nii.gz")
+    assert manifest["a.nii.gz"]["output_sha256"] == sha256(out / "a.nii.gz")
     assert (out / "site2" / "slide7.ome.tif").exists()
     assert not (out / "site2" / "broken.nii.gz").exists()
 

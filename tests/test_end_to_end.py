@@ -20,9 +20,28 @@ def test_default_misr_beats_bspline_on_real_b0(tmp_path):
         factor=3,
         axis=2,
         methods=("misr", "bspline"),
-        misr_options={"fit_seconds": 20, "device": "cpu"},
+        misr_options={"fit_steps": 100, "device": "cpu"},
     )
     scores = {r["method"]: r for r in rows}
     assert scores["misr"]["psnr"] > scores["bspline"]["psnr"]
     assert scores["misr"]["ssim"] > scores["bspline"]["ssim"]
     assert scores["misr"]["hfen"] < scores["bspline"]["hfen"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("factor", "axis"), [(5.5, 2), (10.0, 1)])
+def test_prior_alone_beats_bspline_at_large_and_non_integer_factors(tmp_path, factor, axis):
+    volume = MRI / "inia19_macaque_t1_0.5mm.nii.gz"
+    if not volume.exists():
+        pytest.skip("development data not present")
+    rows = run_evaluation(
+        [volume],
+        tmp_path,
+        factor=factor,
+        axis=axis,
+        methods=("misr", "bspline"),
+        misr_options={"fit_steps": 0, "device": "cpu"},
+    )
+    scores = {r["method"]: r for r in rows}
+    assert scores["misr"]["psnr"] > scores["bspline"]["psnr"]
+    assert scores["misr"]["ssim"] > scores["bspline"]["ssim"]
