@@ -87,6 +87,8 @@ class DataConfig:
         batch_size: patches per step (per process).
         validation_fraction: share of planes held back for validation when no held-out volumes
             are given (0: none).
+        workers: `DataLoader` worker processes drawing training pairs (0: in the training
+            process, which also makes a resumed run continue bit for bit).
     """
 
     self_supervised: bool = False
@@ -102,8 +104,11 @@ class DataConfig:
     max_thin_slices: int = 96
     batch_size: int = 16
     validation_fraction: float = 0.1
+    workers: int = 0
 
     def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise MedsrError(f"config data.workers must be >= 0, got {self.workers}")
         if not 1.0 < self.min_factor <= self.max_factor:
             raise MedsrError(
                 f"config data: need 1 < min_factor <= max_factor, got {self.min_factor} "

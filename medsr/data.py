@@ -30,7 +30,7 @@ from medsr.errors import MedsrError
 from medsr.geometry import anisotropy, thick_axis
 from medsr.io import Volume
 from medsr.models.blocks import slab_positions
-from medsr.transforms import intensity_range, normalise_intensity, slice_profile_weights
+from medsr.transforms import intensity_range, normalise_intensity, simulate_thick_slices
 
 logger = logging.getLogger(__name__)
 
@@ -140,9 +140,9 @@ def sources_self_supervised(volume: Volume, name: str) -> list[PlaneSource]:
 def thicken_last_axis(
     thin: np.ndarray, factor: float, thickness: float, profile: str
 ) -> np.ndarray:
-    """Thick slices of a thin patch along its last axis (slab convention, rows sum to 1)."""
-    weights = slice_profile_weights(thin.shape[-1], factor, thickness=thickness, profile=profile)
-    return thin @ weights.T.astype(np.float32)
+    """Thick slices of a thin patch along its last axis: `simulate_thick_slices`, the one
+    acquisition model of evaluation, the MONAI transforms and training."""
+    return simulate_thick_slices(thin, thin.ndim - 1, factor, thickness=thickness, profile=profile)
 
 
 def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

@@ -245,6 +245,21 @@ class Trainer:
                 scores[f"val_ssim{name}"].append(ssim(image, target, data_range=1.0))
         return {k: float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
 
+    def _batches(self):
+        """Training batches: drawn here with the checkpointed generator, or by `DataLoader`
+        workers (`medsr.monai.TrainingPairs`) when ``data.workers`` > 0."""
+        workers = self.config.data.workers
+        if workers == 0:
+            while True:
+                yield self.sampler.sample(self.rng)
+        from torch.utils.data import DataLoader
+
+        from medsr.monai import TrainingPairs
+
+        stream = TrainingPairs(self.sampler, self.config.train.seed, self.rank, self.step)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4)
+        yield from loader
+
     def checkpoint(self) -> dict:
         """Everything needed to resume: one dict of tensors and plain Python values."""
         rng_states = [self.rng.bit_generator.state]
@@ -336,8 +351,9 @@ class Trainer:
             unit="step",
             dynamic_ncols=True,
         )
+        batches = self._batches()
         while self.step < stop and (deadline is None or time.perf_counter() < deadline):
-            lr, hr, positions, factor = self.sampler.sample(self.rng)
+            lr, hr, positions, factor = next(batches)
             losses = self.train_step(lr, hr, positions, factor)
             self.step += 1
             row = {
@@ -368,6 +384,7 @@ class Trainer:
                 self.step % train.checkpoint_every == 0 or self.step == train.steps
             ):
                 self.save_checkpoint(self.run_dir / "checkpoints" / "latest.pt")
+        batches.close()  # stops DataLoader workers
         bar.close()
         return last
 

@@ -130,7 +130,10 @@ def intensity_range(array: np.ndarray, percentiles: tuple[float, float] = (0.5, 
 
 def normalise_intensity(array: np.ndarray, low: float, high: float) -> np.ndarray:
     """Map [low, high] to [0, 1] (float32, not clipped)."""
-    return ((np.asarray(array, dtype=np.float32) - low) / (high - low)).astype(np.float32)
+    out = np.array(array, dtype=np.float32)  # the only copy: the rest is in place
+    out -= np.float32(low)
+    out /= np.float32(high - low)
+    return out
 
 
 def restore_intensity(array: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -1,0 +1,25 @@
+"""medsr in MONAI pipelines: a reader for every format medsr reads, transforms for thick-slice
+simulation and through-plane upsampling, and the training pairs as a dataset for a `DataLoader`.
+
+Import from here: ``from medsr.monai import MedsrReader, ThroughPlaneUpsampled``.
+"""
+
+from medsr.monai.dataset import TrainingPairs
+from medsr.monai.reader import MedsrReader
+from medsr.monai.transforms import (
+    RandSimulateThickSlicesd,
+    SimulateThickSlices,
+    SimulateThickSlicesd,
+    ThroughPlaneUpsample,
+    ThroughPlaneUpsampled,
+)
+
+__all__ = [
+    "MedsrReader",
+    "RandSimulateThickSlicesd",
+    "SimulateThickSlices",
+    "SimulateThickSlicesd",
+    "ThroughPlaneUpsample",
+    "ThroughPlaneUpsampled",
+    "TrainingPairs",
+]

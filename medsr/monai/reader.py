@@ -1,0 +1,66 @@
+"""`MedsrReader`: every format medsr reads, as a MONAI `ImageReader`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.data import ImageReader
+from monai.utils import ensure_tuple
+
+from medsr.io import VOLUME_SUFFIXES, Volume, read_volume
+from medsr.io.volume import Unit
+
+
+class MedsrReader(ImageReader):
+    """Read NIfTI, NRRD/MHA, DICOM series, TIFF/OME/ImageJ stacks and section folders through
+    `medsr.io.read_volume`, for ``LoadImage(reader=MedsrReader())`` / ``LoadImaged``.
+
+    The array keeps the file's voxel order and the affine is medsr's (voxel centres to RAS+
+    world coordinates, in the file's unit): the same conventions as MONAI's `NibabelReader`
+    without ``as_closest_canonical``, so both agree on NIfTI. Grey volumes have no channel
+    axis (``original_channel_dim`` nan); RGB volumes are channel-last (-1); several files are
+    stacked on a new first axis (0). The metadata adds ``unit`` (``"mm"`` or ``"um"``) and
+    ``pixdim`` (the voxel spacing).
+
+    Args:
+        spacing: voxel size (X, Y, Z) overriding the header (TIFF without spacing), in `unit`.
+        unit: unit of `spacing`.
+    """
+
+    def __init__(self, spacing: Sequence[float] | None = None, unit: Unit | None = None) -> None:
+        super().__init__()
+        self.spacing, self.unit = spacing, unit
+
+    def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
+        """True for folders (DICOM series, sections) and every suffix medsr reads."""
+        for name in ensure_tuple(filename):
+            path = Path(name)
+            if not (path.is_dir() or path.name.lower().endswith(VOLUME_SUFFIXES)):
+                return False
+        return True
+
+    def read(self, data: Sequence[Any] | Any, **kwargs) -> Volume | list[Volume]:
+        """`Volume` objects for one path or several."""
+        volumes = [read_volume(p, spacing=self.spacing, unit=self.unit) for p in ensure_tuple(data)]
+        return volumes[0] if len(volumes) == 1 else volumes
+
+    def get_data(self, img: Volume | Sequence[Volume]) -> tuple[np.ndarray, dict]:
+        """(array, metadata) in MONAI's reader conventions."""
+        volumes = list(ensure_tuple(img))
+        first = volumes[0]
+        meta = {
+            "affine": first.affine.copy(),
+            "original_affine": first.affine.copy(),
+            "spatial_shape": np.asarray(first.spatial_shape),
+            "pixdim": np.asarray(first.spacing),
+            "space": "RAS",
+            "unit": first.unit,
+            "original_channel_dim": float("nan") if first.num_channels == 1 else -1,
+        }
+        if len(volumes) == 1:
+            return first.array, meta
+        meta["original_channel_dim"] = 0
+        return np.stack([v.array for v in volumes]), meta

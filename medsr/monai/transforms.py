@@ -1,0 +1,234 @@
+"""MONAI transforms over medsr's operations: simulate a thick-slice acquisition, upsample through
+the plane. Array transforms take channel-first MetaTensors (C, X, Y, Z); the dictionary forms
+(`MapTransform`) apply them to `keys`. They call the functions the CLI, evaluation and training
+call (`medsr.transforms.simulate_thick_slices`, `medsr.inference.upsample_volume`), so each
+operation has one implementation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Randomizable, Transform
+
+from medsr.data import add_rician_noise
+from medsr.errors import MedsrError
+from medsr.io import Volume
+from medsr.transforms import SliceProfile, simulate_thick_slices, thick_slice_affine
+
+
+def _affine(img: torch.Tensor) -> np.ndarray:
+    affine = img.affine if isinstance(img, MetaTensor) else torch.eye(4)
+    return np.asarray(affine.detach().cpu().numpy(), dtype=np.float64)
+
+
+def _unit(img: torch.Tensor) -> str:
+    return img.meta.get("unit", "mm") if isinstance(img, MetaTensor) else "mm"
+
+
+def _with_geometry(array: np.ndarray, affine: np.ndarray, like: torch.Tensor) -> MetaTensor:
+    """A channel-first MetaTensor holding `array` on `affine`, keeping `like`'s other metadata."""
+    meta = dict(like.meta) if isinstance(like, MetaTensor) else {}
+    meta.update(
+        affine=torch.as_tensor(affine, dtype=torch.float64),
+        spatial_shape=np.asarray(array.shape[1:]),
+        pixdim=np.linalg.norm(affine[:3, :3], axis=0),
+    )
+    return MetaTensor(torch.as_tensor(np.ascontiguousarray(array)), meta=meta)
+
+
+def _check_3d(img: torch.Tensor) -> None:
+    if img.ndim != 4:
+        raise MedsrError(f"expected a channel-first 3D image (C, X, Y, Z), got shape {img.shape}")
+
+
+class SimulateThickSlices(Transform):
+    """Thick slices of a high-resolution image along `axis` (slab convention, rows of the slice
+    profile sum to 1); the affine is updated so the thick image covers the same world extent.
+
+    Args:
+        factor: thick spacing / thin spacing (> 1, need not be an integer).
+        axis: spatial axis made thick (0, 1 or 2).
+        profile: ``"boxcar"`` or ``"gaussian"``.
+        thickness: slice thickness in thin slices (boxcar width or Gaussian FWHM; default
+            `factor`, contiguous). Less than `factor` leaves a gap, more overlaps.
+        gap: instead of `thickness`, the gap between slices in thin slices
+            (thickness = factor - gap).
+    """
+
+    def __init__(
+        self,
+        factor: float,
+        axis: int,
+        profile: SliceProfile = "boxcar",
+        thickness: float | None = None,
+        gap: float | None = None,
+    ) -> None:
+        if factor <= 1 or axis not in (0, 1, 2):
+            raise ValueError(f"need factor > 1 and axis 0, 1 or 2, got {factor} and {axis}")
+        if thickness is not None and gap is not None:
+            raise ValueError("give thickness or gap, not both")
+        self.factor, self.axis, self.profile = float(factor), int(axis), profile
+        self.thickness = float(factor) - gap if gap is not None else thickness
+
+    def __call__(self, img: torch.Tensor) -> MetaTensor:
+        _check_3d(img)
+        array = np.asarray(img.detach().cpu().numpy(), dtype=np.float32)
+        thick = simulate_thick_slices(
+            array, self.axis + 1, self.factor, thickness=self.thickness, profile=self.profile
+        )
+        affine = thick_slice_affine(_affine(img), self.axis, self.factor)
+        return _with_geometry(thick, affine, img)
+
+
+class ThroughPlaneUpsample(Transform):
+    """Upsample along the thick axis onto medsr's output grid (`medsr.inference.upsample_volume`,
+    what ``medsr upsample`` runs): the output covers the input's extent and its MetaTensor
+    carries the new affine; ``meta["medsr_provenance"]`` holds the provenance record (JSON).
+
+    Args:
+        method: ``"misr"``, ``"bspline"`` or ``"linear"``.
+        spacing: target thick-axis spacing in the image's unit (default: finest in-plane).
+        scale: factor instead of `spacing`.
+        axis: spatial axis to upsample (default: the thickest, from the affine).
+        keep_dtype: return the input dtype (integers rounded and clipped).
+        **misr_options: the learned method's options as in the CLI: model, fit_steps,
+            fit_seconds, seed, device, batch_size, progress.
+    """
+
+    def __init__(
+        self,
+        method: str = "misr",
+        spacing: float | None = None,
+        scale: float | None = None,
+        axis: int | None = None,
+        keep_dtype: bool = True,
+        **misr_options: Any,
+    ) -> None:
+        if method not in ("misr", "bspline", "linear"):
+            raise ValueError(f"unknown method {method!r}; use misr, bspline or linear")
+        self.method, self.spacing, self.scale, self.axis = method, spacing, scale, axis
+        self.keep_dtype, self.misr_options = keep_dtype, misr_options
+
+    def _upsample(self, volume: Volume) -> Volume:
+        from medsr.inference import upsample_volume
+
+        options = self.misr_options if self.method == "misr" else {}
+        return upsample_volume(
+            volume,
+            method=self.method,
+            spacing=self.spacing,
+            scale=self.scale,
+            axis=self.axis,
+            keep_dtype=self.keep_dtype,
+            **options,
+        )
+
+    def __call__(self, img: torch.Tensor) -> MetaTensor:
+        _check_3d(img)
+        array = img.detach().cpu().numpy()
+        meta = {"unit": _unit(img)}
+        affine = _affine(img)
+        if array.shape[0] == 3 and array.dtype == np.uint8:  # RGB: one model, shared scaling
+            outputs = [self._upsample(Volume(np.moveaxis(array, 0, -1), affine, meta))]
+            result = np.moveaxis(outputs[0].array, -1, 0)
+        else:
+            outputs = [self._upsample(Volume(channel, affine, meta)) for channel in array]
+            result = np.stack([out.array for out in outputs])
+        out = _with_geometry(result, outputs[0].affine, img)
+        out.meta["medsr_provenance"] = json.dumps(outputs[0].meta["provenance"], sort_keys=True)
+        return out
+
+
+class SimulateThickSlicesd(MapTransform):
+    """Dictionary form of `SimulateThickSlices` (the same acquisition for every key)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **options) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = SimulateThickSlices(**options)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key])
+        return d
+
+
+class ThroughPlaneUpsampled(MapTransform):
+    """Dictionary form of `ThroughPlaneUpsample`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **options) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.transform = ThroughPlaneUpsample(**options)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key])
+        return d
+
+
+class RandSimulateThickSlicesd(Randomizable, MapTransform):
+    """A random thick-slice acquisition, the same for every key: factor drawn log-uniformly,
+    profile, slice thickness (gap or overlap) and Rician noise on the thin image (as in
+    medsr's training pairs). Seeded the MONAI way (`set_random_state`).
+
+    Args:
+        keys: keys of the images.
+        axis: spatial axis made thick.
+        factor_range: (low, high) of the factor.
+        profiles: profiles to draw from.
+        thickness_ratios: (low, high) of slice thickness / spacing.
+        noise_max: largest Rician noise std, in the image's units (0: none).
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        axis: int,
+        factor_range: Sequence[float] = (1.5, 16.0),
+        profiles: Sequence[SliceProfile] = ("boxcar", "gaussian"),
+        thickness_ratios: Sequence[float] = (0.8, 1.2),
+        noise_max: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if not 1 < factor_range[0] <= factor_range[1]:
+            raise ValueError(f"factor_range must be 1 < low <= high, got {factor_range}")
+        self.axis, self.factor_range, self.profiles = axis, tuple(factor_range), tuple(profiles)
+        self.thickness_ratios, self.noise_max = tuple(thickness_ratios), float(noise_max)
+        self.factor, self.profile, self.ratio, self.sigma, self.noise_seed = 2.0, "boxcar", 1, 0, 0
+
+    def randomize(self, data: Any = None) -> None:
+        low, high = np.log(self.factor_range)
+        self.factor = float(np.exp(self.R.uniform(low, high)))
+        self.profile = self.profiles[self.R.randint(len(self.profiles))]
+        self.ratio = float(self.R.uniform(*self.thickness_ratios))
+        self.sigma = float(self.R.uniform(0, self.noise_max)) if self.noise_max > 0 else 0.0
+        self.noise_seed = int(self.R.randint(2**31))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        self.randomize()
+        transform = SimulateThickSlices(
+            self.factor, self.axis, self.profile, thickness=self.factor * self.ratio
+        )
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if self.sigma > 0:
+                noisy = add_rician_noise(
+                    img.detach().cpu().numpy().astype(np.float32),
+                    self.sigma,
+                    np.random.default_rng(self.noise_seed),
+                )
+                img = _with_geometry(noisy, _affine(img), img)
+            d[key] = transform(img)
+            d[key].meta["medsr_factor"] = self.factor
+        return d

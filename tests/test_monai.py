@@ -1,0 +1,181 @@
+"""The MONAI layer: reader, transforms, training pairs, and metric cross-checks."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from conftest import make_affine, phantom_array
+from monai.data import DataLoader
+from monai.data.utils import no_collation
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged
+
+from medsr.cli import main
+from medsr.config import DataConfig
+from medsr.data import build_sampler
+from medsr.evaluation import simulate_acquisition
+from medsr.geometry import world_extent
+from medsr.io import Volume, read_volume, write_volume
+from medsr.metrics import psnr, ssim
+from medsr.monai import (
+    MedsrReader,
+    RandSimulateThickSlicesd,
+    SimulateThickSlices,
+    SimulateThickSlicesd,
+    ThroughPlaneUpsample,
+    ThroughPlaneUpsampled,
+    TrainingPairs,
+)
+
+
+@pytest.fixture
+def scan_path(tmp_path):
+    array = (phantom_array((14, 12, 6)) * 1000).astype(np.int16)
+    volume = Volume(array, make_affine("LIA", (1.0, 1.0, 3.0)))
+    return write_volume(volume, tmp_path / "scan.nii.gz")
+
+
+def test_reader_agrees_with_monai_nibabel_reader_on_nifti(scan_path):
+    mine = LoadImage(reader=MedsrReader(), image_only=True)(scan_path)
+    theirs = LoadImage(reader="NibabelReader", image_only=True)(scan_path)
+    np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    np.testing.assert_allclose(mine.affine.numpy(), theirs.affine.numpy(), atol=1e-6)
+    assert mine.meta["unit"] == "mm" and list(mine.meta["spatial_shape"]) == [14, 12, 6]
+
+
+def test_reader_gives_channel_first_metatensors_with_medsr_geometry(tmp_path, scan_path):
+    image = LoadImage(reader=MedsrReader(), image_only=True, ensure_channel_first=True)(scan_path)
+    volume = read_volume(scan_path)
+    assert image.shape == (1, 14, 12, 6)
+    np.testing.assert_allclose(image.affine.numpy(), volume.affine)
+    np.testing.assert_allclose(image.pixdim, volume.spacing)
+    tifffile.imwrite(tmp_path / "s.ome.tif", np.zeros((5, 6, 7), np.uint16), metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 4.0,
+        "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeZUnit": "µm",
+    })  # fmt: skip
+    stack = LoadImage(reader=MedsrReader(), image_only=True)(tmp_path / "s.ome.tif")
+    assert stack.meta["unit"] == "um" and np.allclose(stack.pixdim, [0.5, 0.5, 4.0])
+    assert MedsrReader().verify_suffix(str(scan_path)) and not MedsrReader().verify_suffix("a.png")
+
+
+def test_compose_reproduces_the_cli_bspline_bit_exactly(tmp_path, scan_path):
+    out = tmp_path / "cli.nii.gz"
+    assert main(["upsample", str(scan_path), "-o", str(out), "--method", "bspline", "--quiet"]) == 0
+    pipeline = Compose(
+        [
+            LoadImaged("image", reader=MedsrReader(), image_only=True, dtype=None),
+            EnsureChannelFirstd("image"),
+            ThroughPlaneUpsampled("image", method="bspline"),
+        ]
+    )
+    image = pipeline({"image": scan_path})["image"]
+    cli = read_volume(out)
+    assert image.dtype == torch.int16
+    np.testing.assert_array_equal(image[0].numpy(), cli.array)
+    np.testing.assert_allclose(image.affine.numpy(), cli.affine, atol=1e-6)
+
+
+def test_misr_transform_matches_the_cli_with_fixed_fit_steps(tmp_path, identity_checkpoint):
+    volume = Volume(phantom_array((30, 28, 8)), make_affine("RAS", (1.0, 1.0, 3.0)))
+    scan = write_volume(volume, tmp_path / "scan.nii.gz")
+    out = tmp_path / "cli.nii.gz"
+    argv = ["upsample", str(scan), "-o", str(out), "--dtype", "float32", "--quiet"]
+    assert main([*argv, "--model", str(identity_checkpoint), "--fit-steps", "3"]) == 0
+    image = LoadImage(reader=MedsrReader(), image_only=True, ensure_channel_first=True)(scan)
+    upsample = ThroughPlaneUpsample(
+        method="misr", keep_dtype=False, model=identity_checkpoint, fit_steps=3
+    )
+    result = upsample(image)
+    cli = read_volume(out)
+    np.testing.assert_allclose(result[0].numpy(), cli.array, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(result.affine.numpy(), cli.affine, atol=1e-6)
+    assert '"fit_steps_run": 3' in result.meta["medsr_provenance"]
+
+
+def test_simulated_thick_slices_are_the_evaluations_and_keep_the_extent():
+    volume = Volume(phantom_array((12, 10, 24)).astype(np.float32), make_affine("LPS", (1, 1, 1)))
+    image = LoadImage(image_only=True)  # not used: build the MetaTensor from the volume
+    del image
+    from monai.data import MetaTensor
+
+    tensor = MetaTensor(
+        torch.from_numpy(volume.array[None]), affine=torch.from_numpy(volume.affine)
+    )
+    thick = SimulateThickSlices(4.0, axis=2, profile="gaussian")(tensor)
+    expected = simulate_acquisition(volume, factor=4.0, axis=2, profile="gaussian").thick
+    np.testing.assert_allclose(thick[0].numpy(), expected.array, rtol=1e-6)
+    np.testing.assert_allclose(thick.affine.numpy(), expected.affine)
+    for a, b in zip(
+        world_extent(volume.spatial_shape, volume.affine, 2),
+        world_extent(thick.shape[1:], thick.affine.numpy(), 2),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-9)
+    gapped = SimulateThickSlicesd("x", factor=4.0, axis=2, gap=3.0)({"x": tensor})["x"]
+    np.testing.assert_allclose(gapped[0, ..., 0].numpy(), volume.array[..., 1:3].mean(-1) * 0 + (
+        volume.array[..., 1] * 0.5 + volume.array[..., 2] * 0.5), rtol=1e-5)  # fmt: skip
+
+
+def test_random_thick_slices_are_seeded_the_monai_way():
+    from monai.data import MetaTensor
+
+    tensor = MetaTensor(torch.rand(1, 8, 8, 64), affine=torch.eye(4, dtype=torch.float64))
+    first = RandSimulateThickSlicesd("x", axis=2, noise_max=0.05)
+    second = RandSimulateThickSlicesd("x", axis=2, noise_max=0.05)
+    first.set_random_state(7)
+    second.set_random_state(7)
+    a, b = first({"x": tensor})["x"], second({"x": tensor})["x"]
+    assert torch.equal(a, b) and 1.5 <= a.meta["medsr_factor"] <= 16
+    assert a.shape[-1] == int(64 // a.meta["medsr_factor"])
+
+
+def test_dataloader_with_two_workers_draws_training_pairs(hr_volume):
+    config = DataConfig(patch_width=8, patch_slices=4, batch_size=3, max_factor=4.0)
+    sampler = build_sampler([(hr_volume, "hr")], config, neighbours=3)
+    stream = TrainingPairs(sampler, seed=0)
+    loader = DataLoader(stream, batch_size=None, num_workers=2, collate_fn=no_collation)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == 4:
+            break
+    for lr, hr, positions, factor in batches:
+        assert lr.shape[:3] == (3, 3, 8) and hr.shape[-1] == len(positions)
+        assert 1.5 <= factor <= 4.0
+    # workers draw different streams
+    assert not torch.equal(batches[0][0], batches[1][0])
+
+
+def test_trainer_trains_with_dataloader_workers(tmp_path, hr_volume, tiny_config):
+    import dataclasses
+
+    from medsr.training import Trainer
+
+    config = dataclasses.replace(
+        tiny_config, data=dataclasses.replace(tiny_config.data, workers=2, max_factor=4.0)
+    )
+    sampler = build_sampler([(hr_volume, "hr")], config.data, 3)
+    trainer = Trainer(config, sampler, torch.device("cpu"), tmp_path / "run")
+    trainer.fit()
+    assert trainer.step == 2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_psnr_and_ssim_agree_with_monai_metrics(seed):
+    from monai.metrics import PSNRMetric, SSIMMetric
+
+    rng = np.random.default_rng(seed)
+    target = np.cumsum(rng.normal(size=(24, 22, 20)), axis=0).astype(np.float32)
+    pred = target + rng.normal(scale=0.5, size=target.shape).astype(np.float32)
+    data_range = float(target.max() - target.min())
+    as_tensor = lambda a: torch.from_numpy(a)[None, None]  # noqa: E731
+    theirs = PSNRMetric(max_val=data_range)(as_tensor(pred), as_tensor(target)).item()
+    assert psnr(pred, target, data_range=data_range) == pytest.approx(theirs, abs=1e-4)
+    # MONAI averages SSIM over the windows that fit inside the image (no padding); medsr over
+    # every voxel (mirrored borders). Over the same interior voxels they agree.
+    metric = SSIMMetric(spatial_dims=3, data_range=data_range, win_size=11, kernel_sigma=1.5)
+    theirs = metric(as_tensor(pred), as_tensor(target)).item()
+    interior = np.zeros(target.shape, bool)
+    interior[5:-5, 5:-5, 5:-5] = True
+    assert ssim(pred, target, data_range=data_range, mask=interior) == pytest.approx(
+        theirs, abs=2e-3
+    )
