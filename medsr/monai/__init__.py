@@ -4,6 +4,7 @@ simulation and through-plane upsampling, and the training pairs as a dataset for
 Import from here: ``from medsr.monai import MedsrReader, ThroughPlaneUpsampled``.
 """
 
+from medsr.monai.datalist import volume_datalist
 from medsr.monai.dataset import TrainingPairs
 from medsr.monai.reader import MedsrReader
 from medsr.monai.transforms import (
@@ -13,13 +14,16 @@ from medsr.monai.transforms import (
     ThroughPlaneUpsample,
     ThroughPlaneUpsampled,
 )
+from medsr.monai.writer import MedsrWriter
 
 __all__ = [
     "MedsrReader",
+    "MedsrWriter",
     "RandSimulateThickSlicesd",
     "SimulateThickSlices",
     "SimulateThickSlicesd",
     "ThroughPlaneUpsample",
     "ThroughPlaneUpsampled",
     "TrainingPairs",
+    "volume_datalist",
 ]
