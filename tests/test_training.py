@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -247,3 +248,32 @@ def test_resume_with_a_changed_model_is_a_one_line_error(tmp_path, hr_path, caps
     err = capsys.readouterr().err
     assert code == 1 and "changed model (num_features 4 -> 8)" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_train_data_from_a_list_file_and_two_dimensional_images(tmp_path, hr_path):
+    from PIL import Image
+
+    from medsr.training_run import expand_data_paths, read_training_volume
+
+    image = (np.random.default_rng(0).random((40, 36, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "section.png")
+    listing = tmp_path / "data.txt"
+    listing.write_text(f"# training volumes\n{hr_path.name}\nsection.png  # a 2D image\n")
+    paths = expand_data_paths([listing])
+    assert paths == [hr_path, tmp_path / "section.png"]
+    grey = read_training_volume(tmp_path / "section.png")
+    assert grey.spatial_shape == (40, 36, 1) and grey.num_channels == 1
+    np.testing.assert_allclose(grey.array[..., 0], image.mean(axis=2), rtol=1e-6)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(listing), "--out", str(run), "--device", "cpu", "--quiet"]
+    argv += _sets(
+        "train.steps=2",
+        "model.num_features=4",
+        "model.num_blocks=1",
+        "data.batch_size=2",
+        "data.patch_width=8",
+        "data.max_factor=4",
+        "loss.perceptual_weight=0",
+        "loss.adversarial_weight=0",
+    )
+    assert main(argv) == 0
