@@ -40,25 +40,60 @@ class Task:
     key: str  # the input's path relative to INPUT_ROOT
 
 
-def _is_series(folder: Path) -> bool:
-    files = [p for p in folder.iterdir() if p.is_file()]
-    has_sections = sum(p.suffix.lower() in SECTION_SUFFIXES for p in files) >= 2
-    return (
-        (folder / "series.json").exists()
-        or (folder / "order.txt").exists()
-        or has_sections
-        or any(p.suffix.lower() == ".dcm" for p in files)
-    )
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM file by content (the ``DICM`` magic after the 128-byte preamble), whatever its
+    name: exports often have no extension."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_2d_image(path: Path) -> bool:
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return True  # PNG / JPEG
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return len(series.shape) == 2 or (len(series.shape) == 3 and series.shape[-1] in (3, 4))
+    except Exception:  # unreadable: not a section; the file is reported as its own input
+        return False
+
+
+def folder_kind(folder: Path) -> str | None:
+    """``"sections"``, ``"dicom"`` or None (a plain folder whose files are inputs of their own).
+
+    A folder is a section series when it has ``series.json`` or ``order.txt``, or holds 2D images
+    only (at least two, and no volume files); it is a DICOM series when it holds DICOM files (by
+    content). 3D TIFF stacks, NIfTI and the like are always inputs of their own.
+    """
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if (folder / "series.json").exists() or (folder / "order.txt").exists():
+        return "sections"
+    if any(p.suffix.lower() == ".dcm" or (not p.suffix and is_dicom_file(p)) for p in files):
+        return "dicom"
+    images = [p for p in files if p.suffix.lower() in SECTION_SUFFIXES]
+    volumes = [p for p in files if p.name.lower().endswith(VOLUME_SUFFIXES) and p not in images]
+    if len(images) >= 2 and not volumes and all(_is_2d_image(p) for p in images):
+        return "sections"
+    return None
 
 
 def discover(
     input_root: Path, output_root: Path, pattern: str | None, suffix: str | None
 ) -> list[Task]:
-    """Scan files and series folders under `input_root` (a series folder is one input)."""
+    """Scan files and series folders under `input_root` (a series folder is one input);
+    `output_root` is never read as input, even inside `input_root`."""
     tasks, series = [], []
+    skip = output_root.resolve()
     for folder, subfolders, files in os.walk(input_root):
         folder = Path(folder)
-        if folder != input_root and _is_series(folder):
+        subfolders[:] = [d for d in subfolders if (folder / d).resolve() != skip]
+        if folder != input_root and folder_kind(folder) is not None:
             series.append(folder)
             subfolders.clear()
             continue
@@ -66,6 +101,8 @@ def discover(
             lower = name.lower()
             if not lower.endswith(VOLUME_SUFFIXES) or name == MANIFEST:
                 continue
+            if lower.endswith((".tif", ".tiff")) and _is_2d_image(folder / name):
+                continue  # a stray 2D image (a QC picture, a lone section) is not a volume
             if pattern and not fnmatch(name, pattern):
                 continue
             tasks.append(folder / name)
@@ -127,8 +164,12 @@ def run_batch(
     scheduler: str | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[dict], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Process every input not already done; returns the manifest's entries.
+
+    An existing output that the manifest does not record as this batch's is never replaced
+    without `overwrite` (that input fails with a one-line reason).
 
     `on_start` receives the number of inputs found (skipped ones included), `on_done` every
     record, skipped or new, as it is settled.
@@ -159,6 +200,20 @@ def run_batch(
             if on_done:
                 on_done(entry)
             continue
+        owned = entry is not None and entry.get("output") == task.output
+        if Path(task.output).exists() and not owned and not overwrite:
+            result = {
+                "input": task.key,
+                "output": task.output,
+                "status": "failed",
+                "error": f"output exists and is not this batch's: '{task.output}' "
+                "(use --overwrite to replace it)",
+            }
+            result["settings"] = settings_key
+            entries[task.key] = result
+            if on_done:
+                on_done(result)
+            continue
         todo.append(task)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
 
@@ -169,7 +224,10 @@ def run_batch(
         if on_done:
             on_done(result)
 
-    job_settings = [dict(settings, threads=threads) for _ in todo]
+    job_settings = [
+        dict(settings, threads=threads, **worker_device(settings, index))
+        for index in range(len(todo))
+    ]
     if scheduler:
         _run_on_dask(todo, job_settings, scheduler, workers, record)
     elif workers <= 1:
@@ -182,7 +240,20 @@ def run_batch(
             ]
             for future in as_completed(futures):
                 record(future.result())
+    _save_manifest(manifest_path, entries, settings)
     return entries
+
+
+def worker_device(settings: dict, index: int) -> dict:
+    """The device of job `index`: on a machine with several GPUs, jobs asking for ``auto`` or
+    ``cuda`` are spread over them (``cuda:0``, ``cuda:1``...); anything else is kept."""
+    device = settings.get("device")
+    if settings.get("method") != "misr" or device not in ("auto", "cuda", None):
+        return {}
+    import torch
+
+    count = torch.cuda.device_count()
+    return {"device": f"cuda:{index % count}"} if count > 1 else {}
 
 
 def _run_on_dask(tasks, job_settings, scheduler: str, workers: int, record) -> None:

@@ -12,19 +12,75 @@ import sys
 from pathlib import Path
 
 
+def _length(text: str) -> str:
+    """argparse type of a length with an optional unit (``0.5``, ``0.5mm``, ``2um``)."""
+    from medsr.io.volume import parse_length
+
+    try:
+        parse_length(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
 def _add_input_geometry(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-spacing",
         nargs=3,
-        type=float,
+        type=_length,
         metavar=("X", "Y", "Z"),
-        help="voxel size of the input, overriding (or supplying) its header",
+        help="voxel size of the input, overriding (or supplying) its header; each may carry a "
+        "unit (0.5mm, 2um)",
     )
     parser.add_argument(
         "--input-unit",
         choices=["mm", "um"],
-        help="unit of --input-spacing (default: the file's, µm for TIFF)",
+        help="unit of bare --input-spacing numbers (default: the file's, µm for TIFF)",
     )
+
+
+def _input_geometry(args: argparse.Namespace) -> tuple[list[float] | None, str | None]:
+    """(--input-spacing as numbers, their unit); one unit for all three values."""
+    from medsr.errors import MedsrError
+    from medsr.io.volume import parse_length
+
+    if not getattr(args, "input_spacing", None):
+        return None, getattr(args, "input_unit", None)
+    parsed = [parse_length(text) for text in args.input_spacing]
+    units = {unit for _, unit in parsed if unit} | ({args.input_unit} if args.input_unit else set())
+    if len(units) > 1:
+        raise MedsrError(f"--input-spacing mixes units {sorted(units)}; use one")
+    return [value for value, _ in parsed], (units.pop() if units else None)
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--spacing",
+        type=_length,
+        metavar="LENGTH",
+        help="target thick-axis spacing, e.g. 0.5mm or 2um (a bare number is in the input's "
+        "own unit: mm for medical formats, µm for TIFF and section folders; default: the "
+        "finest in-plane spacing)",
+    )
+    target.add_argument("--scale", type=float, metavar="R", help="upsampling factor")
+    parser.add_argument(
+        "--allow-coarser",
+        action="store_true",
+        help="accept a target coarser than the input (integrated over each slab, not decimated)",
+    )
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    if batch_size:
+        parser.add_argument(
+            "--batch-size", type=int, default=8, metavar="N", help="planes per generator call"
+        )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="print errors only")
 
 
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
@@ -74,13 +130,7 @@ def _fit_settings(args: argparse.Namespace) -> dict:
     }
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medsr", description="Medical volumetric super-resolution."
-    )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _upsample_parser(commands) -> None:
     up = commands.add_parser("upsample", help="upsample a thick-slice volume along its thick axis")
     up.add_argument("input", help="volume file (NIfTI, NRRD, MHA, DICOM, TIFF) or folder")
     up.add_argument("-o", "--output", help="output file (default: beside the input)")
@@ -91,16 +141,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="misr: the learned SR-GAN (default); linear / bspline: interpolation",
     )
     _add_fit_options(up)
-    up.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
-    up.add_argument("--batch-size", type=int, default=8, metavar="N", help="planes per batch")
-    target = up.add_mutually_exclusive_group()
-    target.add_argument(
-        "--spacing",
-        type=float,
-        metavar="MM",
-        help="target thick-axis spacing (default: finest in-plane spacing)",
-    )
-    target.add_argument("--scale", type=float, metavar="R", help="upsampling factor")
+    _add_target_options(up)
     up.add_argument(
         "--axis",
         type=int,
@@ -118,16 +159,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--align", action="store_true", help="rigidly align consecutive sections first (histology)"
     )
     up.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    up.add_argument("--quiet", action="store_true", help="print errors only")
+    _add_runtime_options(up)
 
+
+def _train_parser(commands) -> None:
     train = commands.add_parser("train", help="train the multi-image SR-GAN")
     train.add_argument(
         "--data",
         nargs="+",
         required=True,
         metavar="PATH",
-        help="high-resolution volumes (or anisotropic scans with "
-        "--self-supervised); folders of volumes are expanded",
+        help="high-resolution volumes, 2D images, thick scans (self-supervised at their own "
+        "factor), folders of volumes, or .txt files listing them",
     )
     train.add_argument(
         "--validation-data",
@@ -157,8 +200,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--vgg-weights", metavar="PTH", help="VGG16 feature weights for the perceptual loss"
     )
     train.add_argument("--device", help="auto, cpu or cuda:N (default: config's)")
+    train.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
     train.add_argument("--quiet", action="store_true", help="no progress bar, errors only")
 
+
+def _batch_parser(commands) -> None:
     batch = commands.add_parser(
         "batch", help="upsample every scan and section folder under a folder, resumably"
     )
@@ -178,15 +224,20 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run on a Dask distributed scheduler (or 'local' for a local cluster)",
     )
-    target_b = batch.add_mutually_exclusive_group()
-    target_b.add_argument("--spacing", type=float, metavar="MM")
-    target_b.add_argument("--scale", type=float, metavar="R")
+    _add_target_options(batch)
     _add_fit_options(batch)
     batch.add_argument("--align", action="store_true", help="align sections first")
     batch.add_argument("--dtype", choices=["input", "float32"], default="input")
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs that this batch's manifest does not own",
+    )
     _add_input_geometry(batch)
-    batch.add_argument("--quiet", action="store_true")
+    _add_runtime_options(batch)
 
+
+def _evaluate_parser(commands) -> None:
     evaluate = commands.add_parser(
         "evaluate", help="simulate thick slices of HR volumes and score every method"
     )
@@ -203,10 +254,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--mask", metavar="VOLUME", help="evaluation mask (default: Otsu)")
     _add_fit_options(evaluate)
-    evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--out", required=True, metavar="REPORT_DIR")
-    evaluate.add_argument("--quiet", action="store_true")
+    _add_runtime_options(evaluate, batch_size=False)
 
+
+def _compare_parser(commands) -> None:
     compare = commands.add_parser(
         "compare", help="figure of the same world planes through an input and its outputs"
     )
@@ -215,9 +267,30 @@ def _build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", required=True, metavar="FIG.png")
     compare.add_argument("--quiet", action="store_true")
 
-    info = commands.add_parser("info", help="print shape, spacing, orientation and thick axis")
+
+def _info_parser(commands) -> None:
+    info = commands.add_parser(
+        "info", help="print shape, spacing, orientation, thick axis and the default output grid"
+    )
     info.add_argument("input")
     _add_input_geometry(info)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medsr", description="Medical volumetric super-resolution."
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _upsample_parser,
+        _train_parser,
+        _batch_parser,
+        _evaluate_parser,
+        _compare_parser,
+        _info_parser,
+    ):
+        add(commands)
     return parser
 
 
@@ -235,6 +308,7 @@ def _run_upsample(args: argparse.Namespace) -> int:
         }
     elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
         raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
+    input_spacing, input_unit = _input_geometry(args)
     output = upsample_file(
         args.input,
         args.output,
@@ -242,11 +316,12 @@ def _run_upsample(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         scale=args.scale,
         axis=args.axis,
-        input_spacing=args.input_spacing,
-        input_unit=args.input_unit,
+        input_spacing=input_spacing,
+        input_unit=input_unit,
         keep_dtype=args.dtype == "input",
         overwrite=args.overwrite,
         align=args.align,
+        allow_coarser=args.allow_coarser,
         **options,
     )
     if not args.quiet:
@@ -291,17 +366,19 @@ def _run_batch(args: argparse.Namespace) -> int:
 
     from medsr.batch import run_batch
 
+    input_spacing, input_unit = _input_geometry(args)
     settings = {
         "method": args.method,
         "spacing": args.spacing,
         "scale": args.scale,
-        "input_spacing": args.input_spacing,
-        "input_unit": args.input_unit,
+        "input_spacing": input_spacing,
+        "input_unit": input_unit,
         "keep_dtype": args.dtype == "input",
         "align": args.align,
+        "allow_coarser": args.allow_coarser,
     }
     if args.method == "misr":
-        settings.update(_fit_settings(args), device="auto")
+        settings.update(_fit_settings(args), device=args.device, batch_size=args.batch_size)
     bar = tqdm(disable=args.quiet, unit="input", desc="batch")
 
     def done(entry: dict) -> None:
@@ -319,6 +396,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         on_start=lambda total: bar.reset(total=total),
         on_done=done,
+        overwrite=args.overwrite,
     )
     bar.close()
     failed = [k for k, e in entries.items() if e["status"] != "done"]
@@ -374,7 +452,8 @@ def _run_info(args: argparse.Namespace) -> int:
     )
     from medsr.io import read_volume
 
-    volume = read_volume(args.input, spacing=args.input_spacing, unit=args.input_unit)
+    input_spacing, input_unit = _input_geometry(args)
+    volume = read_volume(args.input, spacing=input_spacing, unit=input_unit)
     spacing = " x ".join(f"{s:.4g}" for s in volume.spacing)
     channels = "RGB" if volume.num_channels == 3 else "grey"
     print(f"file:        {args.input} ({volume.meta.get('format', '?')})")
@@ -430,6 +509,15 @@ def main(argv: list[str] | None = None) -> int:
         "info": _run_info,
     }
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            print(f"medsr: error: --threads must be >= 1, got {threads}", file=sys.stderr)
+            return 1
+        import torch
+
+        torch.set_num_threads(threads)
 
     try:
         with logging_redirect_tqdm():  # log lines never break a progress bar

@@ -251,16 +251,30 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The YAML file at `path` as {section: {field: value}} (the one YAML loader).
+
+    Raises:
+        MedsrError: unreadable file, invalid YAML, or not a mapping of mappings.
+    """
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MedsrError(f"cannot read config '{path}': {reason}") from error
+    if not isinstance(values, dict):
+        raise MedsrError(
+            f"config '{path}' must be a mapping of sections, got a {type(values).__name__}"
+        )
+    for section, fields in values.items():
+        if not isinstance(fields, dict):
+            raise MedsrError(f"config '{path}': section {section!r} must be a mapping of fields")
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at `path`, then `overrides`."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise MedsrError(f"cannot read config '{path}': {error}") from error
-        if not isinstance(values, dict):
-            raise MedsrError(f"config '{path}' must be a mapping of sections")
+    values = read_config_file(path) if path is not None else {}
     return config_from_dict(apply_overrides(values, overrides or []))
 
 

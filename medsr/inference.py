@@ -12,15 +12,15 @@ from typing import Literal
 
 import numpy as np
 
-from medsr.baselines import upsample_baseline
+from medsr.baselines import average_slabs, upsample_baseline
 from medsr.errors import MedsrError
 from medsr.geometry import ISOTROPY_TOLERANCE, OutputGrid, anisotropy, plan_output_grid
 from medsr.io import (
     Volume,
+    check_output_path,
     default_output_suffix,
     read_volume,
     split_volume_name,
-    volume_format,
     write_volume,
 )
 from medsr.io.volume import Unit
@@ -149,6 +149,7 @@ def upsample_volume(
     scale: float | None = None,
     axis: int | None = None,
     keep_dtype: bool = True,
+    allow_coarser: bool = False,
     **misr_options,
 ) -> Volume:
     """Upsample `volume` along its thick axis onto the grid of the slab convention.
@@ -160,6 +161,8 @@ def upsample_volume(
         scale: upsampling factor instead of `spacing`.
         axis: array axis to upsample (default: the thick axis found from the affine).
         keep_dtype: return the input dtype (integers rounded and clipped) rather than float32.
+        allow_coarser: accept a target coarser than the input's thick spacing; the output is then
+            the input integrated over each output slab (anti-aliased, any method).
         **misr_options: `upsample_misr` options (model, fit_steps, fit_seconds, seed, device,
             batch_size, progress).
 
@@ -181,9 +184,18 @@ def upsample_volume(
         volume.unit,
         method,
     )
-    if method in ("linear", "bspline"):
+    details: dict = {}
+    if grid.step > 1 + 1e-6:
+        if not allow_coarser:
+            raise MedsrError(
+                f"target spacing {grid.spacing:.4g} {volume.unit} is coarser than the input's "
+                f"{volume.spacing[grid.axis]:.4g} {volume.unit}; give --allow-coarser to "
+                "downsample (integrated over each slab)"
+            )
+        result = average_slabs(volume, grid, keep_dtype=keep_dtype)
+        method = "slab-average"
+    elif method in ("linear", "bspline"):
         result = upsample_baseline(volume, grid, method, keep_dtype=keep_dtype)
-        details: dict = {}
     elif method == "misr":
         array, details = upsample_misr(volume, grid, **misr_options)
         if keep_dtype:
@@ -197,6 +209,22 @@ def upsample_volume(
     return result
 
 
+def target_spacing(spacing: float | str | None, unit: Unit) -> float | None:
+    """A target spacing (``0.5``, ``"0.5mm"``, ``"2um"``) in the volume's `unit`; a bare number is
+    already in that unit."""
+    from medsr.io.volume import parse_length, unit_scale
+
+    if spacing is None:
+        return None
+    try:
+        value, given = parse_length(spacing)
+    except ValueError as error:
+        raise MedsrError(f"--spacing: {error}") from error
+    value = value * unit_scale(given, unit) if given else value
+    logger.info("target spacing: %.4g %s", value, unit)
+    return value
+
+
 def default_output_path(input_path: Path, method: str) -> Path:
     """``scan.nii.gz`` -> ``scan_misr.nii.gz`` beside it (format: `default_output_suffix`)."""
     stem, _ = split_volume_name(input_path)
@@ -208,7 +236,7 @@ def upsample_file(
     output_path: str | os.PathLike[str] | None = None,
     *,
     method: Method = "misr",
-    spacing: float | None = None,
+    spacing: float | str | None = None,
     scale: float | None = None,
     axis: int | None = None,
     input_spacing: Sequence[float] | None = None,
@@ -232,10 +260,10 @@ def upsample_file(
     output = Path(output_path) if output_path else default_output_path(input_path, method)
     if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
         raise MedsrError(f"output '{output}' is the input; choose another output path")
-    volume_format(output)  # unknown output extension: fail before the work
-    if output.exists() and not overwrite:
-        raise MedsrError(f"output exists: '{output}' (use --overwrite to replace it)")
+    check_output_path(output, overwrite=overwrite)  # before reading: fail fast
     volume = read_volume(input_path, spacing=input_spacing, unit=input_unit)
+    check_output_path(output, overwrite=overwrite, affine=volume.affine)
+    spacing = target_spacing(spacing, volume.unit)
     ratio = anisotropy(volume.affine)
     if ratio < ISOTROPY_TOLERANCE and spacing is None and scale is None:
         spacing_text = " x ".join(f"{s:.4g}" for s in volume.spacing)

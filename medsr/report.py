@@ -146,7 +146,9 @@ def run_evaluation(
 def run_compare(low: str, outputs: list[str], figure_path: str, *, axis: int | None = None) -> Path:
     """Figure of the same world planes through a thick input and its reconstructions."""
     from medsr.geometry import thick_axis
+    from medsr.io import check_output_path
 
+    check_output_path(figure_path, overwrite=True, suffixes=(".png", ".pdf", ".svg"))
     volumes = {f"input ({_volume_name(Path(low))})": read_volume(low)}
     for path in outputs:
         volumes[_volume_name(Path(path))] = read_volume(path)

@@ -75,9 +75,7 @@ def resolve_config(
     run_dir: Path, config_path: str | None, overrides: list[str], resume: bool
 ) -> Config:
     """The run's config: defaults (or, with `resume`, the checkpoint's), then file, then --set."""
-    import yaml
-
-    from medsr.config import apply_overrides
+    from medsr.config import apply_overrides, read_config_file
 
     values: dict = {}
     latest = run_dir / "checkpoints" / "latest.pt"
@@ -86,15 +84,8 @@ def resolve_config(
             raise MedsrError(f"--resume: no checkpoint at '{latest}'")
         values = torch.load(latest, map_location="cpu", weights_only=True)["config"]
     if config_path is not None:
-        try:
-            loaded = yaml.safe_load(Path(config_path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise MedsrError(f"cannot read config '{config_path}': {error}") from error
-        for section, fields in loaded.items():
-            values.setdefault(section, {})
-            if not isinstance(fields, dict):
-                raise MedsrError(f"config {section}: expected a mapping")
-            values[section] = {**values[section], **fields}
+        for section, fields in read_config_file(config_path).items():
+            values[section] = {**values.get(section, {}), **fields}
     return config_from_dict(apply_overrides(values, overrides))
 
 

@@ -104,3 +104,78 @@ def test_dask_local_cluster_runs_the_same_tasks(tree, tmp_path):
 def test_missing_input_root_is_a_clear_error(tmp_path, capsys):
     assert main(["batch", str(tmp_path / "none"), str(tmp_path / "out"), "--quiet"]) == 1
     assert "input folder not found" in capsys.readouterr().err
+
+
+def _dicom_series(folder: Path, slices: int = 5) -> None:
+    """A DICOM series written by SimpleITK, files named without an extension (as exports are)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    uid = "1.2.826.0.1.3680043.2.1125.1.42"
+    for index in range(slices):
+        image = sitk.GetImageFromArray(np.full((1, 12, 10), 100 + index, np.int16))
+        image.SetSpacing((0.8, 0.8, 4.0))
+        image.SetOrigin((0.0, 0.0, 4.0 * index))
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        tags = {
+            "0020|000e": uid,
+            "0020|000d": uid + ".1",
+            "0008|0060": "MR",
+            "0020|0013": str(index + 1),
+            "0020|0032": f"0\\0\\{4.0 * index}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": "4.0",
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IM{index:04d}.dcm"))
+        writer.Execute(image)
+        (folder / f"IM{index:04d}.dcm").rename(folder / f"IM{index:04d}")
+
+
+def test_mixed_tree_right_inputs_nothing_clobbered_rerun_skips(tmp_path):
+    import tifffile
+
+    root = tmp_path / "in"
+    _nifti(root / "subject1" / "t1.nii.gz", 0)
+    _nifti(root / "subject1" / "t2.nii.gz", 1)
+    for name in ("qc_axial.png", "qc_coronal.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "subject1" / name)
+    stacks = root / "stacks"
+    stacks.mkdir()
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(stacks / name, np.zeros((4, 6, 5), np.uint16), imagej=True,
+                         resolution=(2.0, 2.0), metadata={"spacing": 3.0, "unit": "um"})  # fmt: skip
+    series = root / "slide1"
+    series.mkdir()
+    for index in range(3):
+        Image.fromarray(np.full((8, 10), 30 * index, np.uint8)).save(series / f"{index}.png")
+    (series / "series.json").write_text(json.dumps({"spacing": [0.5, 0.5, 4], "unit": "um"}))
+    _dicom_series(root / "dicom_export")
+    out = root / "results"  # the output folder inside the input folder
+    keys = {t.key for t in discover(root, out, None, None)}
+    assert keys == {
+        "subject1/t1.nii.gz",
+        "subject1/t2.nii.gz",
+        "stacks/a.tif",
+        "stacks/b.tif",
+        "slide1",
+        "dicom_export",
+    }
+    out.mkdir()
+    foreign = _nifti(out / "subject1" / "t1.nii.gz", 9)  # not this batch's: must survive
+    before = foreign.read_bytes()
+    argv = ["batch", str(root), str(out), "--method", "linear", "--workers", "1", "--quiet"]
+    assert main(argv) == 1
+    manifest = json.loads((out / MANIFEST).read_text())["inputs"]
+    assert manifest["subject1/t1.nii.gz"]["status"] == "failed"
+    assert "--overwrite" in manifest["subject1/t1.nii.gz"]["error"]
+    assert foreign.read_bytes() == before
+    done = {k for k, v in manifest.items() if v["status"] == "done"}
+    assert done == keys - {"subject1/t1.nii.gz"}
+    assert {t.key for t in discover(root, out, None, None)} == keys  # outputs not re-read
+    assert main([*argv, "--overwrite"]) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != MANIFEST}
+    assert main(argv) == 0  # a rerun skips every input
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -22,6 +22,7 @@ from medsr.io.volume import Unit, Volume, unit_scale
 __all__ = [
     "VOLUME_SUFFIXES",
     "Volume",
+    "check_output_path",
     "default_output_suffix",
     "read_volume",
     "set_spacing",
@@ -149,6 +150,49 @@ def read_volume(
             raise MedsrError(f"'{path}' has {bad} NaN/Inf voxels; fix or mask them first")
     logger.debug("read %s: shape %s spacing %s", path, volume.array.shape, volume.spacing)
     return volume
+
+
+WRITABLE_FORMATS = ("nifti", "nrrd", "mha", "tiff")
+
+
+def check_output_path(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    affine: np.ndarray | None = None,
+    suffixes: tuple[str, ...] | None = None,
+) -> Path:
+    """Everything about an output that can fail, checked before any work: a known, writable
+    format (or one of `suffixes` for non-volume outputs such as figures), an existing writable
+    folder, no existing file without `overwrite`, and (for TIFF, which stores no orientation) an
+    axis-aligned `affine`.
+
+    Raises:
+        MedsrError: the first problem found, in one line.
+    """
+    path = Path(path)
+    if suffixes is not None:
+        if path.suffix.lower() not in suffixes:
+            raise MedsrError(f"output '{path}' must end with {' or '.join(suffixes)}")
+    else:
+        fmt = volume_format(path)
+        if fmt not in WRITABLE_FORMATS:
+            raise MedsrError(f"cannot write {fmt} ('{path}'); write NIfTI, NRRD, MHA or OME-TIFF")
+        if fmt == "tiff" and affine is not None:
+            linear = np.asarray(affine)[:3, :3]
+            if not np.allclose(linear, np.diag(np.diag(linear))) or np.any(np.diag(linear) <= 0):
+                raise MedsrError(
+                    f"'{path}': TIFF stores no orientation and this volume is not axis-aligned "
+                    "(oblique or flipped); write NIfTI or NRRD instead"
+                )
+    folder = path.parent
+    if not folder.is_dir():
+        raise MedsrError(f"output folder does not exist: '{folder}'")
+    if not os.access(folder, os.W_OK):
+        raise MedsrError(f"output folder is not writable: '{folder}'")
+    if path.exists() and not overwrite:
+        raise MedsrError(f"output exists: '{path}' (use --overwrite to replace it)")
+    return path
 
 
 def _write_any(volume: Volume, path: Path, fmt: str) -> None:

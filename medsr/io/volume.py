@@ -66,3 +66,34 @@ def unit_scale(source: Unit, target: Unit) -> float:
     """Factor that converts a length in `source` units into `target` units."""
     to_mm = {"mm": 1.0, "um": 1e-3}
     return to_mm[source] / to_mm[target]
+
+
+_UNIT_NAMES = {"mm": "mm", "um": "um", "µm": "um", "micron": "um", "microns": "um"}
+
+
+def parse_length(text: str | float) -> tuple[float, Unit | None]:
+    """``"0.5mm"`` -> (0.5, "mm"), ``"2um"``/``"2µm"`` -> (2.0, "um"), ``"0.5"`` -> (0.5, None):
+    a bare number is in the volume's own unit.
+
+    Raises:
+        ValueError: not a positive finite number with an optional mm/um unit.
+    """
+    import math
+    import re
+
+    if isinstance(text, (int, float)):
+        value, unit = float(text), None
+    else:
+        match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zµ]*)\s*", str(text))
+        if not match or (match.group(2) and match.group(2) not in _UNIT_NAMES):
+            raise ValueError(f"expected a length such as 0.5, 0.5mm or 2um, got {text!r}")
+        try:
+            value = float(match.group(1))
+        except ValueError as error:
+            raise ValueError(
+                f"expected a length such as 0.5, 0.5mm or 2um, got {text!r}"
+            ) from error
+        unit = _UNIT_NAMES.get(match.group(2)) if match.group(2) else None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a length must be positive, got {text!r}")
+    return value, unit  # type: ignore[return-value]
