@@ -525,6 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     except MedsrError as error:
         print(f"medsr: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("medsr: interrupted; no output written", file=sys.stderr)
         return 130

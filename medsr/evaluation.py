@@ -71,7 +71,11 @@ def simulate_acquisition(
 
 
 def evaluation_mask(truth: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """The given mask (must match and be non-empty) or the truth's foreground."""
+    """The given mask (must match and be non-empty) or the truth's foreground; colour truths
+    get the foreground of their channel mean, for every channel."""
+    if mask is None and truth.ndim == 4:
+        grey = foreground_mask(truth.mean(axis=3))
+        mask = np.repeat(grey[..., None], truth.shape[3], axis=3)
     mask = foreground_mask(truth) if mask is None else np.asarray(mask) > 0
     if mask.shape != truth.shape:
         raise MedsrError(f"mask shape {mask.shape} does not match the volume {truth.shape}")

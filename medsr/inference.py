@@ -226,7 +226,9 @@ def target_spacing(spacing: float | str | None, unit: Unit) -> float | None:
 
 
 def default_output_path(input_path: Path, method: str) -> Path:
-    """``scan.nii.gz`` -> ``scan_misr.nii.gz`` beside it (format: `default_output_suffix`)."""
+    """``scan.nii.gz`` -> ``scan_misr.nii.gz`` beside it (format: `default_output_suffix`); a
+    folder's output goes beside the folder, never inside it (``.`` included)."""
+    input_path = Path(input_path).resolve() if Path(input_path).exists() else Path(input_path)
     stem, _ = split_volume_name(input_path)
     return input_path.parent / f"{stem}_{method}{default_output_suffix(input_path)}"
 

@@ -75,9 +75,13 @@ def otsu_threshold(array: np.ndarray, bins: int = 256) -> float:
 def foreground_mask(volume: np.ndarray) -> np.ndarray:
     """Foreground (head, specimen) of a grey volume: Otsu threshold, closed, holes filled.
 
-    The largest connected component is kept, so that noise outside the object does not count.
+    The side of the threshold that the volume's border does not mostly lie on is the foreground:
+    dark background (MRI, CT, fluorescence) or bright background (brightfield histology). The
+    largest connected component is kept, so that noise outside the object does not count.
     """
-    mask = volume > otsu_threshold(volume)
+    threshold = otsu_threshold(volume)
+    border = np.concatenate([np.take(volume, [0, -1], axis=a).ravel() for a in range(volume.ndim)])
+    mask = volume < threshold if np.mean(border > threshold) > 0.5 else volume > threshold
     mask = ndimage.binary_closing(mask, iterations=2)
     labels, count = ndimage.label(mask)
     if count > 1:

@@ -145,8 +145,9 @@ def test_mixed_tree_right_inputs_nothing_clobbered_rerun_skips(tmp_path):
     stacks = root / "stacks"
     stacks.mkdir()
     for name in ("a.tif", "b.tif"):
-        tifffile.imwrite(stacks / name, np.zeros((4, 6, 5), np.uint16), imagej=True,
-                         resolution=(2.0, 2.0), metadata={"spacing": 3.0, "unit": "um"})  # fmt: skip
+        meta = {"spacing": 3.0, "unit": "um"}
+        stack = np.zeros((4, 6, 5), np.uint16)
+        tifffile.imwrite(stacks / name, stack, imagej=True, resolution=(2.0, 2.0), metadata=meta)
     series = root / "slide1"
     series.mkdir()
     for index in range(3):

@@ -198,3 +198,12 @@ def test_compare_writes_a_figure(tmp_path, phantom_path):
     assert main(["compare", str(phantom_path), str(out), "--out", str(figure), "--quiet"]) == 0
     width, height = _png_size(figure)
     assert width > 200 and height > 200
+
+
+def test_colour_brightfield_truth_gets_a_tissue_mask():
+    from medsr.evaluation import evaluation_mask
+
+    rgb = np.full((20, 20, 12, 3), 240, np.uint8)  # white slide
+    rgb[5:15, 5:15, 3:9] = (120, 60, 140)  # stained tissue, darker than the background
+    mask = evaluation_mask(rgb)
+    assert mask.shape == rgb.shape and mask[10, 10, 6].all() and not mask[0, 0, 0].any()

@@ -123,3 +123,19 @@ def test_section_folder_default_output_is_ome_tiff(tmp_path):
     assert main(["upsample", str(folder), "--method", "linear", "--quiet"]) == 0
     result = read_volume(tmp_path / "slide_linear.ome.tif")
     assert result.unit == "um" and result.spatial_shape == (32, 24, 80)
+
+
+def test_folder_output_goes_beside_the_folder_and_is_never_read_back(tmp_path, monkeypatch):
+    from medsr.cli import main
+
+    folder = tmp_path / "sections"
+    folder.mkdir()
+    for index in range(4):
+        Image.fromarray(np.full((8, 10), 20 * index, np.uint8)).save(folder / f"s{index}.png")
+    (folder / "series.json").write_text('{"spacing": [0.5, 0.5, 2.0], "unit": "um"}')
+    monkeypatch.chdir(folder)
+    assert main(["upsample", ".", "--method", "bspline", "--quiet"]) == 0
+    assert (tmp_path / "sections_bspline.ome.tif").is_file()
+    assert sorted(p.name for p in folder.iterdir())[-1] == "series.json"  # nothing written inside
+    (folder / "old_misr.ome.tif").write_bytes((tmp_path / "sections_bspline.ome.tif").read_bytes())
+    assert main(["info", "."]) == 0  # a medsr output inside is not taken for a section

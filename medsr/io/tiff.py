@@ -124,6 +124,8 @@ def read_section(path: Path) -> np.ndarray:
 
 
 ORDER_FILE = "order.txt"
+#: names medsr gives its outputs (``<name>_misr.ome.tif``...): never read back as sections
+MEDSR_OUTPUT = re.compile(r"_(misr|bspline|linear|labels)(\.ome)?\.tiff?$", re.IGNORECASE)
 
 
 def list_sections(directory: Path) -> list[Path]:
@@ -137,7 +139,11 @@ def list_sections(directory: Path) -> list[Path]:
         if missing:
             raise MedsrError(f"section(s) listed in '{order}' are missing: {', '.join(missing)}")
         return files
-    files = [p for p in directory.iterdir() if p.suffix.lower() in SECTION_SUFFIXES]
+    files = [
+        p
+        for p in directory.iterdir()
+        if p.suffix.lower() in SECTION_SUFFIXES and not MEDSR_OUTPUT.search(p.name)
+    ]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
