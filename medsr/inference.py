@@ -21,6 +21,8 @@ from medsr.io import (
     default_output_suffix,
     read_volume,
     split_volume_name,
+    volume_format,
+    volume_frames,
     write_volume,
 )
 from medsr.io.volume import Unit
@@ -263,34 +265,33 @@ def upsample_file(
     if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
         raise MedsrError(f"output '{output}' is the input; choose another output path")
     check_output_path(output, overwrite=overwrite)  # before reading: fail fast
-    volume = read_volume(input_path, spacing=input_spacing, unit=input_unit)
-    check_output_path(output, overwrite=overwrite, affine=volume.affine)
-    spacing = target_spacing(spacing, volume.unit)
-    ratio = anisotropy(volume.affine)
-    if ratio < ISOTROPY_TOLERANCE and spacing is None and scale is None:
-        spacing_text = " x ".join(f"{s:.4g}" for s in volume.spacing)
-        raise MedsrError(
-            f"'{input_path}' is already isotropic ({spacing_text} {volume.unit}); "
-            "nothing written (give --spacing or --scale to resample anyway)"
+    frames = volume_frames(input_path) if input_path.is_file() else 1
+    if frames > 1 and volume_format(output) != "nifti":
+        raise MedsrError(f"'{input_path}' holds {frames} volumes; write it as NIfTI (.nii.gz)")
+    results, records = [], None
+    for frame in range(frames):  # a 4D series: each volume exactly as the 3D command does it
+        volume = read_volume(
+            input_path, spacing=input_spacing, unit=input_unit, frame=frame if frames > 1 else None
         )
-    records = None
-    if align:
-        from medsr.alignment import align_sections
-        from medsr.geometry import thick_axis
+        if frame == 0:
+            check_output_path(output, overwrite=overwrite, affine=volume.affine)
+            spacing = target_spacing(spacing, volume.unit)
+            check_anisotropic(volume, input_path, explicit=spacing is not None or scale is not None)
+        if align:
+            from medsr.alignment import align_sections
+            from medsr.geometry import thick_axis
 
-        sections_axis = thick_axis(volume.affine) if axis is None else axis
-        volume, records = align_sections(volume, axis=sections_axis)
-    result = upsample_volume(
-        volume,
-        method=method,
-        spacing=spacing,
-        scale=scale,
-        axis=axis,
-        keep_dtype=keep_dtype,
-        **misr_options,
+            sections_axis = thick_axis(volume.affine) if axis is None else axis
+            volume, records = align_sections(volume, axis=sections_axis)
+        options = dict(spacing=spacing, scale=scale, axis=axis, keep_dtype=keep_dtype)
+        results.append(upsample_volume(volume, method=method, **options, **misr_options))
+        if frames > 1:
+            logger.info("volume %d of %d done", frame + 1, frames)
+    result = results[0]
+    written = write_volume(
+        result, output, overwrite=overwrite, frames=results if frames > 1 else None
     )
-    written = write_volume(result, output, overwrite=overwrite)
-    record = dict(result.meta["provenance"], input=str(input_path))
+    record = dict(result.meta["provenance"], input=str(input_path), frames=frames)
     record["input_sha256"] = sha256(input_path)
     write_provenance(record, written)
     if records is not None:
@@ -298,3 +299,13 @@ def upsample_file(
 
         save_transforms(records, written.with_name(written.name + ".transforms.json"))
     return written
+
+
+def check_anisotropic(volume: Volume, path: Path, *, explicit: bool) -> None:
+    """An isotropic input needs an explicit target (--spacing or --scale)."""
+    if anisotropy(volume.affine) < ISOTROPY_TOLERANCE and not explicit:
+        spacing_text = " x ".join(f"{s:.4g}" for s in volume.spacing)
+        raise MedsrError(
+            f"'{path}' is already isotropic ({spacing_text} {volume.unit}); "
+            "nothing written (give --spacing or --scale to resample anyway)"
+        )

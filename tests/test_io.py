@@ -205,7 +205,7 @@ def _truncated_nifti(folder) -> bytes:
                 )
                 or p / "series.nii"
             ),
-            "expected a 3D volume",
+            "holds 2 volumes",
         ),
         (
             lambda p: (

@@ -29,6 +29,7 @@ __all__ = [
     "split_volume_name",
     "unit_scale",
     "volume_format",
+    "volume_frames",
     "write_volume",
 ]
 
@@ -99,7 +100,23 @@ def set_spacing(volume: Volume, spacing: Sequence[float], unit: Unit | None = No
     return Volume(array=volume.array, affine=affine, meta=meta)
 
 
-def _read_any(path: Path, spacing: Sequence[float] | None, unit: Unit | None) -> Volume:
+def volume_frames(path: str | os.PathLike[str]) -> int:
+    """How many volumes a file holds: above 1 for a 4D NIfTI series (DWI, fMRI), else 1."""
+    path = Path(path)
+    if path.is_dir() or volume_format(path) != "nifti":
+        return 1
+    from medsr.io.nifti import nifti_frames
+
+    try:
+        return nifti_frames(path)
+    except Exception as error:  # unreadable header: read_volume reports it in one line
+        logger.debug("no frame count for %s: %s", path, error)
+        return 1
+
+
+def _read_any(
+    path: Path, spacing: Sequence[float] | None, unit: Unit | None, frame: int | None = None
+) -> Volume:
     from medsr.io import itk, nifti, tiff
 
     if path.is_dir():
@@ -109,7 +126,7 @@ def _read_any(path: Path, spacing: Sequence[float] | None, unit: Unit | None) ->
     fmt = volume_format(path)
     if fmt == "tiff":
         return tiff.read_tiff(path, None if spacing is None else list(spacing), unit)
-    volume = nifti.read_nifti(path) if fmt == "nifti" else itk.read_itk(path)
+    volume = nifti.read_nifti(path, frame) if fmt == "nifti" else itk.read_itk(path)
     return volume if spacing is None else set_spacing(volume, spacing, unit)
 
 
@@ -118,6 +135,7 @@ def read_volume(
     *,
     spacing: Sequence[float] | None = None,
     unit: Unit | None = None,
+    frame: int | None = None,
 ) -> Volume:
     """Read a volume from a file or folder.
 
@@ -127,6 +145,7 @@ def read_volume(
         spacing: voxel size (X, Y, Z) in `unit`; overrides the header (required for TIFF without
             spacing metadata).
         unit: ``"mm"`` or ``"um"`` for `spacing`; defaults to the file's unit (µm for TIFF).
+        frame: which volume of a 4D NIfTI series to read (`volume_frames` counts them).
 
     Returns:
         The `Volume`, array shape (X, Y, Z) or (X, Y, Z, 3).
@@ -138,7 +157,7 @@ def read_volume(
     if not path.exists():
         raise MedsrError(f"input not found: '{path}'")
     try:
-        volume = _read_any(path, spacing, unit)
+        volume = _read_any(path, spacing, unit, frame)
     except MedsrError:
         raise
     except Exception as error:  # readers of three libraries raise many types for corrupt files
@@ -195,11 +214,13 @@ def check_output_path(
     return path
 
 
-def _write_any(volume: Volume, path: Path, fmt: str) -> None:
+def _write_any(volume: Volume, path: Path, fmt: str, frames: list[Volume] | None) -> None:
     from medsr.io import itk, nifti, tiff
 
+    if frames and fmt != "nifti":
+        raise MedsrError(f"a series of {len(frames)} volumes can only be written as NIfTI")
     if fmt == "nifti":
-        nifti.write_nifti(volume, path)
+        nifti.write_nifti(volume, path, frames)
     elif fmt in ("nrrd", "mha"):
         itk.write_itk(volume, path)
     elif fmt == "tiff":
@@ -208,7 +229,13 @@ def _write_any(volume: Volume, path: Path, fmt: str) -> None:
         raise MedsrError(f"writing {fmt} is not supported; write NIfTI, NRRD, MHA or OME-TIFF")
 
 
-def write_volume(volume: Volume, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def write_volume(
+    volume: Volume,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    frames: list[Volume] | None = None,
+) -> Path:
     """Write `volume` atomically; the format follows the extension.
 
     The file is written in a hidden temporary folder beside `path` and renamed into place, so an
@@ -225,7 +252,7 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], *, overwrite: boo
         raise MedsrError(f"output folder does not exist: '{path.parent}'")
     staging = Path(tempfile.mkdtemp(prefix=".medsr-tmp-", dir=path.parent))
     try:
-        _write_any(volume, staging / path.name, fmt)
+        _write_any(volume, staging / path.name, fmt, frames)
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
         for item in written:  # the named file last: it is the one readers look for
             os.replace(item, path.parent / item.name)
