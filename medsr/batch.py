@@ -141,7 +141,7 @@ def _load_manifest(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text()).get("inputs", {})
+        return json.loads(path.read_text(encoding="utf-8")).get("inputs", {})
     except (json.JSONDecodeError, AttributeError):
         logger.warning("manifest '%s' is unreadable; starting afresh", path)
         return {}
@@ -149,7 +149,9 @@ def _load_manifest(path: Path) -> dict:
 
 def _save_manifest(path: Path, entries: dict, settings: dict) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps({"settings": settings, "inputs": entries}, indent=2) + "\n")
+    temporary.write_text(
+        json.dumps({"settings": settings, "inputs": entries}, indent=2) + "\n", encoding="utf-8"
+    )
     os.replace(temporary, path)
 
 

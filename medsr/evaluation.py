@@ -117,12 +117,12 @@ def write_tables(rows: list[dict], folder: Path) -> None:
     """metrics.csv and metrics.json: per-volume rows then per-method means."""
     all_rows = rows + (mean_rows(rows) if len({r["volume"] for r in rows}) > 1 else [])
     columns = list(dict.fromkeys(k for r in all_rows for k in r))
-    with (folder / "metrics.csv").open("w", newline="") as handle:
+    with (folder / "metrics.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         writer.writerows(all_rows)
     data = [{k: _json_value(v) for k, v in r.items()} for r in all_rows]
-    (folder / "metrics.json").write_text(json.dumps(data, indent=2) + "\n")
+    (folder / "metrics.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def format_score(name: str, value: float) -> str:

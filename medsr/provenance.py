@@ -71,6 +71,6 @@ def write_provenance(record: dict, output: Path) -> Path:
     """``<output>.json`` beside the output, written atomically."""
     sidecar = output.with_name(output.name + ".json")
     temporary = sidecar.with_name(f".{sidecar.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temporary, sidecar)
     return sidecar

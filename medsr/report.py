@@ -139,7 +139,7 @@ def run_evaluation(
         "better, sharpness 1 means as sharp across slices as the truth."
     )
     write_tables(rows, out)
-    (out / "report.md").write_text(_markdown(rows, notes, figures))
+    (out / "report.md").write_text(_markdown(rows, notes, figures), encoding="utf-8")
     return rows
 
 

@@ -401,7 +401,7 @@ class _MetricsLog:
         if path.exists():
             with path.open(newline="") as handle:
                 rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-        with path.open("w", newline="") as handle:
+        with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)

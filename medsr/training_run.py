@@ -34,7 +34,9 @@ def expand_data_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
         if not item.exists():
             raise MedsrError(f"training data not found: '{item}'")
         if item.is_file() and item.suffix.lower() == ".txt":
-            lines = [line.split("#")[0].strip() for line in item.read_text().splitlines()]
+            lines = [
+                line.split("#")[0].strip() for line in item.read_text(encoding="utf-8").splitlines()
+            ]
             expanded += expand_data_paths([item.parent / line for line in lines if line])
             continue
         files = []

@@ -143,7 +143,7 @@ def benchmark(data: Path, cases: list, fit_steps: int | None, rows_out: Path | N
                     flush=True,
                 )
     if rows_out:
-        with rows_out.open("w", newline="") as handle:
+        with rows_out.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

@@ -33,9 +33,9 @@ def build_bundle(out: Path) -> Path:
     (out / "models").mkdir()
     shutil.copy(default_model_path(), out / "models" / "model.pt")
     metadata_path = out / "configs" / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
     metadata["required_packages_version"]["medsr"] = __version__
-    metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
+    metadata_path.write_text(json.dumps(metadata, indent=4) + "\n", encoding="utf-8")
     return out
 
 

@@ -51,7 +51,7 @@ def test_one_corrupt_input_does_not_stop_the_others(tree, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["batch", str(tree), str(out), "--method", "linear", "--workers", "2", "--quiet"])
     assert code == 1
-    manifest = json.loads((out / MANIFEST).read_text())["inputs"]
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["inputs"]
     assert {k: v["status"] for k, v in manifest.items()} == {
         "a.nii.gz": "done",
         "site2/b.nii.gz": "done",
@@ -80,7 +80,7 @@ def test_resume_after_a_killed_run_skips_finished_inputs(tree, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         run_batch(tree, out, settings=SETTINGS, workers=1)
     first = calls[0]
-    manifest = json.loads((out / MANIFEST).read_text())["inputs"]
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["inputs"]
     assert list(manifest) == [first] and manifest[first]["status"] == "done"
     done_before = Path(manifest[first]["output"]).stat().st_mtime_ns
     monkeypatch.setattr(medsr.batch, "process_one", real)
@@ -169,7 +169,7 @@ def test_mixed_tree_right_inputs_nothing_clobbered_rerun_skips(tmp_path):
     before = foreign.read_bytes()
     argv = ["batch", str(root), str(out), "--method", "linear", "--workers", "1", "--quiet"]
     assert main(argv) == 1
-    manifest = json.loads((out / MANIFEST).read_text())["inputs"]
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["inputs"]
     assert manifest["subject1/t1.nii.gz"]["status"] == "failed"
     assert "--overwrite" in manifest["subject1/t1.nii.gz"]["error"]
     assert foreign.read_bytes() == before

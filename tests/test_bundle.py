@@ -71,5 +71,5 @@ def test_bundle_run_upsamples_a_folder_and_overlays_the_cli(tmp_path):
     assert result.spatial_shape == expected.spatial_shape
     np.testing.assert_allclose(result.affine, expected.affine, atol=1e-5)
     np.testing.assert_allclose(result.array, expected.array, atol=1)
-    record = json.loads((out / "dipy_aniso_vox_misr.nii.gz.json").read_text())
+    record = json.loads((out / "dipy_aniso_vox_misr.nii.gz.json").read_text(encoding="utf-8"))
     assert record["fit_steps_run"] == 5 and record["method"] == "misr"

@@ -114,8 +114,8 @@ BAD_INPUTS = {
         "cannot read",
     ),
     "2D": (lambda p: _nifti(p / "flat.nii", np.zeros((5, 5), np.float32)), "expected a 3D volume"),
-    "4D": (
-        lambda p: _nifti(p / "dwi.nii", np.zeros((5, 5, 5, 3), np.float32)),
+    "5D": (
+        lambda p: _nifti(p / "odd.nii", np.zeros((5, 5, 5, 2, 2), np.float32)),
         "expected a 3D volume",
     ),
     "NaN": (

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "monai.md").read_text(), re.S)
+BLOCKS = re.findall(
+    r"```python\n(.*?)```", (ROOT / "docs" / "monai.md").read_text(encoding="utf-8"), re.S
+)
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

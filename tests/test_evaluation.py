@@ -40,7 +40,7 @@ def test_volume_against_itself_is_infinite_psnr_and_reported_so(tmp_path):
     assert scores["hfen"] == 0.0 and scores["sharpness"] == pytest.approx(1.0)
     rows = [{"volume": "v", "method": "truth", **scores, "seconds": 0.0}]
     write_tables(rows, tmp_path)
-    assert json.loads((tmp_path / "metrics.json").read_text())[0]["psnr"] == "inf"
+    assert json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))[0]["psnr"] == "inf"
     assert list(csv.DictReader((tmp_path / "metrics.csv").open()))[0]["psnr"] == "inf"
     assert "inf (identical)" in _markdown(rows, [], [])
 
@@ -126,7 +126,7 @@ def test_report_files_figures_and_means(tmp_path, hr_files):
         ("mean", "linear"),
         ("mean", "bspline"),
     ]
-    text = (report / "report.md").read_text()
+    text = (report / "report.md").read_text(encoding="utf-8")
     assert "Otsu foreground mask" in text and "data range" in text and "hr0_planes.png" in text
     width_two, height_two = _png_size(report / "hr0_planes.png")
     report3 = tmp_path / "report3"

@@ -105,7 +105,9 @@ def test_upsample_with_align_writes_transforms_and_ome_tiff(tmp_path):
         main(["upsample", str(folder), "-o", str(out), "--method", "bspline", "--align", "--quiet"])
         == 0
     )
-    transforms = json.loads((tmp_path / "volume.ome.tif.transforms.json").read_text())
+    transforms = json.loads(
+        (tmp_path / "volume.ome.tif.transforms.json").read_text(encoding="utf-8")
+    )
     assert len(transforms["transforms"]) == 3
     # content rolled +2 px along x: the fixed -> moving map translates by +2
     assert transforms["transforms"][1]["translation_px"][0] == pytest.approx(2, abs=0.3)

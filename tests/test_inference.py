@@ -251,7 +251,7 @@ def test_same_command_writes_the_same_file_with_its_provenance(tmp_path, identit
         assert main(argv) == 0
         digests.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
     assert digests[0] == digests[1]
-    record = json.loads((tmp_path / "a.nii.gz.json").read_text())
+    record = json.loads((tmp_path / "a.nii.gz.json").read_text(encoding="utf-8"))
     assert record["method"] == "misr" and record["fit_steps_run"] == 4 and record["seed"] == 0
     assert record["factor"] == pytest.approx(3.0) and record["output_shape"] == [30, 28, 24]
     expected = hashlib.sha256(identity_checkpoint.read_bytes()).hexdigest()

@@ -133,7 +133,7 @@ def list_sections(directory: Path) -> list[Path]:
     ``#`` comments) when present, else in natural sort order."""
     order = directory / ORDER_FILE
     if order.exists():
-        names = [line.strip() for line in order.read_text().splitlines()]
+        names = [line.strip() for line in order.read_text(encoding="utf-8").splitlines()]
         files = [directory / name for name in names if name and not name.startswith("#")]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
@@ -200,7 +200,7 @@ def read_section_folder(
     sections = pad_sections(sections, [f.name for f in files])
     sidecar = directory / "series.json"
     if spacing is None and sidecar.exists():
-        info = json.loads(sidecar.read_text())
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
         spacing, unit = info["spacing"], unit or parse_unit(info.get("unit", "um"))
     if spacing is None:
         raise MedsrError(
