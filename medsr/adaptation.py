@@ -30,9 +30,13 @@ logger = logging.getLogger(__name__)
 ADAPTATION_LEARNING_RATE = 2e-4
 
 
-def adaptation_config(config: Config, steps: int, seed: int) -> Config:
+def adaptation_config(
+    config: Config, steps: int, seed: int, thickness_ratio: float | None = None
+) -> Config:
     """`config` turned into the fine-tuning's: pixel loss only, the scan's own factor, no
-    intensity or noise augmentation, constant learning rate, `steps` steps."""
+    intensity or noise augmentation, constant learning rate, `steps` steps; with
+    `thickness_ratio` (the scan's slice thickness / spacing), that slice profile only."""
+    ratios = config.data.thickness_ratios if thickness_ratio is None else (thickness_ratio,) * 2
     return dataclasses.replace(
         config,
         loss=dataclasses.replace(config.loss, perceptual_weight=0.0, adversarial_weight=0.0),
@@ -43,6 +47,7 @@ def adaptation_config(config: Config, steps: int, seed: int) -> Config:
             noise_max=0.0,
             gamma_range=(1.0, 1.0),
             gain_range=(1.0, 1.0),
+            thickness_ratios=ratios,
         ),
         train=dataclasses.replace(
             config.train,
@@ -65,6 +70,7 @@ def adapt_to_scan(
     device: torch.device,
     seed: int = 0,
     seconds: float | None = None,
+    thickness_ratio: float | None = None,
     progress: bool = False,
 ) -> tuple[MISRGenerator, int]:
     """Fine-tune a copy of `generator` on `volume`'s in-plane slices.
@@ -77,6 +83,8 @@ def adapt_to_scan(
         device: torch device.
         seed: seed of the patch sampling.
         seconds: optional wall-clock upper bound on the fit.
+        thickness_ratio: the scan's slice thickness / slice spacing, if known (below 1: a gap);
+            default: the range the model was trained with.
         progress: show a progress bar.
 
     Returns:
@@ -84,7 +92,7 @@ def adapt_to_scan(
     """
     if steps <= 0:
         return generator.eval(), 0
-    adapt_config = adaptation_config(config, steps, seed)
+    adapt_config = adaptation_config(config, steps, seed, thickness_ratio)
     sampler = PairSampler(
         sources_self_supervised(volume, "scan"), adapt_config.data, generator.neighbours
     )

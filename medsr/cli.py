@@ -23,7 +23,21 @@ def _length(text: str) -> str:
     return text
 
 
-def _add_input_geometry(parser: argparse.ArgumentParser) -> None:
+def _add_input_geometry(parser: argparse.ArgumentParser, *, series: bool = True) -> None:
+    if series:
+        parser.add_argument(
+            "--series",
+            metavar="ID",
+            help="DICOM series to read from a folder holding several (its number or UID; "
+            "'medsr info FOLDER' lists them)",
+        )
+    parser.add_argument(
+        "--slice-thickness",
+        type=_length,
+        metavar="LENGTH",
+        help="slice thickness, overriding the header's (DICOM SliceThickness); below the "
+        "spacing is a gap; the learned method's fit uses it as the slice profile",
+    )
     parser.add_argument(
         "--input-spacing",
         nargs=3,
@@ -233,7 +247,7 @@ def _batch_parser(commands) -> None:
         action="store_true",
         help="replace existing outputs that this batch's manifest does not own",
     )
-    _add_input_geometry(batch)
+    _add_input_geometry(batch, series=False)
     _add_runtime_options(batch)
 
 
@@ -322,6 +336,8 @@ def _run_upsample(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         align=args.align,
         allow_coarser=args.allow_coarser,
+        series=args.series,
+        slice_thickness=args.slice_thickness,
         **options,
     )
     if not args.quiet:
@@ -376,6 +392,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         "keep_dtype": args.dtype == "input",
         "align": args.align,
         "allow_coarser": args.allow_coarser,
+        "slice_thickness": args.slice_thickness,
     }
     if args.method == "misr":
         settings.update(_fit_settings(args), device=args.device, batch_size=args.batch_size)
@@ -442,6 +459,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_sections(folder: Path) -> bool:
+    from medsr.io.tiff import SECTION_SUFFIXES
+
+    return any(p.suffix.lower() in SECTION_SUFFIXES for p in folder.iterdir())
+
+
 def _run_info(args: argparse.Namespace) -> int:
     from medsr.geometry import (
         ISOTROPY_TOLERANCE,
@@ -453,7 +476,26 @@ def _run_info(args: argparse.Namespace) -> int:
     from medsr.io import read_volume
 
     input_spacing, input_unit = _input_geometry(args)
-    volume = read_volume(args.input, spacing=input_spacing, unit=input_unit)
+    path = Path(args.input)
+    if path.is_dir() and args.series is None:
+        from medsr.io.itk import list_dicom_series
+
+        found = list_dicom_series(path) if not _has_sections(path) else []
+        if len(found) > 1:
+            print(f"folder:      {args.input} ({len(found)} DICOM series; pick one with --series)")
+            for item in found:
+                print(f"  {item.summary()}")
+            return 0
+    from medsr.io import volume_frames
+
+    frames = volume_frames(path) if path.is_file() else 1
+    volume = read_volume(
+        path,
+        spacing=input_spacing,
+        unit=input_unit,
+        series=args.series,
+        frame=0 if frames > 1 else None,
+    )
     spacing = " x ".join(f"{s:.4g}" for s in volume.spacing)
     channels = "RGB" if volume.num_channels == 3 else "grey"
     print(f"file:        {args.input} ({volume.meta.get('format', '?')})")
@@ -465,6 +507,12 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"orientation: {orientation_codes(volume.affine)}")
     print(f"thick axis:  {thick_axis(volume.affine)}")
     print(f"anisotropy:  {anisotropy(volume.affine):.3g}")
+    if frames > 1:
+        print(f"volumes:     {frames} (a 4D series; each is upsampled as a 3D volume)")
+    if "series_uid" in volume.meta:
+        print(f"series:      {volume.meta['series_uid']}")
+    if "slice_thickness" in volume.meta:
+        print(f"thickness:   {volume.meta['slice_thickness']:.4g} {volume.unit} slices")
     if anisotropy(volume.affine) >= ISOTROPY_TOLERANCE:
         from medsr.inference import learned_coverage
 

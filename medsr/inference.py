@@ -37,6 +37,8 @@ METHODS: tuple[str, ...] = ("misr", "linear", "bspline")
 DEFAULT_FIT_STEPS = 300
 #: seed of the adaptation's patch sampling
 DEFAULT_SEED = 0
+#: fewest slices along the thick axis that a reconstruction needs
+MIN_SLICES = 4
 
 
 def default_model_path() -> Path:
@@ -113,6 +115,8 @@ def upsample_misr(
         factor, learned_factor_limit(config), volume.spacing[grid.axis], volume.unit
     )
     grey = volume.array if volume.num_channels == 1 else volume.array.mean(axis=3)
+    thickness = volume.meta.get("slice_thickness")
+    ratio = None if thickness is None else float(thickness / volume.spacing[grid.axis])
     generator, steps_run = adapt_to_scan(
         generator,
         config,
@@ -120,6 +124,7 @@ def upsample_misr(
         steps=fit_steps,
         seconds=fit_seconds,
         seed=seed,
+        thickness_ratio=ratio,
         device=torch_device,
         progress=progress,
     )
@@ -139,6 +144,7 @@ def upsample_misr(
         "fit_seconds_limit": fit_seconds,
         "seed": int(seed),
         "device": str(torch_device),
+        "slice_thickness_ratio": ratio,
     }
     return result, provenance
 
@@ -211,8 +217,10 @@ def upsample_volume(
     return result
 
 
-def target_spacing(spacing: float | str | None, unit: Unit) -> float | None:
-    """A target spacing (``0.5``, ``"0.5mm"``, ``"2um"``) in the volume's `unit`; a bare number is
+def target_spacing(
+    spacing: float | str | None, unit: Unit, option: str = "--spacing"
+) -> float | None:
+    """A length (``0.5``, ``"0.5mm"``, ``"2um"``) in the volume's `unit`; a bare number is
     already in that unit."""
     from medsr.io.volume import parse_length, unit_scale
 
@@ -221,9 +229,9 @@ def target_spacing(spacing: float | str | None, unit: Unit) -> float | None:
     try:
         value, given = parse_length(spacing)
     except ValueError as error:
-        raise MedsrError(f"--spacing: {error}") from error
+        raise MedsrError(f"{option}: {error}") from error
     value = value * unit_scale(given, unit) if given else value
-    logger.info("target spacing: %.4g %s", value, unit)
+    logger.info("%s: %.4g %s", option.lstrip("-").replace("-", " "), value, unit)
     return value
 
 
@@ -248,13 +256,17 @@ def upsample_file(
     keep_dtype: bool = True,
     overwrite: bool = False,
     align: bool = False,
+    series: str | None = None,
+    slice_thickness: float | str | None = None,
     **misr_options,
 ) -> Path:
     """Read, upsample and write one volume; the input file is never modified.
 
     With `align`, consecutive sections (slices along the thick axis) are first aligned rigidly
     (`medsr.alignment`) and the transforms are written beside the output
-    (``<output>.transforms.json``).
+    (``<output>.transforms.json``). `series` picks a DICOM series of a folder;
+    `slice_thickness` (a length, as `spacing`) overrides the header's (DICOM's SliceThickness)
+    and becomes the slice profile of the learned method's fit.
 
     Raises:
         MedsrError: bad input, an isotropic input without an explicit target, an output that
@@ -271,12 +283,21 @@ def upsample_file(
     results, records = [], None
     for frame in range(frames):  # a 4D series: each volume exactly as the 3D command does it
         volume = read_volume(
-            input_path, spacing=input_spacing, unit=input_unit, frame=frame if frames > 1 else None
+            input_path,
+            spacing=input_spacing,
+            unit=input_unit,
+            frame=frame if frames > 1 else None,
+            series=series,
         )
+        if slice_thickness is not None:
+            thickness = target_spacing(slice_thickness, volume.unit, "--slice-thickness")
+            volume = Volume(
+                volume.array, volume.affine, {**volume.meta, "slice_thickness": thickness}
+            )
         if frame == 0:
             check_output_path(output, overwrite=overwrite, affine=volume.affine)
             spacing = target_spacing(spacing, volume.unit)
-            check_anisotropic(volume, input_path, explicit=spacing is not None or scale is not None)
+            check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
         if align:
             from medsr.alignment import align_sections
             from medsr.geometry import thick_axis
@@ -301,8 +322,18 @@ def upsample_file(
     return written
 
 
-def check_anisotropic(volume: Volume, path: Path, *, explicit: bool) -> None:
-    """An isotropic input needs an explicit target (--spacing or --scale)."""
+def check_input(volume: Volume, path: Path, axis: int | None, *, explicit: bool) -> None:
+    """Before any work: at least `MIN_SLICES` slices along the thick axis, and an anisotropic
+    volume unless the target is explicit (--spacing or --scale)."""
+    from medsr.geometry import thick_axis
+
+    thick = thick_axis(volume.affine) if axis is None else axis
+    count = volume.spatial_shape[thick]
+    if count < MIN_SLICES:
+        raise MedsrError(
+            f"'{path}' has {count} slice(s) along its thick axis {thick}; at least {MIN_SLICES} "
+            "are needed to reconstruct between them"
+        )
     if anisotropy(volume.affine) < ISOTROPY_TOLERANCE and not explicit:
         spacing_text = " x ".join(f"{s:.4g}" for s in volume.spacing)
         raise MedsrError(

@@ -125,3 +125,49 @@ def identity_checkpoint(tmp_path, tiny_config) -> Path:
         path,
     )
     return path
+
+
+def write_dicom_series(
+    folder: Path,
+    *,
+    positions: list[float] | None = None,
+    thickness: float = 4.0,
+    uid: str = "1.2.826.0.1.3680043.2.1125.1.42",
+    number: int = 3,
+    description: str = "T2 AX",
+    extension: str = ".dcm",
+    shape: tuple[int, int] = (12, 10),
+) -> Path:
+    """A DICOM series written with SimpleITK: one file per slice at `positions` (mm along z,
+    default 5 slices 4 mm apart), 0.8 mm pixels, SliceThickness `thickness`; `extension` ""
+    names the files without one, as exports often do."""
+    import SimpleITK as sitk
+
+    positions = [4.0 * i for i in range(5)] if positions is None else positions
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, z in enumerate(positions):
+        image = sitk.GetImageFromArray(np.full((1, *shape), 100 + 10 * index, np.int16))
+        image.SetSpacing((0.8, 0.8, thickness))
+        image.SetOrigin((0.0, 0.0, z))
+        tags = {
+            "0020|000e": uid,
+            "0020|000d": uid + ".1",
+            "0020|0011": str(number),
+            "0008|103e": description,
+            "0008|0060": "MR",
+            "0020|0013": str(index + 1),
+            "0020|0032": f"0\\0\\{z}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": str(thickness),
+            "0028|0030": "0.8\\0.8",
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        name = folder / f"{number}_{index:04d}.dcm"
+        writer.SetFileName(str(name))
+        writer.Execute(image)
+        if extension != ".dcm":
+            name.rename(name.with_suffix(extension))
+    return folder

@@ -4,6 +4,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import write_dicom_series
 from PIL import Image
 
 import medsr.batch
@@ -29,7 +30,7 @@ def tree(tmp_path) -> Path:
     (root / "site2" / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08corrupt")
     series = root / "site2" / "slide7"
     series.mkdir()
-    for index in range(3):
+    for index in range(4):
         Image.fromarray(np.full((8, 10, 3), 40 * index, np.uint8)).save(series / f"s{index}.png")
     (series / "series.json").write_text(json.dumps({"spacing": [0.5, 0.5, 4], "unit": "um"}))
     return root
@@ -106,34 +107,6 @@ def test_missing_input_root_is_a_clear_error(tmp_path, capsys):
     assert "input folder not found" in capsys.readouterr().err
 
 
-def _dicom_series(folder: Path, slices: int = 5) -> None:
-    """A DICOM series written by SimpleITK, files named without an extension (as exports are)."""
-    import SimpleITK as sitk
-
-    folder.mkdir(parents=True)
-    uid = "1.2.826.0.1.3680043.2.1125.1.42"
-    for index in range(slices):
-        image = sitk.GetImageFromArray(np.full((1, 12, 10), 100 + index, np.int16))
-        image.SetSpacing((0.8, 0.8, 4.0))
-        image.SetOrigin((0.0, 0.0, 4.0 * index))
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        tags = {
-            "0020|000e": uid,
-            "0020|000d": uid + ".1",
-            "0008|0060": "MR",
-            "0020|0013": str(index + 1),
-            "0020|0032": f"0\\0\\{4.0 * index}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0018|0050": "4.0",
-        }
-        for tag, value in tags.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{index:04d}.dcm"))
-        writer.Execute(image)
-        (folder / f"IM{index:04d}.dcm").rename(folder / f"IM{index:04d}")
-
-
 def test_mixed_tree_right_inputs_nothing_clobbered_rerun_skips(tmp_path):
     import tifffile
 
@@ -150,10 +123,10 @@ def test_mixed_tree_right_inputs_nothing_clobbered_rerun_skips(tmp_path):
         tifffile.imwrite(stacks / name, stack, imagej=True, resolution=(2.0, 2.0), metadata=meta)
     series = root / "slide1"
     series.mkdir()
-    for index in range(3):
+    for index in range(4):
         Image.fromarray(np.full((8, 10), 30 * index, np.uint8)).save(series / f"{index}.png")
     (series / "series.json").write_text(json.dumps({"spacing": [0.5, 0.5, 4], "unit": "um"}))
-    _dicom_series(root / "dicom_export")
+    write_dicom_series(root / "dicom_export", extension="")
     out = root / "results"  # the output folder inside the input folder
     keys = {t.key for t in discover(root, out, None, None)}
     assert keys == {

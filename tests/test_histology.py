@@ -98,7 +98,7 @@ def test_upsample_with_align_writes_transforms_and_ome_tiff(tmp_path):
     image = _he_image()[:48, :64]
     shifted = np.roll(image, 2, axis=1)
     folder = _write_series(
-        tmp_path / "sections", [image, shifted, image], ["1.png", "2.png", "3.png"]
+        tmp_path / "sections", [image, shifted, image, image], ["1.png", "2.png", "3.png", "4.png"]
     )
     out = tmp_path / "volume.ome.tif"
     assert (
@@ -108,7 +108,7 @@ def test_upsample_with_align_writes_transforms_and_ome_tiff(tmp_path):
     transforms = json.loads(
         (tmp_path / "volume.ome.tif.transforms.json").read_text(encoding="utf-8")
     )
-    assert len(transforms["transforms"]) == 3
+    assert len(transforms["transforms"]) == 4
     # content rolled +2 px along x: the fixed -> moving map translates by +2
     assert transforms["transforms"][1]["translation_px"][0] == pytest.approx(2, abs=0.3)
     with tifffile.TiffFile(out) as tif:
@@ -116,15 +116,15 @@ def test_upsample_with_align_writes_transforms_and_ome_tiff(tmp_path):
         assert 'PhysicalSizeX="0.5"' in tif.ome_metadata
         assert 'PhysicalSizeZ="0.5"' in tif.ome_metadata and "µm" in tif.ome_metadata
     result = read_volume(out)
-    assert result.array.dtype == np.uint8 and result.array.shape == (64, 48, 120, 3)
+    assert result.array.dtype == np.uint8 and result.array.shape == (64, 48, 160, 3)
 
 
 def test_section_folder_default_output_is_ome_tiff(tmp_path):
     image = _he_image()[:24, :32]
-    folder = _write_series(tmp_path / "slide", [image, image], ["1.png", "2.png"])
+    folder = _write_series(tmp_path / "slide", [image] * 4, ["1.png", "2.png", "3.png", "4.png"])
     assert main(["upsample", str(folder), "--method", "linear", "--quiet"]) == 0
     result = read_volume(tmp_path / "slide_linear.ome.tif")
-    assert result.unit == "um" and result.spatial_shape == (32, 24, 80)
+    assert result.unit == "um" and result.spatial_shape == (32, 24, 160)
 
 
 def test_folder_output_goes_beside_the_folder_and_is_never_read_back(tmp_path, monkeypatch):

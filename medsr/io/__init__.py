@@ -115,14 +115,19 @@ def volume_frames(path: str | os.PathLike[str]) -> int:
 
 
 def _read_any(
-    path: Path, spacing: Sequence[float] | None, unit: Unit | None, frame: int | None = None
+    path: Path,
+    spacing: Sequence[float] | None,
+    unit: Unit | None,
+    frame: int | None = None,
+    series: str | None = None,
 ) -> Volume:
     from medsr.io import itk, nifti, tiff
 
     if path.is_dir():
         if _is_section_folder(path):
             return tiff.read_section_folder(path, None if spacing is None else list(spacing), unit)
-        return itk.read_dicom_series(path)
+        volume = itk.read_dicom_series(path, series)
+        return volume if spacing is None else set_spacing(volume, spacing, unit)
     fmt = volume_format(path)
     if fmt == "tiff":
         return tiff.read_tiff(path, None if spacing is None else list(spacing), unit)
@@ -136,6 +141,7 @@ def read_volume(
     spacing: Sequence[float] | None = None,
     unit: Unit | None = None,
     frame: int | None = None,
+    series: str | None = None,
 ) -> Volume:
     """Read a volume from a file or folder.
 
@@ -146,6 +152,8 @@ def read_volume(
             spacing metadata).
         unit: ``"mm"`` or ``"um"`` for `spacing`; defaults to the file's unit (µm for TIFF).
         frame: which volume of a 4D NIfTI series to read (`volume_frames` counts them).
+        series: which DICOM series of a folder to read (number or UID); required when the
+            folder holds several.
 
     Returns:
         The `Volume`, array shape (X, Y, Z) or (X, Y, Z, 3).
@@ -157,7 +165,7 @@ def read_volume(
     if not path.exists():
         raise MedsrError(f"input not found: '{path}'")
     try:
-        volume = _read_any(path, spacing, unit, frame)
+        volume = _read_any(path, spacing, unit, frame, series)
     except MedsrError:
         raise
     except Exception as error:  # readers of three libraries raise many types for corrupt files
