@@ -150,9 +150,19 @@ def _upsample_parser(commands) -> None:
     up.add_argument("-o", "--output", help="output file (default: beside the input)")
     up.add_argument(
         "--method",
-        choices=["misr", "linear", "bspline"],
+        choices=["misr", "linear", "bspline", "labels"],
         default="misr",
-        help="misr: the learned SR-GAN (default); linear / bspline: interpolation",
+        help="misr: the learned SR-GAN (default); linear / bspline: interpolation; labels: the "
+        "input is a label map (shape-based interpolation)",
+    )
+    up.add_argument(
+        "--labels",
+        metavar="SEG",
+        help="a label map on the input's grid (drawn on the thick slices), written on the "
+        "output grid too",
+    )
+    up.add_argument(
+        "--labels-out", metavar="PATH", help="where --labels goes (default: <output>_labels)"
     )
     _add_fit_options(up)
     _add_target_options(up)
@@ -322,6 +332,10 @@ def _run_upsample(args: argparse.Namespace) -> int:
         }
     elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
         raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
+    if args.labels_out and not args.labels:
+        raise MedsrError("--labels-out needs --labels")
+    if args.method == "labels" and args.labels:
+        raise MedsrError("--method labels upsamples the input itself; --labels is for an image")
     input_spacing, input_unit = _input_geometry(args)
     output = upsample_file(
         args.input,
@@ -338,6 +352,8 @@ def _run_upsample(args: argparse.Namespace) -> int:
         allow_coarser=args.allow_coarser,
         series=args.series,
         slice_thickness=args.slice_thickness,
+        labels=args.labels,
+        labels_output=args.labels_out,
         **options,
     )
     if not args.quiet:
