@@ -22,7 +22,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from medsr.errors import MedsrError
-from medsr.io import VOLUME_SUFFIXES, default_output_suffix, split_volume_name
+from medsr.io import (
+    VOLUME_SUFFIXES,
+    default_output_suffix,
+    make_output_folder,
+    split_volume_name,
+)
 from medsr.io.tiff import SECTION_SUFFIXES
 from medsr.provenance import sha256
 
@@ -179,13 +184,13 @@ def run_batch(
     input_root, output_root = Path(input_root), Path(output_root)
     if not input_root.is_dir():
         raise MedsrError(f"input folder not found: '{input_root}'")
-    output_root.mkdir(parents=True, exist_ok=True)
-    manifest_path = output_root / MANIFEST
-    entries = _load_manifest(manifest_path)
-    settings_key = json.dumps(settings, sort_keys=True)
     tasks = discover(input_root, output_root, pattern, suffix)
     if not tasks:
         raise MedsrError(f"no scans or section folders under '{input_root}'")
+    make_output_folder(output_root)
+    manifest_path = output_root / MANIFEST
+    entries = _load_manifest(manifest_path)
+    settings_key = json.dumps(settings, sort_keys=True)
     if on_start:
         on_start(len(tasks))
     todo = []

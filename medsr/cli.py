@@ -130,7 +130,9 @@ def _fit_settings(args: argparse.Namespace) -> dict:
     """The learned method's options from parsed arguments (checked before any work)."""
     from medsr.errors import MedsrError
     from medsr.inference import DEFAULT_FIT_STEPS
+    from medsr.runtime import resolve_device
 
+    resolve_device(getattr(args, "device", "auto"))  # an unavailable device: before any work
     steps = DEFAULT_FIT_STEPS if args.fit_steps is None else args.fit_steps
     if steps < 0:
         raise MedsrError(f"--fit-steps must be >= 0, got {steps}")
@@ -142,6 +144,13 @@ def _fit_settings(args: argparse.Namespace) -> dict:
         "fit_seconds": args.fit_seconds,
         "seed": args.seed,
     }
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr (exit 2), pointing at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _upsample_parser(commands) -> None:
@@ -301,11 +310,9 @@ def _info_parser(commands) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medsr", description="Medical volumetric super-resolution."
-    )
+    parser = _Parser(prog="medsr", description="Medical volumetric super-resolution.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for add in (
         _upsample_parser,
         _train_parser,
@@ -412,7 +419,11 @@ def _run_batch(args: argparse.Namespace) -> int:
     }
     if args.method == "misr":
         settings.update(_fit_settings(args), device=args.device, batch_size=args.batch_size)
-    bar = tqdm(disable=args.quiet, unit="input", desc="batch")
+    bar = None
+
+    def start(total: int) -> None:  # the bar appears once there is work: errors come first
+        nonlocal bar
+        bar = tqdm(total=total, disable=args.quiet, unit="input", desc="batch")
 
     def done(entry: dict) -> None:
         bar.update(1)
@@ -427,11 +438,12 @@ def _run_batch(args: argparse.Namespace) -> int:
         suffix=args.output_suffix,
         workers=args.workers,
         scheduler=args.scheduler,
-        on_start=lambda total: bar.reset(total=total),
+        on_start=start,
         on_done=done,
         overwrite=args.overwrite,
     )
-    bar.close()
+    if bar is not None:
+        bar.close()
     failed = [k for k, e in entries.items() if e["status"] != "done"]
     if not args.quiet:
         print(
@@ -587,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         with logging_redirect_tqdm():  # log lines never break a progress bar
             return handlers[args.command](args)
     except MedsrError as error:
-        print(f"medsr: error: {error}", file=sys.stderr)
+        print(f"medsr: error: {' '.join(str(error).split())}", file=sys.stderr)  # one line
         return 1
     except BrokenPipeError:  # output piped into `head`: not an error of ours
         sys.stderr.close()

@@ -72,6 +72,19 @@ def learned_coverage(factor: float, model: str | os.PathLike[str] | None = None)
     return f"not covered: x{factor:.3g} is above misr's x{limit:.3g}; use --spacing or bspline"
 
 
+def load_model(volume: Volume, grid: OutputGrid, options: dict) -> tuple:
+    """(generator on the CPU, config) of ``options["model"]`` (default: shipped), after checking
+    that the model covers the factor from `volume` to `grid`."""
+    from medsr.training import load_generator
+
+    generator, config = load_generator(options.get("model") or default_model_path())
+    factor = float(volume.spacing[grid.axis] / grid.spacing)
+    check_learned_factor(
+        factor, learned_factor_limit(config), volume.spacing[grid.axis], volume.unit
+    )
+    return generator, config
+
+
 def upsample_misr(
     volume: Volume,
     grid: OutputGrid,
@@ -83,6 +96,7 @@ def upsample_misr(
     device: str | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    loaded: tuple | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Learned reconstruction on `grid` (float32, input units) and what produced it.
 
@@ -96,6 +110,7 @@ def upsample_misr(
         device: ``"auto"``/None, ``"cpu"`` or ``"cuda:N"``.
         batch_size: planes per generator call.
         progress: progress bars for fitting and reconstruction.
+        loaded: (generator, config) already loaded by `load_model` for this `model`.
 
     Returns:
         (array on `grid`, provenance dict: model and its sha256, steps run, seed, device).
@@ -105,15 +120,11 @@ def upsample_misr(
     from medsr.adaptation import adapt_to_scan
     from medsr.reconstruction import reconstruct_volume
     from medsr.runtime import resolve_device
-    from medsr.training import load_generator
 
     model_path = Path(model) if model else default_model_path()
     torch_device = resolve_device(device)
-    generator, config = load_generator(model_path, torch_device)
-    factor = float(volume.spacing[grid.axis] / grid.spacing)
-    check_learned_factor(
-        factor, learned_factor_limit(config), volume.spacing[grid.axis], volume.unit
-    )
+    generator, config = loaded or load_model(volume, grid, {"model": model})
+    generator = generator.to(torch_device)
     grey = volume.array if volume.num_channels == 1 else volume.array.mean(axis=3)
     thickness = volume.meta.get("slice_thickness")
     ratio = None if thickness is None else float(thickness / volume.spacing[grid.axis])
@@ -184,15 +195,6 @@ def upsample_volume(
     grid = plan_output_grid(
         volume.spatial_shape, volume.affine, spacing=spacing, scale=scale, axis=axis
     )
-    logger.info(
-        "thick axis %d: %d slices -> %d slices of %.4g %s (%s)",
-        grid.axis,
-        volume.spatial_shape[grid.axis],
-        grid.shape[grid.axis],
-        grid.spacing,
-        volume.unit,
-        method,
-    )
     details: dict = {}
     if grid.step > 1 + 1e-6:
         if not allow_coarser:
@@ -203,6 +205,21 @@ def upsample_volume(
             )
         result = average_slabs(volume, grid, keep_dtype=keep_dtype)
         method = "slab-average"
+    elif method not in METHODS:
+        raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    elif method == "misr":  # the model and its range, before anything is logged or computed
+        misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
+    logger.info(
+        "thick axis %d: %d slices -> %d slices of %.4g %s (%s)",
+        grid.axis,
+        volume.spatial_shape[grid.axis],
+        grid.shape[grid.axis],
+        grid.spacing,
+        volume.unit,
+        method,
+    )
+    if method == "slab-average":
+        pass
     elif method in ("linear", "bspline"):
         result = upsample_baseline(volume, grid, method, keep_dtype=keep_dtype)
     elif method == "labels":
@@ -214,8 +231,6 @@ def upsample_volume(
         if keep_dtype:
             array = restore_dtype(array, volume.array.dtype)
         result = volume.with_array(array, grid.affine)
-    else:
-        raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     record = provenance_record(volume, grid, method, details)
     result.meta["provenance"] = record
     result.meta["description"] = provenance_description(record)
@@ -236,7 +251,7 @@ def target_spacing(
     except ValueError as error:
         raise MedsrError(f"{option}: {error}") from error
     value = value * unit_scale(given, unit) if given else value
-    logger.info("%s: %.4g %s", option.lstrip("-").replace("-", " "), value, unit)
+    logger.debug("%s: %.4g %s", option.lstrip("-").replace("-", " "), value, unit)
     return value
 
 

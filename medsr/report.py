@@ -22,7 +22,7 @@ from medsr.evaluation import (
 )
 from medsr.figures import comparison_figure
 from medsr.inference import upsample_volume
-from medsr.io import read_volume, split_volume_name
+from medsr.io import make_output_folder, read_volume, split_volume_name
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,16 @@ def run_evaluation(
     """Evaluate every method on every high-resolution volume; returns the per-volume rows."""
     from tqdm import tqdm
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     unknown = set(methods) - {"misr", "linear", "bspline"}
     if unknown or not methods:
         raise MedsrError(f"unknown method(s) {sorted(unknown)}; use misr, linear, bspline")
+    if not factor > 1:
+        raise MedsrError(f"--factor must be above 1, got {factor}")
+    for path in [*paths, *([mask_path] if mask_path else [])]:
+        if not Path(path).exists():
+            raise MedsrError(f"input not found: '{path}'")
+    out = Path(out_dir)
+    make_output_folder(out)
     rows, figures, notes = [], [], []
     bar = tqdm(total=len(paths) * len(methods), disable=not progress, unit="run")
     for path in map(Path, paths):

@@ -67,7 +67,11 @@ def load_generator(path: str | os.PathLike[str], device: torch.device | str = "c
         generator = build_generator(config)
         generator.load_state_dict(state["generator"])
     except Exception as error:  # unpickling errors, missing keys, shape mismatches
-        raise MedsrError(f"cannot load model checkpoint '{path}': {error}") from error
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise MedsrError(
+            f"cannot load model checkpoint '{path}' (not a medsr checkpoint?): "
+            f"{type(error).__name__}: {reason}"
+        ) from error
     return generator.to(device).eval(), config
 
 
@@ -362,7 +366,8 @@ class Trainer:
                 "factor": factor,
                 **losses,
             }
-            if self.step % train.validate_every == 0 or self.step == train.steps:
+            validate_now = self.step % train.validate_every == 0 or self.step == train.steps
+            if validate_now and self.validation:
                 last = self.validate()
                 row.update(last)
                 logger.info(

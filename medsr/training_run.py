@@ -114,6 +114,11 @@ def run_training(
         raise MedsrError(
             f"'{run_dir}' already holds a run; use --resume to continue it or choose another --out"
         )
+    from medsr.io import make_output_folder
+
+    paths = expand_data_paths(data_paths)  # missing data: an error before anything is written
+    held_out_paths = expand_data_paths(validation_paths) if validation_paths else []
+    make_output_folder(run_dir)
     rank, local_rank, world = distributed_world()
     device = resolve_device(config.train.device)
     if device.type == "cuda" and world > 1:
@@ -121,17 +126,14 @@ def run_training(
     init_distributed(device)
     try:
         seed_everything(config.train.seed + rank)
-        volumes = [(read_training_volume(p), p.name) for p in expand_data_paths(data_paths)]
+        volumes = [(read_training_volume(p), p.name) for p in paths]
         sampler = build_sampler(volumes, config.data, config.model.neighbours)
         validation = None
-        if validation_paths:
-            held_out = [
-                (read_training_volume(p), p.name) for p in expand_data_paths(validation_paths)
-            ]
+        if held_out_paths:
+            held_out = [(read_training_volume(p), p.name) for p in held_out_paths]
             validation = build_sampler(
                 held_out, config.data, config.model.neighbours
             ).validation_planes(max_sources=24)
-        run_dir.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(config, sampler, device, run_dir, validation=validation)
         if resume:
             trainer.load_checkpoint(run_dir / "checkpoints" / "latest.pt")

@@ -23,6 +23,7 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "Volume",
     "check_output_path",
+    "make_output_folder",
     "default_output_suffix",
     "read_volume",
     "set_spacing",
@@ -219,6 +220,18 @@ def check_output_path(
         raise MedsrError(f"output folder is not writable: '{folder}'")
     if path.exists() and not overwrite:
         raise MedsrError(f"output exists: '{path}' (use --overwrite to replace it)")
+    return path
+
+
+def make_output_folder(path: str | os.PathLike[str]) -> Path:
+    """Create an output folder (and its parents) or say in one line why it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MedsrError(f"cannot create output folder '{path}': {error.strerror}") from error
+    if not os.access(path, os.W_OK):
+        raise MedsrError(f"output folder is not writable: '{path}'")
     return path
 
 
