@@ -108,7 +108,7 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
         "--fit-steps",
         type=int,
         metavar="N",
-        help="steps adapting the model to each scan (default 300, about 45 s for 256x256x60 "
+        help="steps adapting the model to each scan (default 200, about 25 s for 256x256x60 "
         "on 2 CPU cores; 0: the shipped prior alone)",
     )
     parser.add_argument(

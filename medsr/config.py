@@ -136,7 +136,8 @@ class TrainConfig:
     """Optimisation and bookkeeping.
 
     Attributes:
-        steps: total optimisation steps.
+        steps: total optimisation steps (the horizon of the cosine schedule).
+        stop_at: stop early at this step, the schedule unchanged (None: at `steps`).
         warmup_steps: MSE-only steps before the perceptual and adversarial losses start.
         learning_rate: Adam learning rate of the generator.
         discriminator_learning_rate: Adam learning rate of the discriminator.
@@ -149,6 +150,7 @@ class TrainConfig:
     """
 
     steps: int = 2000
+    stop_at: int | None = None
     warmup_steps: int = 500
     learning_rate: float = 5e-4
     discriminator_learning_rate: float = 2e-4
@@ -162,6 +164,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise MedsrError(f"config train.steps must be >= 1, got {self.steps}")
+        if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
+            raise MedsrError(f"config train.stop_at must be in [1, steps], got {self.stop_at}")
         for name in ("warmup_steps", "checkpoint_every", "validate_every"):
             if getattr(self, name) < (0 if name == "warmup_steps" else 1):
                 raise MedsrError(f"config train.{name} is out of range: {getattr(self, name)}")

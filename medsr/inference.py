@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["misr", "linear", "bspline", "labels"]
 METHODS: tuple[str, ...] = ("misr", "linear", "bspline", "labels")
-#: default number of adaptation steps: a 256x256x60 scan fits in about 45 s on 2 CPU cores
-#: (docs/benchmarks.md)
-DEFAULT_FIT_STEPS = 300
+#: default number of adaptation steps: about 25 s on 2 CPU cores for a 256x256x60 scan, which
+#: keeps it under 60 s end to end with the 30 s reconstruction (docs/benchmarks.md)
+DEFAULT_FIT_STEPS = 200
 #: seed of the adaptation's patch sampling
 DEFAULT_SEED = 0
 #: fewest slices along the thick axis that a reconstruction needs

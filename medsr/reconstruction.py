@@ -26,6 +26,18 @@ from medsr.transforms import intensity_range, normalise_intensity
 logger = logging.getLogger(__name__)
 
 
+#: memory for the decoder's per-output temporaries of one generator call (bytes)
+DECODER_BUDGET = 128 * 2**20
+
+
+def planes_per_call(generator, width: int, count: int, batch_size: int) -> int:
+    """Planes per generator call: `batch_size`, fewer when the decoder's temporaries (about five
+    float32 tensors of hidden x width x output slices per plane) would pass `DECODER_BUDGET`."""
+    hidden = getattr(getattr(generator, "query", None), "out_features", 1)
+    per_plane = 5 * 4 * hidden * width * count
+    return max(1, min(batch_size, DECODER_BUDGET // max(per_plane, 1)))
+
+
 def plane_orientations(axis: int, spacing: np.ndarray) -> list[tuple[int, int, int]]:
     """(p, w, offset) for both through-plane orientations: planes stacked along p, in-plane w,
     neighbours `offset` planes apart (one thick spacing)."""
@@ -68,8 +80,9 @@ def reconstruct(
         planes = np.transpose(normalised, (p, w, grid.axis))  # view (P, W, n)
         target = np.transpose(output, (p, w, grid.axis))  # view (P, W, M)
         total = planes.shape[0]
-        for start in range(0, total, batch_size):
-            centres = np.arange(start, min(start + batch_size, total))
+        step = planes_per_call(generator, planes.shape[1], len(grid.positions), batch_size)
+        for start in range(0, total, step):
+            centres = np.arange(start, min(start + step, total))
             index = neighbour_indices(centres, k, offset, total)
             lr = torch.from_numpy(np.ascontiguousarray(planes[index], dtype=np.float32))
             with autocast(device):

@@ -343,7 +343,8 @@ class Trainer:
         from tqdm import tqdm
 
         train, start, last = self.config.train, time.perf_counter(), {}
-        stop = train.steps if until_step is None else min(until_step, train.steps)
+        stop = train.stop_at or train.steps
+        stop = stop if until_step is None else min(until_step, stop)
         log = _MetricsLog(
             self.run_dir / "metrics.csv" if self.run_dir and self.rank == 0 else None, self.step
         )
@@ -366,7 +367,7 @@ class Trainer:
                 "factor": factor,
                 **losses,
             }
-            validate_now = self.step % train.validate_every == 0 or self.step == train.steps
+            validate_now = self.step % train.validate_every == 0 or self.step == stop
             if validate_now and self.validation:
                 last = self.validate()
                 row.update(last)
@@ -385,9 +386,7 @@ class Trainer:
             )
             if self.run_dir and self.step == train.warmup_steps:
                 self.save_checkpoint(self.run_dir / "checkpoints" / "warmup.pt")  # MSE-only model
-            if self.run_dir and (
-                self.step % train.checkpoint_every == 0 or self.step == train.steps
-            ):
+            if self.run_dir and (self.step % train.checkpoint_every == 0 or self.step == stop):
                 self.save_checkpoint(self.run_dir / "checkpoints" / "latest.pt")
         batches.close()  # stops DataLoader workers
         bar.close()
