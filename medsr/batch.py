@@ -42,7 +42,8 @@ class Task:
 
     source: str
     output: str
-    key: str  # the input's path relative to INPUT_ROOT
+    key: str  # the input's path relative to INPUT_ROOT (and ``#<series>`` for DICOM series)
+    series: str | None = None  # the DICOM series of a folder holding several
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -116,9 +117,31 @@ def discover(
     for source in sorted(tasks):
         relative = source.relative_to(input_root)
         stem, _ = split_volume_name(relative)
-        output = output_root / relative.parent / (stem + (suffix or default_output_suffix(source)))
-        result.append(Task(str(source), str(output), str(relative)))
+        ext = suffix or default_output_suffix(source)
+        ids = dicom_series_ids(source)
+        for series_id in ids:  # one input per DICOM series
+            name = f"{stem}_series{series_id}{ext}"
+            output = output_root / relative.parent / name
+            result.append(Task(str(source), str(output), f"{relative}#{series_id}", series_id))
+        if not ids:
+            output = output_root / relative.parent / (stem + ext)
+            result.append(Task(str(source), str(output), str(relative)))
     return result
+
+
+def dicom_series_ids(path: Path) -> list[str]:
+    """The series of a DICOM folder holding several (numbers, or UIDs where numbers repeat);
+    empty for anything else, which is one input as it is."""
+    if not path.is_dir() or folder_kind(path) != "dicom":
+        return []
+    from medsr.io.itk import list_dicom_series
+
+    found = list_dicom_series(path)
+    if len(found) < 2:
+        return []
+    numbers = [s.number for s in found]
+    unique = all(numbers) and len(set(numbers)) == len(numbers)
+    return [s.number if unique else s.uid for s in found]
 
 
 def process_one(task: Task, settings: dict) -> dict:
@@ -132,7 +155,9 @@ def process_one(task: Task, settings: dict) -> dict:
     record = {"input": task.key, "output": task.output, "input_sha256": sha256(task.source)}
     try:
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
-        output = upsample_file(task.source, task.output, overwrite=True, **settings)
+        output = upsample_file(
+            task.source, task.output, overwrite=True, series=task.series, **settings
+        )
         record.update(status="done", output_sha256=sha256(output))
     except MedsrError as error:
         record.update(status="failed", error=str(error))

@@ -127,6 +127,8 @@ def test_mixed_tree_right_inputs_nothing_clobbered_rerun_skips(tmp_path):
         Image.fromarray(np.full((8, 10), 30 * index, np.uint8)).save(series / f"{index}.png")
     (series / "series.json").write_text(json.dumps({"spacing": [0.5, 0.5, 4], "unit": "um"}))
     write_dicom_series(root / "dicom_export", extension="")
+    write_dicom_series(root / "exam2", uid="1.2.3.1", number=3)
+    write_dicom_series(root / "exam2", uid="1.2.3.2", number=5, positions=[0, 3, 6, 9, 12.0])
     out = root / "results"  # the output folder inside the input folder
     keys = {t.key for t in discover(root, out, None, None)}
     assert keys == {
@@ -136,6 +138,8 @@ def test_mixed_tree_right_inputs_nothing_clobbered_rerun_skips(tmp_path):
         "stacks/b.tif",
         "slide1",
         "dicom_export",
+        "exam2#3",  # one input per series of a folder holding several
+        "exam2#5",
     }
     out.mkdir()
     foreign = _nifti(out / "subject1" / "t1.nii.gz", 9)  # not this batch's: must survive

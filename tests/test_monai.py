@@ -179,3 +179,12 @@ def test_psnr_and_ssim_agree_with_monai_metrics(seed):
     assert ssim(pred, target, data_range=data_range, mask=interior) == pytest.approx(
         theirs, abs=2e-3
     )
+
+
+def test_reader_reads_a_chosen_dicom_series(tmp_path):
+    from conftest import write_dicom_series
+
+    folder = write_dicom_series(tmp_path / "exam", uid="1.2.3.1", number=3)
+    write_dicom_series(folder, uid="1.2.3.2", number=4, positions=[0.0, 2.0, 4.0, 6.0])
+    image = LoadImage(reader=MedsrReader(series="4"), image_only=True)(folder)
+    assert tuple(image.shape) == (10, 12, 4) and np.allclose(image.pixdim, [0.8, 0.8, 2.0])

@@ -28,11 +28,17 @@ class MedsrReader(ImageReader):
     Args:
         spacing: voxel size (X, Y, Z) overriding the header (TIFF without spacing), in `unit`.
         unit: unit of `spacing`.
+        series: the DICOM series to read from folders holding several (number or UID).
     """
 
-    def __init__(self, spacing: Sequence[float] | None = None, unit: Unit | None = None) -> None:
+    def __init__(
+        self,
+        spacing: Sequence[float] | None = None,
+        unit: Unit | None = None,
+        series: str | None = None,
+    ) -> None:
         super().__init__()
-        self.spacing, self.unit = spacing, unit
+        self.spacing, self.unit, self.series = spacing, unit, series
 
     def verify_suffix(self, filename: Sequence[Any] | Any) -> bool:
         """True for folders (DICOM series, sections) and every suffix medsr reads."""
@@ -44,7 +50,10 @@ class MedsrReader(ImageReader):
 
     def read(self, data: Sequence[Any] | Any, **kwargs) -> Volume | list[Volume]:
         """`Volume` objects for one path or several."""
-        volumes = [read_volume(p, spacing=self.spacing, unit=self.unit) for p in ensure_tuple(data)]
+        volumes = [
+            read_volume(p, spacing=self.spacing, unit=self.unit, series=self.series)
+            for p in ensure_tuple(data)
+        ]
         return volumes[0] if len(volumes) == 1 else volumes
 
     def get_data(self, img: Volume | Sequence[Volume]) -> tuple[np.ndarray, dict]:
