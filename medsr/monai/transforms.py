@@ -146,32 +146,32 @@ class ThroughPlaneUpsample(Transform):
         return out
 
 
-class SimulateThickSlicesd(MapTransform):
+class _PerKey(MapTransform):
+    """A dictionary transform applying one array transform to every key."""
+
+    transform: Transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key])
+        return d
+
+
+class SimulateThickSlicesd(_PerKey):
     """Dictionary form of `SimulateThickSlices` (the same acquisition for every key)."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **options) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = SimulateThickSlices(**options)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
 
-
-class ThroughPlaneUpsampled(MapTransform):
+class ThroughPlaneUpsampled(_PerKey):
     """Dictionary form of `ThroughPlaneUpsample`."""
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **options) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = ThroughPlaneUpsample(**options)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.transform(d[key])
-        return d
 
 
 class RandSimulateThickSlicesd(Randomizable, MapTransform):
