@@ -141,3 +141,17 @@ def test_folder_output_goes_beside_the_folder_and_is_never_read_back(tmp_path, m
     assert sorted(p.name for p in folder.iterdir())[-1] == "series.json"  # nothing written inside
     (folder / "old_misr.ome.tif").write_bytes((tmp_path / "sections_bspline.ome.tif").read_bytes())
     assert main(["info", "."]) == 0  # a medsr output inside is not taken for a section
+
+
+def test_series_json_section_thickness_sets_the_fit_profile(tmp_path):
+    from medsr.io import read_volume
+
+    folder = tmp_path / "thin"
+    folder.mkdir()
+    for index in range(4):
+        Image.fromarray(np.full((8, 10), 20 * index, np.uint8)).save(folder / f"s{index}.png")
+    (folder / "series.json").write_text(
+        '{"spacing": [0.5, 0.5, 8.0], "unit": "um", "thickness": 0.5}', encoding="utf-8"
+    )
+    volume = read_volume(folder)
+    assert volume.meta["slice_thickness"] == 0.5 and volume.spacing[2] == 8.0

@@ -188,7 +188,9 @@ def read_section_folder(
 
     Order: ``order.txt`` or natural sort. Sections of unequal size are centred and padded with
     their background (a warning says which). Spacing comes from `spacing` or from ``series.json``
-    (``{"spacing": [x, y, z], "unit": "um"}``).
+    (``{"spacing": [x, y, z], "unit": "um", "thickness": t}``); the optional section
+    ``thickness`` (same unit; thin sections far apart have t well below z) becomes
+    ``meta["slice_thickness"]``, the slice profile of the learned method's fit.
     """
     files = list_sections(directory)
     if not files:
@@ -199,8 +201,8 @@ def read_section_folder(
         raise MedsrError(f"sections in '{directory}' mix grey and colour images")
     sections = pad_sections(sections, [f.name for f in files])
     sidecar = directory / "series.json"
-    if spacing is None and sidecar.exists():
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    info = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
+    if spacing is None and info:
         spacing, unit = info["spacing"], unit or parse_unit(info.get("unit", "um"))
     if spacing is None:
         raise MedsrError(
@@ -208,7 +210,10 @@ def read_section_folder(
             "X Y Z or a series.json sidecar"
         )
     stack = _check_stack(np.stack(sections), directory)
-    return _stack_to_volume(stack, list(spacing), unit or "um", "sections")
+    volume = _stack_to_volume(stack, list(spacing), unit or "um", "sections")
+    if "thickness" in info:
+        volume.meta["slice_thickness"] = float(info["thickness"])
+    return volume
 
 
 def write_ome_tiff(volume: Volume, path: Path) -> None:
