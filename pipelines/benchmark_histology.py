@@ -15,7 +15,7 @@ Scores: PSNR over all channels and voxels (range 255 for RGB, max-min for 16-bit
 grey (channel mean) volume; wall time per method, in this process.
 
 Usage: python pipelines/benchmark_histology.py [--data ../shared/data/histology]
-           [--fit-steps N] [--batch-series 4]
+           [--fit-steps N] [--batch-series 4]   (--batch-series 0: quality only)
 """
 
 from __future__ import annotations
@@ -170,9 +170,9 @@ def main() -> None:
             f"{r['psnr']:.2f} | {r['psnr'] - ref['psnr']:+.2f} | {r['ssim']:.4f} | "
             f"{r['seconds']:.1f} |"
         )
-    print("\n| method | series / min | sections | sections / min |\n|---|---|---|---|")
     if args.batch_series <= 0:
         return
+    print("\n| method | series / min | sections | sections / min |\n|---|---|---|---|")
     for method, series_rate, sections, section_rate in throughput(
         args.data, args.batch_series, args.fit_steps
     ):
