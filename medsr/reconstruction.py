@@ -26,16 +26,17 @@ from medsr.transforms import intensity_range, normalise_intensity
 logger = logging.getLogger(__name__)
 
 
-#: memory for the decoder's per-output temporaries of one generator call (bytes)
-DECODER_BUDGET = 128 * 2**20
+#: memory for the decoder's per-output temporaries of one call (bytes)
+DECODER_BUDGET = 32 * 2**20
 
 
-def planes_per_call(generator, width: int, count: int, batch_size: int) -> int:
-    """Planes per generator call: `batch_size`, fewer when the decoder's temporaries (about five
-    float32 tensors of hidden x width x output slices per plane) would pass `DECODER_BUDGET`."""
+def position_chunk(generator, planes: int, width: int, count: int) -> int:
+    """Output positions decoded per call: all of them, fewer when the decoder's temporaries
+    (about five float32 tensors of hidden x width per position and plane) would pass
+    `DECODER_BUDGET`."""
     hidden = getattr(getattr(generator, "query", None), "out_features", 1)
-    per_plane = 5 * 4 * hidden * width * count
-    return max(1, min(batch_size, DECODER_BUDGET // max(per_plane, 1)))
+    per_position = 5 * 4 * hidden * width * planes
+    return max(1, min(count, DECODER_BUDGET // max(per_position, 1)))
 
 
 def plane_orientations(axis: int, spacing: np.ndarray) -> list[tuple[int, int, int]]:
@@ -80,14 +81,21 @@ def reconstruct(
         planes = np.transpose(normalised, (p, w, grid.axis))  # view (P, W, n)
         target = np.transpose(output, (p, w, grid.axis))  # view (P, W, M)
         total = planes.shape[0]
-        step = planes_per_call(generator, planes.shape[1], len(grid.positions), batch_size)
-        for start in range(0, total, step):
-            centres = np.arange(start, min(start + step, total))
+        for start in range(0, total, batch_size):
+            centres = np.arange(start, min(start + batch_size, total))
             index = neighbour_indices(centres, k, offset, total)
             lr = torch.from_numpy(np.ascontiguousarray(planes[index], dtype=np.float32))
             with autocast(device):
-                sr = generator(lr.to(device), positions, factor)[:, 0].float()  # (B, W, M)
-            target[centres] += sr.cpu().numpy()
+                if hasattr(generator, "encode"):  # decode large outputs in chunks
+                    encoded = generator.encode(lr.to(device), factor)
+                    chunk = position_chunk(generator, len(centres), planes.shape[1], len(positions))
+                    for first in range(0, len(positions), chunk):
+                        part = slice(first, first + chunk)
+                        sr = generator.predict_at(encoded, positions[part])[:, 0].float()
+                        target[centres, :, part] += sr.cpu().numpy()
+                else:
+                    sr = generator(lr.to(device), positions, factor)[:, 0].float()  # (B, W, M)
+                    target[centres] += sr.cpu().numpy()
             if on_batch is not None:
                 on_batch(len(centres))
     output /= len(orientations)

@@ -270,3 +270,23 @@ def test_a_different_seed_gives_a_different_fit(identity_checkpoint):
     other = upsample_volume(volume, seed=1, **options)
     np.testing.assert_array_equal(first.array, again.array)
     assert not np.array_equal(first.array, other.array)
+
+
+def test_decoding_in_chunks_of_positions_gives_the_same_volume(monkeypatch):
+    import medsr.reconstruction
+
+    torch.manual_seed(0)
+    generator = __import__("medsr.models", fromlist=["MISRGenerator"]).MISRGenerator(
+        num_features=8, num_blocks=1, hidden=8
+    )
+    torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
+    volume = _thick_volume(thick=3.5, shape=(12, 10, 6))
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    whole = medsr.reconstruction.reconstruct_volume(
+        volume, grid, generator, device=torch.device("cpu")
+    )
+    monkeypatch.setattr(medsr.reconstruction, "DECODER_BUDGET", 1)  # one position per call
+    chunked = medsr.reconstruction.reconstruct_volume(
+        volume, grid, generator, device=torch.device("cpu")
+    )
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)

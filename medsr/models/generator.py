@@ -82,20 +82,30 @@ class MISRGenerator(nn.Module):
         Returns:
             (N, 1, ..., M): the centre plane at `positions`.
         """
-        count = lr.shape[-1]
+        return self.predict_at(self.encode(lr, factor), positions)
+
+    def encode(self, lr: torch.Tensor, factor: float) -> tuple:
+        """The low-resolution part: (left and right projections, centre plane, log-factor).
+        Split from `predict_at` so that large outputs can be decoded in chunks of positions."""
         log_factor = math.log(max(float(factor), 1.0))
         code = torch.full_like(lr[:, :1], log_factor)
         features = self.head(torch.cat([lr, code], dim=1))
         features = features + self.body(features)
         left_proj, right_proj = self.project(features).chunk(2, dim=1)
-        positions = positions.to(device=lr.device, dtype=lr.dtype)
+        centre = lr[:, self.neighbours // 2 : self.neighbours // 2 + 1]
+        return left_proj, right_proj, centre, log_factor
+
+    def predict_at(self, encoded: tuple, positions: torch.Tensor) -> torch.Tensor:
+        """The plane at `positions` from `encode`'s output: B-spline value + decoded residual."""
+        left_proj, right_proj, centre, log_factor = encoded
+        count = centre.shape[-1]
+        positions = positions.to(device=centre.device, dtype=centre.dtype)
         left = torch.clamp(torch.floor(positions), 0, max(count - 2, 0)).long()
         right = torch.clamp(left + 1, max=count - 1)
         offset = positions - left.to(positions.dtype)
         query = torch.stack([offset, torch.full_like(offset, log_factor)], dim=1)
         query = self.query(query).T  # (hidden, M)
-        query = query.reshape(1, -1, *([1] * (lr.dim() - 3)), query.shape[-1])
+        query = query.reshape(1, -1, *([1] * (centre.dim() - 3)), query.shape[-1])
         hidden = gather_last_axis(left_proj, left) + gather_last_axis(right_proj, right)
         residual = self.decode(hidden + query.to(hidden.dtype))
-        centre = lr[:, self.neighbours // 2 : self.neighbours // 2 + 1]
         return bspline_sample_last_axis(centre, positions) + residual
