@@ -487,12 +487,6 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _has_sections(folder: Path) -> bool:
-    from medsr.io.tiff import SECTION_SUFFIXES
-
-    return any(p.suffix.lower() in SECTION_SUFFIXES for p in folder.iterdir())
-
-
 def _run_info(args: argparse.Namespace) -> int:
     from medsr.geometry import (
         ISOTROPY_TOLERANCE,
@@ -506,9 +500,10 @@ def _run_info(args: argparse.Namespace) -> int:
     input_spacing, input_unit = _input_geometry(args)
     path = Path(args.input)
     if path.is_dir() and args.series is None:
+        from medsr.io import is_section_folder
         from medsr.io.itk import list_dicom_series
 
-        found = list_dicom_series(path) if not _has_sections(path) else []
+        found = list_dicom_series(path) if not is_section_folder(path) else []
         if len(found) > 1:
             print(f"folder:      {args.input} ({len(found)} DICOM series; pick one with --series)")
             for item in found:

@@ -145,6 +145,11 @@ def thicken_last_axis(
     return simulate_thick_slices(thin, thin.ndim - 1, factor, thickness=thickness, profile=profile)
 
 
+def thin_slices(slices: int, factor: float, length: int) -> int:
+    """Thin slices a patch of `slices` thick slices needs (whole slabs, within `length`)."""
+    return min(int(np.ceil(slices * factor - 1e-6)), length)
+
+
 def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of the image plus complex Gaussian noise of std `sigma` (MRI magnitude noise)."""
     real = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
@@ -198,7 +203,7 @@ class PairSampler:
         factor = self.draw_factor(source, rng)
         count, width_all, length = source.array.shape
         slices = self.patch_slices(factor, length)
-        thin = min(int(np.ceil(slices * factor - 1e-6)), length)
+        thin = thin_slices(slices, factor, length)
         width = min(data.patch_width, width_all)
         offset = source.offset(factor)
         centres = rng.integers(0, self._split(source), size=data.batch_size)
@@ -257,7 +262,7 @@ class PairSampler:
                     np.array([centre]), self.neighbours, source.offset(factor), count
                 )[0]
                 slices = int(np.floor(length / factor))
-                thin = min(int(np.ceil(slices * factor - 1e-6)), length)
+                thin = thin_slices(slices, factor, length)
                 patch = np.ascontiguousarray(source.array[index, :, :thin], np.float32)
                 lr = thicken_last_axis(patch, factor, factor, "boxcar")
                 positions = slab_positions(slices, factor)

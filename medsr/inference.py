@@ -51,9 +51,14 @@ def learned_factor_limit(config) -> float:
     return float(config.data.max_factor)
 
 
+def covers_factor(factor: float, limit: float) -> bool:
+    """Whether a model trained up to `limit` covers `factor` (with float tolerance)."""
+    return factor <= limit * (1 + 1e-6)
+
+
 def check_learned_factor(factor: float, limit: float, unit_spacing: float, unit: str) -> None:
     """One-line error, with a target spacing that is reachable, above the learned range."""
-    if factor > limit * (1 + 1e-6):
+    if not covers_factor(factor, limit):
         reachable = unit_spacing / limit
         raise MedsrError(
             f"factor {factor:.3g} is above the learned method's range (up to x{limit:.3g}); "
@@ -67,7 +72,7 @@ def learned_coverage(factor: float, model: str | os.PathLike[str] | None = None)
 
     _, config = load_generator(model or default_model_path())
     limit = learned_factor_limit(config)
-    if factor <= limit * (1 + 1e-6):
+    if covers_factor(factor, limit):
         return f"covered (misr works up to x{limit:.3g})"
     return f"not covered: x{factor:.3g} is above misr's x{limit:.3g}; use --spacing or bspline"
 
@@ -218,9 +223,7 @@ def upsample_volume(
         volume.unit,
         method,
     )
-    if method == "slab-average":
-        pass
-    elif method in ("linear", "bspline"):
+    if method in ("linear", "bspline"):
         result = upsample_baseline(volume, grid, method, keep_dtype=keep_dtype)
     elif method == "labels":
         from medsr.labels import upsample_labels

@@ -23,6 +23,7 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "Volume",
     "check_output_path",
+    "is_section_folder",
     "make_output_folder",
     "default_output_suffix",
     "read_volume",
@@ -64,7 +65,8 @@ def split_volume_name(path: str | os.PathLike[str]) -> tuple[str, str]:
     return name, ""
 
 
-def _is_section_folder(folder: Path) -> bool:
+def is_section_folder(folder: Path) -> bool:
+    """A folder read as 2D sections (it holds section images) rather than a DICOM series."""
     from medsr.io.tiff import SECTION_SUFFIXES
 
     return any(p.suffix.lower() in SECTION_SUFFIXES for p in folder.iterdir())
@@ -75,7 +77,7 @@ def default_output_suffix(path: str | os.PathLike[str]) -> str:
     (physical sizes kept) and DICOM -> ``.nii.gz`` (DICOM is not written)."""
     path = Path(path)
     if path.is_dir():
-        return ".ome.tif" if _is_section_folder(path) else ".nii.gz"
+        return ".ome.tif" if is_section_folder(path) else ".nii.gz"
     fmt = volume_format(path)
     return {"tiff": ".ome.tif", "dicom": ".nii.gz"}.get(fmt) or split_volume_name(path)[1]
 
@@ -125,7 +127,7 @@ def _read_any(
     from medsr.io import itk, nifti, tiff
 
     if path.is_dir():
-        if _is_section_folder(path):
+        if is_section_folder(path):
             return tiff.read_section_folder(path, None if spacing is None else list(spacing), unit)
         volume = itk.read_dicom_series(path, series)
         return volume if spacing is None else set_spacing(volume, spacing, unit)
