@@ -192,6 +192,22 @@ def _upsample_parser(commands) -> None:
         "--align", action="store_true", help="rigidly align consecutive sections first (histology)"
     )
     up.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    up.add_argument(
+        "--format",
+        choices=["dicom"],
+        dest="output_format",
+        help="dicom: write a DICOM series into the folder -o names (default: from -o's suffix)",
+    )
+    up.add_argument(
+        "--dicom-patient-id",
+        metavar="ID",
+        help="patient ID (and name) of the DICOM series of a non-DICOM input (default MEDSR-ANON)",
+    )
+    up.add_argument(
+        "--dicom-modality",
+        choices=["MR", "CT"],
+        help="modality of the DICOM series of a non-DICOM input (default MR; a DICOM input's own)",
+    )
     _add_runtime_options(up)
 
 
@@ -343,6 +359,8 @@ def _run_upsample(args: argparse.Namespace) -> int:
         raise MedsrError("--labels-out needs --labels")
     if args.method == "labels" and args.labels:
         raise MedsrError("--method labels upsamples the input itself; --labels is for an image")
+    if args.output_format != "dicom" and (args.dicom_patient_id or args.dicom_modality):
+        raise MedsrError("--dicom-patient-id and --dicom-modality need --format dicom")
     input_spacing, input_unit = _input_geometry(args)
     output = upsample_file(
         args.input,
@@ -361,6 +379,9 @@ def _run_upsample(args: argparse.Namespace) -> int:
         slice_thickness=args.slice_thickness,
         labels=args.labels,
         labels_output=args.labels_out,
+        output_format=args.output_format,
+        dicom_patient_id=args.dicom_patient_id,
+        dicom_modality=args.dicom_modality,
         **options,
     )
     if not args.quiet:

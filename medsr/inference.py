@@ -284,6 +284,9 @@ def upsample_file(
     labels: str | os.PathLike[str] | None = None,
     labels_output: str | os.PathLike[str] | None = None,
     allow_coarser: bool = False,
+    output_format: Literal["dicom"] | None = None,
+    dicom_patient_id: str | None = None,
+    dicom_modality: str | None = None,
     **misr_options,
 ) -> Path:
     """Read, upsample and write one volume; the input file is never modified.
@@ -295,7 +298,8 @@ def upsample_file(
     and becomes the slice profile of the learned method's fit. `labels`, a label map on the
     input's grid (a segmentation drawn on the thick slices), is written on the output's grid
     too (`labels_output`, default ``<output stem>_labels<suffix>``), by shape-based
-    interpolation.
+    interpolation. `output_format` ``"dicom"`` writes a DICOM series folder (default
+    ``<input stem>_<method>`` beside the input; `medsr.io.dicom`; labels then go to NIfTI).
 
     Raises:
         MedsrError: bad input, an isotropic input without an explicit target, an output that
@@ -303,17 +307,20 @@ def upsample_file(
     """
     input_path = Path(input_path)
     output = Path(output_path) if output_path else default_output_path(input_path, method)
+    if output_format == "dicom" and not output_path:  # a series folder, not a file
+        output = output.with_name(split_volume_name(output)[0])
     if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
         raise MedsrError(f"output '{output}' is the input; choose another output path")
-    check_output_path(output, overwrite=overwrite)  # before reading: fail fast
+    check_output_path(output, overwrite=overwrite, fmt=output_format)  # before reading: fail fast
     label_map, labels_output = None, None
     if labels is not None:
         stem, suffix = split_volume_name(output)
+        suffix = suffix or ".nii.gz"  # beside a DICOM folder
         labels_output = Path(labels_output or output.with_name(f"{stem}_labels{suffix}"))
         check_output_path(labels_output, overwrite=overwrite)
         label_map = read_volume(labels)
     frames = volume_frames(input_path) if input_path.is_file() else 1
-    if frames > 1 and volume_format(output) != "nifti":
+    if frames > 1 and (output_format or volume_format(output)) != "nifti":
         raise MedsrError(f"'{input_path}' holds {frames} volumes; write it as NIfTI (.nii.gz)")
     results, records = [], None
     for frame in range(frames):  # a 4D series: each volume exactly as the 3D command does it
@@ -330,7 +337,11 @@ def upsample_file(
                 volume.array, volume.affine, {**volume.meta, "slice_thickness": thickness}
             )
         if frame == 0:
-            check_output_path(output, overwrite=overwrite, affine=volume.affine)
+            check_output_path(output, overwrite=overwrite, affine=volume.affine, fmt=output_format)
+            if output_format == "dicom":
+                from medsr.io.dicom import check_dicom_input
+
+                check_dicom_input(volume, patient_id=dicom_patient_id, modality=dicom_modality)
             spacing = target_spacing(spacing, volume.unit)
             check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
             if label_map is not None:
@@ -362,7 +373,13 @@ def upsample_file(
             allow_coarser=allow_coarser,
         )
     written = write_volume(
-        result, output, overwrite=overwrite, frames=results if frames > 1 else None
+        result,
+        output,
+        overwrite=overwrite,
+        frames=results if frames > 1 else None,
+        fmt=output_format,
+        patient_id=dicom_patient_id,
+        modality=dicom_modality,
     )
     if label_map is not None:
         labels_written = write_volume(label_result, labels_output, overwrite=overwrite)

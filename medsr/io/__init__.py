@@ -74,7 +74,8 @@ def is_section_folder(folder: Path) -> bool:
 
 def default_output_suffix(path: str | os.PathLike[str]) -> str:
     """Output format for an input: its own, except TIFF and section folders -> ``.ome.tif``
-    (physical sizes kept) and DICOM -> ``.nii.gz`` (DICOM is not written)."""
+    (physical sizes kept) and DICOM -> ``.nii.gz`` (a DICOM series only with ``--format
+    dicom``)."""
     path = Path(path)
     if path.is_dir():
         return ".ome.tif" if is_section_folder(path) else ".nii.gz"
@@ -191,24 +192,35 @@ def check_output_path(
     overwrite: bool = False,
     affine: np.ndarray | None = None,
     suffixes: tuple[str, ...] | None = None,
+    fmt: str | None = None,
 ) -> Path:
     """Everything about an output that can fail, checked before any work: a known, writable
     format (or one of `suffixes` for non-volume outputs such as figures), an existing writable
     folder, no existing file without `overwrite`, and (for TIFF, which stores no orientation) an
-    axis-aligned `affine`.
+    axis-aligned `affine`. `fmt` ``"dicom"``: `path` is a series folder
+    (`medsr.io.dicom.check_dicom_output`).
 
     Raises:
         MedsrError: the first problem found, in one line.
     """
     path = Path(path)
-    if suffixes is not None:
+    if fmt == "dicom":
+        from medsr.io.dicom import check_dicom_output
+
+        check_dicom_output(path, overwrite=overwrite)
+    elif fmt is not None:
+        raise MedsrError(f"unknown output format '{fmt}' (dicom, or none: from the suffix)")
+    elif suffixes is not None:
         if path.suffix.lower() not in suffixes:
             raise MedsrError(f"output '{path}' must end with {' or '.join(suffixes)}")
     else:
-        fmt = volume_format(path)
-        if fmt not in WRITABLE_FORMATS:
-            raise MedsrError(f"cannot write {fmt} ('{path}'); write NIfTI, NRRD, MHA or OME-TIFF")
-        if fmt == "tiff" and affine is not None:
+        kind = volume_format(path)
+        if kind not in WRITABLE_FORMATS:
+            raise MedsrError(
+                f"cannot write {kind} ('{path}'); write NIfTI, NRRD, MHA or OME-TIFF "
+                "(or a DICOM series folder with --format dicom)"
+            )
+        if kind == "tiff" and affine is not None:
             linear = np.asarray(affine)[:3, :3]
             if not np.allclose(linear, np.diag(np.diag(linear))) or np.any(np.diag(linear) <= 0):
                 raise MedsrError(
@@ -220,7 +232,7 @@ def check_output_path(
         raise MedsrError(f"output folder does not exist: '{folder}'")
     if not os.access(folder, os.W_OK):
         raise MedsrError(f"output folder is not writable: '{folder}'")
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite and fmt != "dicom":  # an empty folder is a free one
         raise MedsrError(f"output exists: '{path}' (use --overwrite to replace it)")
     return path
 
@@ -252,29 +264,63 @@ def _write_any(volume: Volume, path: Path, fmt: str, frames: list[Volume] | None
         raise MedsrError(f"writing {fmt} is not supported; write NIfTI, NRRD, MHA or OME-TIFF")
 
 
+def _write_dicom_folder(
+    volume: Volume,
+    path: Path,
+    staging: Path,
+    patient_id: str | None,
+    modality: str | None,
+    frames: list[Volume] | None,
+) -> None:
+    """The series into ``staging/<name>``, then renamed to `path`; an old folder (empty, or
+    replaced with overwrite) is moved into staging first, as a folder cannot be renamed onto a
+    non-empty one."""
+    from medsr.io.dicom import write_dicom_series
+
+    if frames:
+        raise MedsrError(f"a series of {len(frames)} volumes can only be written as NIfTI")
+    series = write_dicom_series(
+        volume, staging / path.name, patient_id=patient_id, modality=modality
+    )
+    if path.is_dir():
+        os.replace(path, staging / ".replaced")
+    os.replace(series, path)
+
+
 def write_volume(
     volume: Volume,
     path: str | os.PathLike[str],
     *,
     overwrite: bool = False,
     frames: list[Volume] | None = None,
+    fmt: str | None = None,
+    patient_id: str | None = None,
+    modality: str | None = None,
 ) -> Path:
-    """Write `volume` atomically; the format follows the extension.
+    """Write `volume` atomically; the format follows the extension, or `fmt` ``"dicom"``: a
+    DICOM series folder (`medsr.io.dicom.write_dicom_series`, with `patient_id` and `modality`).
 
     The file is written in a hidden temporary folder beside `path` and renamed into place, so an
-    interrupted write leaves no partial output (MHD's data file is moved before its header).
+    interrupted write leaves no partial output (MHD's data file is moved before its header; a
+    DICOM folder moves as one, replacing an old one only once the new one is complete).
 
     Raises:
         MedsrError: `path` exists and `overwrite` is false, or the format cannot hold the volume.
     """
     path = Path(path)
-    fmt = volume_format(path)
-    if path.exists() and not overwrite:
-        raise MedsrError(f"output exists: '{path}' (use --overwrite to replace it)")
+    if fmt == "dicom":
+        check_output_path(path, overwrite=overwrite, fmt=fmt)
+    else:
+        fmt = volume_format(path)
+        if path.exists() and not overwrite:
+            raise MedsrError(f"output exists: '{path}' (use --overwrite to replace it)")
     if not path.parent.is_dir():
         raise MedsrError(f"output folder does not exist: '{path.parent}'")
     staging = Path(tempfile.mkdtemp(prefix=".medsr-tmp-", dir=path.parent))
     try:
+        if fmt == "dicom":
+            _write_dicom_folder(volume, path, staging, patient_id, modality, frames)
+            return path
         _write_any(volume, staging / path.name, fmt, frames)
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
         for item in written:  # the named file last: it is the one readers look for

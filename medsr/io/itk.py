@@ -62,7 +62,10 @@ def volume_to_image(volume: Volume) -> sitk.Image:
 def read_itk(path: Path) -> Volume:
     """Read a NRRD, MHA/MHD or single (multi-frame) DICOM file."""
     fmt = "dicom" if path.suffix.lower() == ".dcm" else path.suffix.lower().lstrip(".")
-    return image_to_volume(sitk.ReadImage(str(path)), path, fmt)
+    volume = image_to_volume(sitk.ReadImage(str(path)), path, fmt)
+    if fmt == "dicom":  # its header is the source of a DICOM output (medsr.io.dicom)
+        volume.meta["dicom_files"] = (str(path),)
+    return volume
 
 
 @dataclass(frozen=True)
@@ -171,12 +174,14 @@ def read_dicom_series(directory: Path, series: str | None = None) -> Volume:
     (beyond 5 % of the median spacing and 0.1 mm) are an error naming them, small jitter a
     warning. SliceThickness is kept in ``meta["slice_thickness"]`` (mm): thickness below the
     spacing is a gap, above it an overlap; the learned method's fit uses it as the slice profile.
+    The files, in slice order, are kept in ``meta["dicom_files"]``: a DICOM output copies the
+    patient and study from the first.
     """
     chosen = choose_series(directory, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     volume = image_to_volume(reader.Execute(), directory, "dicom")
-    meta = dict(volume.meta, series_uid=chosen.uid)
+    meta = dict(volume.meta, series_uid=chosen.uid, dicom_files=chosen.files)
     if chosen.pixel_spacing is None:
         logger.warning("'%s' has no PixelSpacing: 1 mm pixels assumed", directory)
     if chosen.slice_thickness is not None:
