@@ -468,6 +468,9 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 def _dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
     """`medsr batch --dry-run`: every input -> output pair and every problem; writes nothing."""
+    import os
+    from collections import Counter
+
     from medsr.batch import plan_batch
 
     plan = plan_batch(
@@ -481,7 +484,10 @@ def _dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
     action = {t.key: "run" for t in plan.run}
     action.update({e["input"]: "skip (done)" for e in plan.skip})
     action.update({e["input"]: "refused" for e in plan.refuse})
+    outputs = Counter(os.path.abspath(t.output) for t in plan.tasks)
     for task in plan.tasks:
+        if outputs[os.path.abspath(task.output)] > 1:
+            action[task.key] = "collides"
         source = task.source + (f" (series {task.series})" if task.series else "")
         print(f"{source} -> {task.output}  [{action[task.key]}]")
     for line in plan.problems:

@@ -248,6 +248,7 @@ def test_dry_run_lists_pairs_and_problems_and_writes_nothing(tree, tmp_path, cap
     assert main([*argv, "--output-suffix", ".nii.gz"]) == 1
     text = capsys.readouterr().out
     assert "problem: inputs 'a.nii' and 'a.nii.gz' would both write" in text
+    assert f"{tree / 'a.nii'} -> {out / 'a.nii.gz'}  [collides]" in text
     assert f"problem: a.nii.gz: output exists and is not this batch's: '{foreign}'" in text
     assert [p for p in out.rglob("*")] == [foreign]
 
