@@ -1,12 +1,18 @@
 """`medsr batch`: every scan file and every section-series folder under INPUT_ROOT becomes an
 output under OUTPUT_ROOT at the same relative path.
 
-A manifest (``OUTPUT_ROOT/medsr_manifest.json``) records, per input, its checksum, the settings,
-the output and its checksum, the status ('done' or 'failed' with the error) and the time. A rerun
-skips inputs that are done with the same input checksum and settings and whose output still
-exists; failures are retried. One failing input never stops the others. Work runs in local worker
-processes, or on an existing Dask distributed cluster (``--scheduler ADDRESS``, or ``local`` for
-a local cluster) with the same task function.
+A manifest (``OUTPUT_ROOT/medsr_manifest.json``) records, per input, its checksum, size and
+mtime, the settings, the output and its checksum, the status ('done' or 'failed' with the error)
+and the time. A rerun skips inputs that are done with the same settings, whose output is still
+the file this batch wrote, and whose input is unchanged: same size and mtime, or (where those
+differ) the same checksum; failures are retried. Each input is hashed at most once per run.
+
+Nothing is written over a file that this batch did not create (an output the manifest records
+as written by it, with that checksum) without `overwrite`; that input fails with a one-line
+reason. Two inputs that would write one output, an output root equal to the input root and an
+input root inside the output root are refused before any work. One failing input never stops
+the others. Work runs in local worker processes, or on an existing Dask distributed cluster
+(``--scheduler ADDRESS``, or ``local`` for a local cluster) with the same task function.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -25,11 +31,12 @@ from medsr.errors import MedsrError
 from medsr.io import (
     VOLUME_SUFFIXES,
     default_output_suffix,
+    folder_kind,
+    is_2d_image,
     make_output_folder,
     split_volume_name,
 )
-from medsr.io.tiff import SECTION_SUFFIXES
-from medsr.provenance import sha256
+from medsr.provenance import input_stat, known_sha256, sha256
 
 logger = logging.getLogger(__name__)
 
@@ -44,49 +51,36 @@ class Task:
     output: str
     key: str  # the input's path relative to INPUT_ROOT (and ``#<series>`` for DICOM series)
     series: str | None = None  # the DICOM series of a folder holding several
+    input_sha256: str | None = None  # hashed while planning (its size or mtime had changed)
+    input_stat: tuple[int, int] | None = None  # (size, mtime) when `input_sha256` was taken
 
 
-def is_dicom_file(path: Path) -> bool:
-    """A DICOM file by content (the ``DICM`` magic after the 128-byte preamble), whatever its
-    name: exports often have no extension."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+class OutputCollisionError(MedsrError):
+    """Inputs that would write one output: the batch is refused before any work;
+    `problems` holds one line per collision."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
-def _is_2d_image(path: Path) -> bool:
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return True  # PNG / JPEG
-    import tifffile
+@dataclass
+class BatchPlan:
+    """What a batch would do: `run` these tasks, `skip` these done entries, `refuse` these
+    inputs (a failed record each: their output is not this batch's), and the `collisions` (one
+    line each) that refuse the whole batch."""
 
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            return len(series.shape) == 2 or (len(series.shape) == 3 and series.shape[-1] in (3, 4))
-    except Exception:  # unreadable: not a section; the file is reported as its own input
-        return False
+    tasks: list[Task]
+    entries: dict = field(default_factory=dict)  # the manifest as it was read
+    run: list[Task] = field(default_factory=list)
+    skip: list[dict] = field(default_factory=list)
+    refuse: list[dict] = field(default_factory=list)
+    collisions: list[str] = field(default_factory=list)
 
-
-def folder_kind(folder: Path) -> str | None:
-    """``"sections"``, ``"dicom"`` or None (a plain folder whose files are inputs of their own).
-
-    A folder is a section series when it has ``series.json`` or ``order.txt``, or holds 2D images
-    only (at least two, and no volume files); it is a DICOM series when it holds DICOM files (by
-    content). 3D TIFF stacks, NIfTI and the like are always inputs of their own.
-    """
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if (folder / "series.json").exists() or (folder / "order.txt").exists():
-        return "sections"
-    if any(p.suffix.lower() == ".dcm" or (not p.suffix and is_dicom_file(p)) for p in files):
-        return "dicom"
-    images = [p for p in files if p.suffix.lower() in SECTION_SUFFIXES]
-    volumes = [p for p in files if p.name.lower().endswith(VOLUME_SUFFIXES) and p not in images]
-    if len(images) >= 2 and not volumes and all(_is_2d_image(p) for p in images):
-        return "sections"
-    return None
+    @property
+    def problems(self) -> list[str]:
+        """Every problem in one line each: collisions, then refused inputs."""
+        return self.collisions + [f"{r['input']}: {r['error']}" for r in self.refuse]
 
 
 def discover(
@@ -107,7 +101,7 @@ def discover(
             lower = name.lower()
             if not lower.endswith(VOLUME_SUFFIXES) or name == MANIFEST:
                 continue
-            if lower.endswith((".tif", ".tiff")) and _is_2d_image(folder / name):
+            if lower.endswith((".tif", ".tiff")) and is_2d_image(folder / name):
                 continue  # a stray 2D image (a QC picture, a lone section) is not a volume
             if pattern and not fnmatch(name, pattern):
                 continue
@@ -144,21 +138,168 @@ def dicom_series_ids(path: Path) -> list[str]:
     return [s.number if unique else s.uid for s in found]
 
 
+def check_roots(input_root: Path, output_root: Path) -> None:
+    """Refuse an input folder that is missing, equal to the output folder or inside it (the
+    outputs would be read as inputs, or written beside them). An output folder inside the input
+    folder is fine: it is never read as input."""
+    if not input_root.is_dir():
+        raise MedsrError(f"input folder not found: '{input_root}'")
+    source, target = input_root.resolve(), output_root.resolve()
+    if source == target:
+        raise MedsrError(
+            f"output folder '{output_root}' is the input folder; choose another output folder"
+        )
+    if target in source.parents:
+        raise MedsrError(
+            f"input folder '{input_root}' is inside the output folder '{output_root}'; "
+            "choose an output folder outside it"
+        )
+
+
+def find_collisions(tasks: list[Task]) -> list[str]:
+    """One line for every input whose output another input writes too (a DICOM folder
+    ``case1/`` beside ``case1.nii.gz``; ``scan.nii.gz`` and ``scan.nrrd`` with one
+    ``--output-suffix``)."""
+    first: dict[str, Task] = {}
+    lines = []
+    for task in tasks:
+        key = os.path.normcase(os.path.abspath(task.output))
+        if key in first:
+            lines.append(
+                f"inputs '{first[key].key}' and '{task.key}' would both write '{task.output}'; "
+                "rename one, or run them separately (--pattern)"
+            )
+        else:
+            first[key] = task
+    return lines
+
+
+def _companions(output: Path, settings: dict) -> list[Path]:
+    """Files written with `output`: its provenance record, the alignment's transforms and the
+    data file of a detached header (MHD, NHDR)."""
+    paths = [output.with_name(output.name + ".json")]
+    if settings.get("align"):
+        paths.append(output.with_name(output.name + ".transforms.json"))
+    stem, suffix = split_volume_name(output)
+    data = {".mhd": ".zraw", ".nhdr": ".raw.gz"}.get(suffix.lower())
+    if data:
+        paths.append(output.with_name(stem + data))
+    return paths
+
+
+def _same_path(recorded: str | None, path: Path) -> bool:
+    if recorded is None:
+        return False
+    return os.path.normcase(os.path.abspath(recorded)) == os.path.normcase(os.path.abspath(path))
+
+
+def _file_stat(path: Path) -> list[int]:
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def owns_output(entry: dict | None, output: Path) -> bool:
+    """Whether the file at `output` is one this batch wrote: its manifest entry records writing
+    it there, and it is still that file (same size and mtime, or the same checksum). A refused
+    input records no output checksum, so it never owns the path."""
+    if not entry or not entry.get("output_sha256") or not output.is_file():
+        return False
+    if not _same_path(entry.get("output"), output):
+        return False
+    return entry.get("output_stat") == _file_stat(output) or entry["output_sha256"] == sha256(
+        output
+    )
+
+
+def _input_unchanged(task: Task, entry: dict) -> tuple[bool, Task]:
+    """Compare size and mtime with the manifest's; hash only where they differ. Returns the
+    answer and the task carrying its stat, and its hash where one was taken (so that it is not
+    taken twice)."""
+    stat = input_stat(task.source)
+    if entry.get("input_stat") == list(stat) and entry.get("input_sha256"):
+        return True, replace(task, input_stat=stat)
+    digest = sha256(task.source)
+    task = replace(task, input_sha256=digest, input_stat=stat)
+    return digest == entry.get("input_sha256"), task
+
+
+def _refusal(task: Task, path: Path, settings_key: str) -> dict:
+    return {
+        "input": task.key,
+        "output": task.output,
+        "status": "failed",
+        "error": f"output exists and is not this batch's: '{path}' (use --overwrite to replace it)",
+        "settings": settings_key,
+    }
+
+
+def plan_batch(
+    input_root: str | os.PathLike[str],
+    output_root: str | os.PathLike[str],
+    *,
+    settings: dict,
+    pattern: str | None = None,
+    suffix: str | None = None,
+    overwrite: bool = False,
+) -> BatchPlan:
+    """Find the inputs and decide, for each, to run, skip or refuse it; writes nothing.
+
+    Raises:
+        MedsrError: a missing input folder, an output folder equal to it or holding it, or no
+            inputs at all.
+    """
+    input_root, output_root = Path(input_root), Path(output_root)
+    check_roots(input_root, output_root)
+    tasks = discover(input_root, output_root, pattern, suffix)
+    if not tasks:
+        raise MedsrError(f"no scans or section folders under '{input_root}'")
+    entries = _load_manifest(output_root / MANIFEST)
+    plan = BatchPlan(tasks, entries, collisions=find_collisions(tasks))
+    settings_key = json.dumps(settings, sort_keys=True)
+    for task in tasks:
+        entry = entries.get(task.key)
+        output = Path(task.output)
+        owned = owns_output(entry, output)
+        if owned and entry.get("status") == "done" and entry.get("settings") == settings_key:
+            unchanged, task = _input_unchanged(task, entry)
+            if unchanged:
+                stats = {"input_stat": list(task.input_stat), "output_stat": _file_stat(output)}
+                plan.skip.append(dict(entry, **stats))  # both checked: no hash next time
+                continue
+        if not overwrite:
+            written = [output] if output.exists() and not owned else []
+            recorded = entry is not None and bool(entry.get("output_sha256"))
+            written += [p for p in _companions(output, settings) if p.exists() and not recorded]
+            if written:
+                plan.refuse.append(_refusal(task, written[0], settings_key))
+                continue
+        plan.run.append(task)
+    return plan
+
+
 def process_one(task: Task, settings: dict) -> dict:
-    """Run one input (in a worker process or on a cluster); never raises."""
+    """Run one input (in a worker process or on a cluster); never raises. The input is hashed
+    once (not at all when the planner already did and it has not changed since)."""
     import torch
 
     from medsr.inference import upsample_file
 
     torch.set_num_threads(max(1, settings.pop("threads", 1)))
     start = time.perf_counter()
-    record = {"input": task.key, "output": task.output, "input_sha256": sha256(task.source)}
+    record: dict = {"input": task.key, "output": task.output}
     try:
+        stat = input_stat(task.source)
+        known = task.input_sha256 if task.input_sha256 and task.input_stat == stat else None
+        digest = known or sha256(task.source)
+        record.update(input_sha256=digest, input_stat=list(stat))
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
-        output = upsample_file(
-            task.source, task.output, overwrite=True, series=task.series, **settings
+        with known_sha256(task.source, digest, stat):  # upsample_file's record: no second read
+            output = upsample_file(
+                task.source, task.output, overwrite=True, series=task.series, **settings
+            )
+        record.update(
+            status="done", output_sha256=sha256(output), output_stat=_file_stat(Path(output))
         )
-        record.update(status="done", output_sha256=sha256(output))
     except MedsrError as error:
         record.update(status="failed", error=str(error))
     except Exception as error:  # a bug or an unexpected library error must not stop the batch
@@ -200,62 +341,54 @@ def run_batch(
 ) -> dict:
     """Process every input not already done; returns the manifest's entries.
 
-    An existing output that the manifest does not record as this batch's is never replaced
-    without `overwrite` (that input fails with a one-line reason).
+    An existing file that this batch did not write (`owns_output`) is never replaced without
+    `overwrite` (that input fails with a one-line reason).
 
     `on_start` receives the number of inputs found (skipped ones included), `on_done` every
     record, skipped or new, as it is settled.
+
+    Raises:
+        OutputCollisionError: two inputs would write one output (before anything is written).
+        MedsrError: the folders are refused (`plan_batch`).
     """
-    input_root, output_root = Path(input_root), Path(output_root)
-    if not input_root.is_dir():
-        raise MedsrError(f"input folder not found: '{input_root}'")
-    tasks = discover(input_root, output_root, pattern, suffix)
-    if not tasks:
-        raise MedsrError(f"no scans or section folders under '{input_root}'")
+    output_root = Path(output_root)
+    plan = plan_batch(
+        input_root,
+        output_root,
+        settings=settings,
+        pattern=pattern,
+        suffix=suffix,
+        overwrite=overwrite,
+    )
+    if plan.collisions:
+        raise OutputCollisionError(plan.collisions)
     make_output_folder(output_root)
     manifest_path = output_root / MANIFEST
-    entries = _load_manifest(manifest_path)
+    entries = plan.entries
     settings_key = json.dumps(settings, sort_keys=True)
     if on_start:
-        on_start(len(tasks))
-    todo = []
-    for task in tasks:
-        entry = entries.get(task.key)
-        if (
-            entry
-            and entry.get("status") == "done"
-            and entry.get("settings") == settings_key
-            and Path(task.output).exists()
-            and entry.get("input_sha256") == sha256(task.source)
-        ):
-            logger.info("skip %s (done)", task.key)
-            if on_done:
-                on_done(entry)
-            continue
-        owned = entry is not None and entry.get("output") == task.output
-        if Path(task.output).exists() and not owned and not overwrite:
-            result = {
-                "input": task.key,
-                "output": task.output,
-                "status": "failed",
-                "error": f"output exists and is not this batch's: '{task.output}' "
-                "(use --overwrite to replace it)",
-            }
-            result["settings"] = settings_key
-            entries[task.key] = result
-            if on_done:
-                on_done(result)
-            continue
-        todo.append(task)
+        on_start(len(plan.tasks))
+    for entry in plan.skip + plan.refuse:
+        logger.info("%s %s", "skip" if entry["status"] == "done" else "refuse", entry["input"])
+        entries[entry["input"]] = entry
+        if on_done:
+            on_done(entry)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
 
     def record(result: dict) -> None:
+        previous = entries.get(result["input"]) or {}
+        if result["status"] != "done" and owns_output(previous, Path(result["output"])):
+            # the file written by an earlier run is still this batch's
+            result.update(
+                output_sha256=previous["output_sha256"], output_stat=previous.get("output_stat")
+            )
         result["settings"] = settings_key
         entries[result["input"]] = result
         _save_manifest(manifest_path, entries, settings)  # after every input: resumable
         if on_done:
             on_done(result)
 
+    todo = plan.run
     job_settings = [
         dict(settings, threads=threads, **worker_device(settings, index))
         for index in range(len(todo))

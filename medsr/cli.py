@@ -282,6 +282,12 @@ def _batch_parser(commands) -> None:
         action="store_true",
         help="replace existing outputs that this batch's manifest does not own",
     )
+    batch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list input -> output pairs and the problems found, write nothing "
+        "(exit 1 if there are problems)",
+    )
     _add_input_geometry(batch, series=False)
     _add_runtime_options(batch)
 
@@ -424,7 +430,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medsr.batch import run_batch
+    from medsr.batch import OutputCollisionError, run_batch
 
     input_spacing, input_unit = _input_geometry(args)
     settings = {
@@ -440,6 +446,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     }
     if args.method == "misr":
         settings.update(_fit_settings(args), device=args.device, batch_size=args.batch_size)
+    if args.dry_run:
+        return _dry_run_batch(args, settings)
     bar = None
 
     def start(total: int) -> None:  # the bar appears once there is work: errors come first
@@ -451,18 +459,23 @@ def _run_batch(args: argparse.Namespace) -> int:
         if entry["status"] != "done":
             bar.write(f"failed: {entry['input']}: {entry.get('error', '')}")
 
-    entries = run_batch(
-        args.input_root,
-        args.output_root,
-        settings=settings,
-        pattern=args.pattern,
-        suffix=args.output_suffix,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        on_start=start,
-        on_done=done,
-        overwrite=args.overwrite,
-    )
+    try:
+        entries = run_batch(
+            args.input_root,
+            args.output_root,
+            settings=settings,
+            pattern=args.pattern,
+            suffix=args.output_suffix,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            on_start=start,
+            on_done=done,
+            overwrite=args.overwrite,
+        )
+    except OutputCollisionError as error:  # one line per collision, nothing written
+        for line in error.problems:
+            print(f"medsr: error: {line}", file=sys.stderr)
+        return 1
     if bar is not None:
         bar.close()
     failed = [k for k, e in entries.items() if e["status"] != "done"]
@@ -472,6 +485,39 @@ def _run_batch(args: argparse.Namespace) -> int:
             f"{Path(args.output_root) / 'medsr_manifest.json'}"
         )
     return 1 if failed else 0
+
+
+def _dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
+    """`medsr batch --dry-run`: every input -> output pair and every problem; writes nothing."""
+    import os
+    from collections import Counter
+
+    from medsr.batch import plan_batch
+
+    plan = plan_batch(
+        args.input_root,
+        args.output_root,
+        settings=settings,
+        pattern=args.pattern,
+        suffix=args.output_suffix,
+        overwrite=args.overwrite,
+    )
+    action = {t.key: "run" for t in plan.run}
+    action.update({e["input"]: "skip (done)" for e in plan.skip})
+    action.update({e["input"]: "refused" for e in plan.refuse})
+    outputs = Counter(os.path.abspath(t.output) for t in plan.tasks)
+    for task in plan.tasks:
+        if outputs[os.path.abspath(task.output)] > 1:
+            action[task.key] = "collides"
+        source = task.source + (f" (series {task.series})" if task.series else "")
+        print(f"{source} -> {task.output}  [{action[task.key]}]")
+    for line in plan.problems:
+        print(f"problem: {line}")
+    print(
+        f"{len(plan.tasks)} inputs: {len(plan.run)} to run, {len(plan.skip)} done, "
+        f"{len(plan.problems)} problem(s); dry run, nothing written"
+    )
+    return 1 if plan.problems else 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -521,10 +567,10 @@ def _run_info(args: argparse.Namespace) -> int:
     input_spacing, input_unit = _input_geometry(args)
     path = Path(args.input)
     if path.is_dir() and args.series is None:
-        from medsr.io import is_section_folder
+        from medsr.io import folder_kind
         from medsr.io.itk import list_dicom_series
 
-        found = list_dicom_series(path) if not is_section_folder(path) else []
+        found = list_dicom_series(path) if folder_kind(path) == "dicom" else []
         if len(found) > 1:
             print(f"folder:      {args.input} ({len(found)} DICOM series; pick one with --series)")
             for item in found:

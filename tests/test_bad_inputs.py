@@ -146,6 +146,8 @@ CASES = {
     # batch
     "batch missing root": ("batch {root}/nothere {tmp}/out", 1, "input folder not found"),
     "batch empty root": ("batch {empty} {tmp}/out", 1, "no scans or section folders"),
+    "batch into its input root": ("batch {root} {root}", 1, "is the input folder"),
+    "batch input root inside the output root": ("batch {exam} {root}", 1, "inside the output"),
     # info
     "info missing": ("info {root}/nope.nii", 1, "input not found"),
     "info corrupt": ("info {corrupt}", 1, "cannot read"),

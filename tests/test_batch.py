@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -157,3 +158,145 @@ def test_mixed_tree_right_inputs_nothing_clobbered_rerun_skips(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != MANIFEST}
     assert main(argv) == 0  # a rerun skips every input
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_rerun_after_a_refusal_leaves_the_users_file_untouched(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    foreign = _nifti(out / "a.nii.gz", 9)  # the user's own file where an output would go
+    before = foreign.read_bytes()
+    argv = ["batch", str(tree), str(out), "--method", "linear", "--workers", "1", "--quiet"]
+    for _ in range(3):  # the same command again and again, never --overwrite
+        assert main(argv) == 1
+        assert foreign.read_bytes() == before
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["inputs"]
+        assert manifest["a.nii.gz"]["status"] == "failed"
+        assert "not this batch's" in manifest["a.nii.gz"]["error"]
+        assert "not this batch's" in capsys.readouterr().out  # tqdm.write: stdout
+
+
+def test_an_output_replaced_by_the_user_is_no_longer_the_batchs(tree, tmp_path):
+    out = tmp_path / "out"
+    (tree / "site2" / "broken.nii.gz").unlink()
+    run_batch(tree, out, settings=SETTINGS, workers=1)
+    mine = _nifti(out / "a.nii.gz", 9)  # the user puts their own file in the output's place
+    before = mine.read_bytes()
+    entries = run_batch(tree, out, settings={"method": "bspline", "keep_dtype": True}, workers=1)
+    assert entries["a.nii.gz"]["status"] == "failed" and mine.read_bytes() == before
+    assert entries["site2/b.nii.gz"]["status"] == "done"  # its own outputs are redone
+
+
+def _nrrd(path: Path, seed: int) -> Path:
+    from medsr.io import Volume, write_volume
+
+    array = np.random.default_rng(seed).random((6, 5, 4)).astype(np.float32)
+    return write_volume(Volume(array, np.diag([1.0, 1.0, 3.0, 1.0])), path)
+
+
+@pytest.mark.parametrize("case", ["dicom folder beside its nifti", "one --output-suffix"])
+def test_two_inputs_that_would_write_one_output_are_refused(case, tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    if case == "dicom folder beside its nifti":
+        write_dicom_series(root / "case1")
+        _nifti(root / "case1.nii.gz", 0)
+        extra, names = [], ("'case1'", "'case1.nii.gz'", "case1.nii.gz'")
+    else:
+        _nifti(root / "scan.nii.gz", 0)
+        _nrrd(root / "scan.nrrd", 1)
+        extra, names = ["--output-suffix", ".nii.gz"], ("'scan.nii.gz'", "'scan.nrrd'")
+    _nifti(root / "other.nii.gz", 2)  # no collision: refused all the same, before any work
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    argv = ["batch", str(root), str(out), "--method", "linear", "--workers", "1", "--quiet"]
+    assert main([*argv, *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(name in err[0] for name in names), err
+    assert "would both write" in err[0]
+    assert not out.exists()  # nothing written, not even the folder or the manifest
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_every_collision_gets_its_own_line(tmp_path, capsys):
+    root = tmp_path / "in"
+    for name in ("a", "b"):
+        _nifti(root / f"{name}.nii.gz", 0)
+        _nrrd(root / f"{name}.nrrd", 1)
+    argv = ["batch", str(root), str(tmp_path / "out"), "--output-suffix", ".nii.gz", "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "'a.nii.gz' and 'a.nrrd'" in err[0] and "'b.nrrd'" in err[1], err
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_an_output_root_holding_the_input_root_is_refused(where, tree, tmp_path, capsys):
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    input_root, output_root = (tree, tree) if where == "same" else (tree / "site2", tree)
+    assert main(["batch", str(input_root), str(output_root), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("is the input folder" if where == "same" else "inside") in err[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_dry_run_lists_pairs_and_problems_and_writes_nothing(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["batch", str(tree), str(out), "--method", "linear", "--dry-run"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{tree / 'a.nii.gz'} -> {out / 'a.nii.gz'}  [run]" in lines
+    assert f"{tree / 'site2' / 'slide7'} -> {out / 'site2' / 'slide7.ome.tif'}  [run]" in lines
+    assert not out.exists()
+    foreign = _nifti(out / "a.nii.gz", 9)
+    _nifti(tree / "a.nii", 3)  # a.nii and a.nii.gz both become a.nii.gz
+    assert main([*argv, "--output-suffix", ".nii.gz"]) == 1
+    text = capsys.readouterr().out
+    assert "problem: inputs 'a.nii' and 'a.nii.gz' would both write" in text
+    assert f"{tree / 'a.nii'} -> {out / 'a.nii.gz'}  [collides]" in text
+    assert f"problem: a.nii.gz: output exists and is not this batch's: '{foreign}'" in text
+    assert [p for p in out.rglob("*")] == [foreign]
+
+
+def _count_input_reads(monkeypatch, root: Path) -> dict[str, int]:
+    """How often each file under `root` is opened for reading through `Path.open` (the
+    checksum's way of reading; the volume readers open files their own way)."""
+    counts: dict[str, int] = {}
+    real = Path.open
+
+    def counting(self, mode="r", *args, **kwargs):
+        if "r" in mode and "b" in mode and Path(self).resolve().is_relative_to(root.resolve()):
+            counts[Path(self).name] = counts.get(Path(self).name, 0) + 1
+        return real(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting)
+    return counts
+
+
+def test_each_input_is_hashed_once_and_an_unchanged_rerun_hashes_nothing(tmp_path, monkeypatch):
+    root, out = tmp_path / "in", tmp_path / "out"
+    for name in ("a", "b"):
+        _nifti(root / f"{name}.nii.gz", 0)
+    counts = _count_input_reads(monkeypatch, root)
+    entries = run_batch(root, out, settings=SETTINGS, workers=1)
+    assert all(e["status"] == "done" for e in entries.values())
+    assert counts == {"a.nii.gz": 1, "b.nii.gz": 1}
+    counts.clear()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    entries = run_batch(root, out, settings=SETTINGS, workers=1)
+    assert counts == {}, "an unchanged input is not read again to decide the skip"
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # a touched but identical input is hashed (once) and still skipped; a changed one is redone
+    os.utime(root / "a.nii.gz", ns=(1, 1))
+    _nifti(root / "b.nii.gz", 5)
+    entries = run_batch(root, out, settings=SETTINGS, workers=1)
+    assert counts == {"a.nii.gz": 1, "b.nii.gz": 1}
+    assert (out / "a.nii.gz").stat().st_mtime_ns == stamps[out / "a.nii.gz"]
+    assert entries["b.nii.gz"]["input_sha256"] == sha256(root / "b.nii.gz")
+    assert entries["a.nii.gz"]["input_stat"][1] == 1
+
+
+def test_the_provenance_records_the_threads_cpu_and_device(tmp_path):
+    import torch
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    _nifti(root / "a.nii.gz", 0)
+    run_batch(root, out, settings=SETTINGS, workers=1)
+    record = json.loads((out / "a.nii.gz.json").read_text(encoding="utf-8"))
+    assert record["torch_threads"] == max(1, os.cpu_count() or 1) == torch.get_num_threads()
+    assert record["device"] == "cpu" and record["cpu"] and record["cpu"] != "unknown"

@@ -1,11 +1,12 @@
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
-from conftest import make_affine, phantom_array
+from conftest import make_affine, phantom_array, write_dicom_series
 
 from medsr.errors import MedsrError
 from medsr.io import Volume, read_volume, write_volume
@@ -167,6 +168,38 @@ def test_section_folder_natural_order_grey_and_rgb(tmp_path):
         )
     volume = read_volume(colour, spacing=[1, 1, 10])
     assert volume.array.shape == (6, 4, 3, 3) and volume.array[0, 0, 2].tolist() == [2, 100, 200]
+
+
+def test_a_dicom_folder_with_a_stray_png_is_dicom_for_every_command(tmp_path, capsys):
+    from PIL import Image
+
+    from medsr.batch import discover
+    from medsr.cli import main
+    from medsr.io import default_output_suffix
+
+    root = tmp_path / "in"
+    exam = write_dicom_series(root / "exam")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(exam / "preview.png")
+    volume = read_volume(exam)
+    assert volume.meta["format"] == "dicom" and volume.spatial_shape == (10, 12, 5)
+    assert default_output_suffix(exam) == ".nii.gz"
+    tasks = discover(root, tmp_path / "out", None, None)
+    assert [(t.key, Path(t.output).name) for t in tasks] == [("exam", "exam.nii.gz")]
+    assert main(["info", str(exam)]) == 0
+    assert f"{exam} (dicom)" in capsys.readouterr().out
+    from medsr.io import folder_kind  # the one rule behind all three
+
+    assert folder_kind(exam) == "dicom"
+
+
+def test_a_folder_of_neither_kind_is_one_clear_error(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "qc"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "one.png")
+    with pytest.raises(MedsrError, match="neither a DICOM series nor 2D sections"):
+        read_volume(folder)
 
 
 def test_natural_key_orders_numbers():

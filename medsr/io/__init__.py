@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -23,6 +24,9 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "Volume",
     "check_output_path",
+    "folder_kind",
+    "is_2d_image",
+    "is_dicom_file",
     "is_section_folder",
     "make_output_folder",
     "default_output_suffix",
@@ -65,11 +69,63 @@ def split_volume_name(path: str | os.PathLike[str]) -> tuple[str, str]:
     return name, ""
 
 
-def is_section_folder(folder: Path) -> bool:
-    """A folder read as 2D sections (it holds section images) rather than a DICOM series."""
-    from medsr.io.tiff import SECTION_SUFFIXES
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM file by content (the ``DICM`` magic after the 128-byte preamble), whatever its
+    name: exports often have no extension."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
-    return any(p.suffix.lower() in SECTION_SUFFIXES for p in folder.iterdir())
+
+def is_2d_image(path: Path) -> bool:
+    """A PNG/JPEG, or a TIFF holding one 2D plane (grey or RGB/RGBA): a section, not a stack."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return True  # PNG / JPEG
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return len(series.shape) == 2 or (len(series.shape) == 3 and series.shape[-1] in (3, 4))
+    except Exception:  # unreadable: not a section; the file is reported as its own input
+        return False
+
+
+FolderKind = Literal["sections", "dicom"]
+
+
+def folder_kind(folder: str | os.PathLike[str]) -> FolderKind | None:
+    """What a folder holds: ``"sections"``, ``"dicom"`` or None (neither; for `medsr batch` a
+    plain folder whose files are inputs of their own). The one rule of `read_volume`,
+    `medsr batch` and `medsr info`.
+
+    A folder is a section series when it has ``series.json`` or ``order.txt``; else a DICOM
+    series when it holds DICOM files (``.dcm``, or no extension and DICOM by content), whatever
+    else lies beside them (a ``preview.png``); else a section series when it holds 2D images
+    only (at least two, and no volume files). 3D TIFF stacks, NIfTI and the like are never
+    sections.
+    """
+    from medsr.io.tiff import ORDER_FILE, SECTION_SUFFIXES
+
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if (folder / "series.json").exists() or (folder / ORDER_FILE).exists():
+        return "sections"
+    if any(p.suffix.lower() == ".dcm" or (not p.suffix and is_dicom_file(p)) for p in files):
+        return "dicom"
+    images = [p for p in files if p.suffix.lower() in SECTION_SUFFIXES]
+    volumes = [p for p in files if p.name.lower().endswith(VOLUME_SUFFIXES) and p not in images]
+    if len(images) >= 2 and not volumes and all(is_2d_image(p) for p in images):
+        return "sections"
+    return None
+
+
+def is_section_folder(folder: str | os.PathLike[str]) -> bool:
+    """A folder read as 2D sections rather than a DICOM series (`folder_kind`)."""
+    return folder_kind(folder) == "sections"
 
 
 def default_output_suffix(path: str | os.PathLike[str]) -> str:
@@ -128,7 +184,13 @@ def _read_any(
     from medsr.io import itk, nifti, tiff
 
     if path.is_dir():
-        if is_section_folder(path):
+        kind = folder_kind(path)
+        if kind is None:
+            raise MedsrError(
+                f"'{path}' holds neither a DICOM series nor 2D sections (at least two images, "
+                "or a series.json / order.txt beside them)"
+            )
+        if kind == "sections":
             return tiff.read_section_folder(path, None if spacing is None else list(spacing), unit)
         volume = itk.read_dicom_series(path, series)
         return volume if spacing is None else set_spacing(volume, spacing, unit)
