@@ -1,4 +1,5 @@
 import json
+import xml.etree.ElementTree as ET
 
 import nibabel as nib
 import numpy as np
@@ -242,3 +243,43 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(MedsrError, match="shear"):
         write_volume(volume, tmp_path / "s.mha")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_ome_tiff_keeps_the_origin_of_the_output_grid(tmp_path, rgb):
+    """20 µm sections upsampled to 0.5 µm start 9.75 µm before the first section's centre: the
+    OME plane positions carry that origin, so Fiji and napari place the output on its input."""
+    from medsr.geometry import plan_output_grid
+
+    sections = np.diag([0.5, 0.5, 20.0, 1])
+    sections[:3, 3] = [3.25, -1.5, 40.0]
+    grid = plan_output_grid((8, 6, 4), sections, spacing=0.5)
+    assert grid.affine[2, 3] == pytest.approx(40.0 - 9.75)
+    shape = (*grid.shape, 3) if rgb else grid.shape
+    array = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    volume = Volume(array=array, affine=grid.affine, meta={"unit": "um"})
+    path = write_volume(volume, tmp_path / "v.ome.tif")
+    _assert_same_geometry(volume, read_volume(path))
+    with tifffile.TiffFile(path) as tif:
+        planes = [el for el in ET.fromstring(tif.ome_metadata).iter() if el.tag.endswith("Plane")]
+    assert len(planes) == grid.shape[2]
+    for k, plane in enumerate(planes):
+        assert float(plane.get("PositionZ")) == pytest.approx(40.0 - 9.75 + 0.5 * k)
+        assert float(plane.get("PositionX")) == pytest.approx(3.25)
+        assert {plane.get(f"Position{a}Unit") for a in "XYZ"} == {"µm"}
+
+
+def test_ome_tiff_positions_in_another_unit_and_files_without_positions(tmp_path):
+    stack = np.zeros((3, 4, 5), np.uint16)  # (Z, Y, X)
+    sizes = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(tmp_path / "plain.ome.tif", stack, ome=True, metadata={"axes": "ZYX", **sizes})
+    plain = read_volume(tmp_path / "plain.ome.tif")
+    np.testing.assert_allclose(plain.affine, np.diag([0.5, 0.5, 2.0, 1]))
+    plane = {"PositionX": [0.001] * 3, "PositionY": [-0.002] * 3, "PositionZ": [0.01] * 3}
+    plane.update({f"Position{a}Unit": ["mm"] * 3 for a in "XYZ"})
+    tifffile.imwrite(
+        tmp_path / "mm.ome.tif", stack, ome=True, metadata={"axes": "ZYX", **sizes, "Plane": plane}
+    )
+    placed = read_volume(tmp_path / "mm.ome.tif")
+    assert placed.unit == "um"
+    np.testing.assert_allclose(placed.affine[:3, 3], [1.0, -2.0, 10.0])
