@@ -236,7 +236,7 @@ def upsample_volume(
     elif method == "misr":
         array, details = upsample_misr(volume, grid, **misr_options)
         if keep_dtype:
-            array = restore_dtype(array, volume.array.dtype)
+            array = restore_dtype(array, volume.array.dtype, volume.meta.get("scaling"))
         result = volume.with_array(array, grid.affine)
     record = provenance_record(volume, grid, method, details)
     result.meta["provenance"] = record
