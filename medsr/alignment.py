@@ -133,8 +133,9 @@ def save_transforms(records: list[dict], path: str | os.PathLike[str]) -> Path:
                 "transforms": records,
                 "convention": (
                     "section i is registered to section i-1 (rigid 2D, pixel units, x along "
-                    "array axis 0, y along axis 1, rotation about centre_px); section i maps "
-                    "to section 0 through the chain of these transforms"
+                    "array axis 0, y along axis 1, rotation about centre_px): P_i maps pixels "
+                    "of section i-1 into section i, and pixels of section 0 map into section i "
+                    "by P_i(...P_2(P_1(x))), P_1 applied first"
                 ),
             },
             indent=2,
