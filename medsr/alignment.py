@@ -77,6 +77,20 @@ def _resample(section: np.ndarray, transform: sitk.Transform) -> np.ndarray:
     return result.astype(section.dtype)
 
 
+def chain_to_first(pairs: list[sitk.Transform]) -> sitk.CompositeTransform:
+    """The transform from section 0's pixels into section i's: ``P_i(...P_2(P_1(x)))``, where
+    ``pairs[k - 1]`` = P_k maps section k-1 into section k.
+
+    An ITK composite applies the transform added *last* first, so P_1 goes in last. Added in
+    cutting order it would give ``P_1(P_2(...P_i(x)))``: the same for pure shifts, wrong as soon
+    as the sections also rotate.
+    """
+    composed = sitk.CompositeTransform(2)
+    for pair in reversed(pairs):
+        composed.AddTransform(pair)
+    return composed
+
+
 def align_sections(volume: Volume, *, axis: int = 2, shrink: int = 2) -> tuple[Volume, list[dict]]:
     """Align every section (slice along `axis`) to the first.
 
@@ -87,14 +101,14 @@ def align_sections(volume: Volume, *, axis: int = 2, shrink: int = 2) -> tuple[V
     sections = np.moveaxis(volume.array, axis, 0)
     aligned = np.empty_like(sections)
     aligned[0] = sections[0]
-    composed = sitk.CompositeTransform(2)
+    pairs: list[sitk.Euler2DTransform] = []
     records = [
         {"section": 0, "angle_rad": 0.0, "translation_px": [0.0, 0.0], "centre_px": [0.0, 0.0]}
     ]
     for index in range(1, sections.shape[0]):
         pair = register_pair(sections[index - 1], sections[index], shrink)
-        composed.AddTransform(pair)  # fixed(i-1) -> moving(i), chained from section 0
-        aligned[index] = _resample(sections[index], composed)
+        pairs.append(pair)  # fixed(i-1) -> moving(i)
+        aligned[index] = _resample(sections[index], chain_to_first(pairs))
         records.append(
             {
                 "section": index,
@@ -119,8 +133,9 @@ def save_transforms(records: list[dict], path: str | os.PathLike[str]) -> Path:
                 "transforms": records,
                 "convention": (
                     "section i is registered to section i-1 (rigid 2D, pixel units, x along "
-                    "array axis 0, y along axis 1, rotation about centre_px); section i maps "
-                    "to section 0 through the chain of these transforms"
+                    "array axis 0, y along axis 1, rotation about centre_px): P_i maps pixels "
+                    "of section i-1 into section i, and pixels of section 0 map into section i "
+                    "by P_i(...P_2(P_1(x))), P_1 applied first"
                 ),
             },
             indent=2,

@@ -123,7 +123,7 @@ def average_slabs(volume: Volume, grid: OutputGrid, *, keep_dtype: bool = True) 
     moved = np.moveaxis(np.asarray(volume.array, np.float32), grid.axis, 0)
     result = np.moveaxis(np.tensordot(weights.astype(np.float32), moved, axes=(1, 0)), 0, grid.axis)
     if keep_dtype:
-        result = restore_dtype(result, volume.array.dtype)
+        result = restore_dtype(result, volume.array.dtype, volume.meta.get("scaling"))
     return volume.with_array(np.ascontiguousarray(result), grid.affine)
 
 
@@ -143,5 +143,5 @@ def upsample_baseline(
     """
     result = interpolate_along_axis(volume.array, grid.positions, grid.axis, method)
     if keep_dtype:
-        result = restore_dtype(result, volume.array.dtype)
+        result = restore_dtype(result, volume.array.dtype, volume.meta.get("scaling"))
     return volume.with_array(result, grid.affine)

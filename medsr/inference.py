@@ -208,8 +208,12 @@ def upsample_volume(
                 f"{volume.spacing[grid.axis]:.4g} {volume.unit}; give --allow-coarser to "
                 "downsample (integrated over each slab)"
             )
-        result = average_slabs(volume, grid, keep_dtype=keep_dtype)
-        method = "slab-average"
+        if method == "labels":  # label IDs are names, not amounts: the majority, not the mean
+            from medsr.labels import majority_labels
+
+            result, method = majority_labels(volume, grid), "slab-majority"
+        else:
+            result, method = average_slabs(volume, grid, keep_dtype=keep_dtype), "slab-average"
     elif method not in METHODS:
         raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     elif method == "misr":  # the model and its range, before anything is logged or computed
@@ -232,7 +236,7 @@ def upsample_volume(
     elif method == "misr":
         array, details = upsample_misr(volume, grid, **misr_options)
         if keep_dtype:
-            array = restore_dtype(array, volume.array.dtype)
+            array = restore_dtype(array, volume.array.dtype, volume.meta.get("scaling"))
         result = volume.with_array(array, grid.affine)
     record = provenance_record(volume, grid, method, details)
     result.meta["provenance"] = record

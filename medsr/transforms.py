@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from medsr.io.volume import scaled_values
 
-def restore_dtype(array: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+
+def restore_dtype(
+    array: np.ndarray, dtype: np.dtype | type, scaling: dict[str, Any] | None = None
+) -> np.ndarray:
     """Bring float results back to the input dtype.
 
     Integer dtypes are rounded and clipped to their range (interpolation overshoot of a cubic
-    B-spline or a network must not wrap around); float dtypes are cast.
+    B-spline or a network must not wrap around); float dtypes are cast. An input of integers
+    stored with a slope and intercept (`scaling`, ``Volume.meta["scaling"]``) is rounded and
+    clipped on the grid of its stored integers and stays in world units, so that it is written
+    back as the same integer type with the same scaling.
 
     Args:
         array: float result, any shape.
         dtype: the input's dtype.
+        scaling: the input's stored type, slope and intercept (`medsr.io.volume.scaled_values`).
 
     Returns:
         An array of `dtype`.
     """
     dtype = np.dtype(dtype)
+    if scaling is not None:
+        slope, inter = float(scaling["slope"]), float(scaling["inter"])
+        stored = np.empty(array.shape, np.dtype(scaling["dtype"]))
+        for row in range(array.shape[0]):  # row by row: no full-size float temporary
+            stored[row] = restore_dtype((array[row] - inter) / slope, stored.dtype)
+        return scaled_values(stored, scaling).astype(dtype, copy=False)
     if dtype.kind not in "iu":
         return array.astype(dtype, copy=False)
     info = np.iinfo(dtype)

@@ -1,4 +1,5 @@
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nibabel as nib
@@ -41,7 +42,8 @@ def test_nifti_keeps_codes_units_and_description(tmp_path):
     back = read_volume(path)
     _assert_same_geometry(volume, back)
     header = nib.load(path).header
-    assert (int(header["qform_code"]), int(header["sform_code"])) == (2, 4)
+    # the affine is the sform's, and both forms hold it: both say so (docs/geometry.md)
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (4, 4)
     assert header.get_xyzt_units()[0] == "micron"
     assert back.meta["description"] == "T2 axial"
     np.testing.assert_allclose(header.get_qform(), header.get_sform(), atol=1e-5)
@@ -275,3 +277,120 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(MedsrError, match="shear"):
         write_volume(volume, tmp_path / "s.mha")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("rgb", [False, True])
+def test_ome_tiff_keeps_the_origin_of_the_output_grid(tmp_path, rgb):
+    """20 µm sections upsampled to 0.5 µm start 9.75 µm before the first section's centre: the
+    OME plane positions carry that origin, so Fiji and napari place the output on its input."""
+    from medsr.geometry import plan_output_grid
+
+    sections = np.diag([0.5, 0.5, 20.0, 1])
+    sections[:3, 3] = [3.25, -1.5, 40.0]
+    grid = plan_output_grid((8, 6, 4), sections, spacing=0.5)
+    assert grid.affine[2, 3] == pytest.approx(40.0 - 9.75)
+    shape = (*grid.shape, 3) if rgb else grid.shape
+    array = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    volume = Volume(array=array, affine=grid.affine, meta={"unit": "um"})
+    path = write_volume(volume, tmp_path / "v.ome.tif")
+    _assert_same_geometry(volume, read_volume(path))
+    with tifffile.TiffFile(path) as tif:
+        planes = [el for el in ET.fromstring(tif.ome_metadata).iter() if el.tag.endswith("Plane")]
+    assert len(planes) == grid.shape[2]
+    for k, plane in enumerate(planes):
+        assert float(plane.get("PositionZ")) == pytest.approx(40.0 - 9.75 + 0.5 * k)
+        assert float(plane.get("PositionX")) == pytest.approx(3.25)
+        assert {plane.get(f"Position{a}Unit") for a in "XYZ"} == {"µm"}
+
+
+def test_ome_tiff_positions_in_another_unit_and_files_without_positions(tmp_path):
+    stack = np.zeros((3, 4, 5), np.uint16)  # (Z, Y, X)
+    sizes = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(tmp_path / "plain.ome.tif", stack, ome=True, metadata={"axes": "ZYX", **sizes})
+    plain = read_volume(tmp_path / "plain.ome.tif")
+    np.testing.assert_allclose(plain.affine, np.diag([0.5, 0.5, 2.0, 1]))
+    plane = {"PositionX": [0.001] * 3, "PositionY": [-0.002] * 3, "PositionZ": [0.01] * 3}
+    plane.update({f"Position{a}Unit": ["mm"] * 3 for a in "XYZ"})
+    tifffile.imwrite(
+        tmp_path / "mm.ome.tif", stack, ome=True, metadata={"axes": "ZYX", **sizes, "Plane": plane}
+    )
+    placed = read_volume(tmp_path / "mm.ome.tif")
+    assert placed.unit == "um"
+    np.testing.assert_allclose(placed.affine[:3, 3], [1.0, -2.0, 10.0])
+
+
+def _scaled_ct(path, slope=1.0, inter=-1024.0, dtype=np.int16):
+    """A CT-like NIfTI: integers stored with scl_slope/scl_inter (values in HU)."""
+    raw = np.rint(phantom_array((12, 10, 6), seed=4) * 20).astype(dtype)
+    image = nib.Nifti1Image(raw, make_affine("LPS", (0.7, 0.7, 5.0)))
+    image.header.set_slope_inter(slope, inter)
+    nib.save(image, path)
+    return raw
+
+
+@pytest.mark.parametrize(("slope", "inter"), [(1.0, -1024.0), (0.5, 10.0)])
+def test_scaled_nifti_keeps_its_stored_type_and_scaling(tmp_path, slope, inter):
+    raw = _scaled_ct(tmp_path / "ct.nii.gz", slope, inter)
+    volume = read_volume(tmp_path / "ct.nii.gz")
+    assert volume.array.dtype == np.float32  # world units (HU), not float64
+    np.testing.assert_array_equal(volume.array, raw * np.float32(slope) + np.float32(inter))
+    path = write_volume(volume, tmp_path / "back.nii.gz")
+    image = nib.load(path)
+    assert image.get_data_dtype() == np.int16
+    assert (image.dataobj.slope, image.dataobj.inter) == (slope, inter)
+    np.testing.assert_array_equal(image.dataobj.get_unscaled(), raw)
+    # values that the stored integers cannot hold: float32, exactly what was in memory
+    shifted = volume.with_array(volume.array + np.float32(0.25 * slope))
+    image = nib.load(write_volume(shifted, tmp_path / "off.nii.gz"))
+    assert image.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(np.asanyarray(image.dataobj), shifted.array)
+
+
+def test_scaled_nifti_through_upsample_keeps_stored_type_and_units(tmp_path):
+    from medsr.cli import main
+    from medsr.inference import upsample_volume
+
+    raw = _scaled_ct(tmp_path / "ct.nii.gz")
+    out, floats = tmp_path / "iso.nii.gz", tmp_path / "iso_f.nii.gz"
+    argv = ["upsample", str(tmp_path / "ct.nii.gz"), "--method", "bspline", "--quiet", "-o"]
+    assert main([*argv, str(out)]) == 0
+    image = nib.load(out)
+    assert image.get_data_dtype() == np.int16
+    assert (image.dataobj.slope, image.dataobj.inter) == (1.0, -1024.0)
+    world = Volume(raw - 1024.0, make_affine("LPS", (0.7, 0.7, 5.0)))
+    expected = upsample_volume(world, method="bspline", keep_dtype=False).array
+    assert np.abs(np.asanyarray(image.dataobj) - expected).max() <= 0.5 + 1e-3
+    assert main([*argv, str(floats), "--dtype", "float32"]) == 0
+    assert nib.load(floats).get_data_dtype() == np.float32
+
+
+def _nifti_with_forms(path, qform, qform_code, sform, sform_code):
+    image = nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), None)
+    image.set_qform(qform, code=qform_code)
+    image.set_sform(sform, code=sform_code)
+    nib.save(image, path)
+    return path
+
+
+def test_nifti_codes_name_the_transform_that_is_written(tmp_path):
+    """Both forms hold the affine medsr read (the sform when it has a code), so both carry that
+    transform's code; an input without codes gets 'aligned' (2), never 'scanner'."""
+    scanner, aligned = make_affine("LPS", (1, 1, 3)), make_affine("RAS", (1, 1, 3))
+    path = _nifti_with_forms(tmp_path / "two.nii", scanner, 1, aligned, 2)
+    back = nib.load(write_volume(read_volume(path), tmp_path / "two_out.nii")).header
+    assert (int(back["qform_code"]), int(back["sform_code"])) == (2, 2)
+    np.testing.assert_allclose(back.get_qform(), aligned, atol=1e-5)
+    np.testing.assert_allclose(back.get_sform(), aligned, atol=1e-5)
+    path = _nifti_with_forms(tmp_path / "none.nii", scanner, 0, aligned, 0)
+    volume = read_volume(path)
+    back = nib.load(write_volume(volume, tmp_path / "none_out.nii")).header
+    assert (int(back["qform_code"]), int(back["sform_code"])) == (2, 2)
+    np.testing.assert_allclose(back.get_sform(), volume.affine, atol=1e-5)
+    np.testing.assert_allclose(back.get_qform(), volume.affine, atol=1e-5)
+    path = _nifti_with_forms(tmp_path / "q.nii", scanner, 1, aligned, 0)
+    back = nib.load(write_volume(read_volume(path), tmp_path / "q_out.nii")).header
+    assert (int(back["qform_code"]), int(back["sform_code"])) == (1, 1)
+    np.testing.assert_allclose(back.get_sform(), scanner, atol=1e-5)
+    other = Volume(np.zeros((3, 4, 5), np.int16), scanner)  # NRRD, MHA, DICOM: scanner space
+    back = nib.load(write_volume(other, tmp_path / "other.nii")).header
+    assert (int(back["qform_code"]), int(back["sform_code"])) == (1, 1)

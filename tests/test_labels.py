@@ -75,3 +75,37 @@ def test_a_float_image_is_not_a_label_map():
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
     with pytest.raises(MedsrError, match="must hold integers"):
         upsample_labels(volume, grid)
+
+
+def _disk_then_nothing(centre: tuple[int, int]) -> Volume:
+    """A disk on thick slices 0-1 and nothing on slices 2-3 (an all-background plane)."""
+    a, b = np.indices((48, 44))
+    labels = np.zeros((48, 44, 4), np.uint8)
+    labels[..., :2] = ((a - centre[0]) ** 2 + (b - centre[1]) ** 2 < 36)[..., None] * 5
+    return Volume(labels, make_affine("RAS", (1.0, 1.0, 4.0)))
+
+
+def test_label_next_to_an_empty_slice_does_not_depend_on_where_it_lies():
+    near, far = _disk_then_nothing((12, 11)), _disk_then_nothing((33, 30))
+    grid = plan_output_grid(near.spatial_shape, near.affine, spacing=1.0)
+    shaped_near = upsample_labels(near, grid).array
+    shaped_far = upsample_labels(far, grid).array
+    np.testing.assert_array_equal(np.roll(shaped_near, (21, 19), axis=(0, 1)), shaped_far)
+    # the disk ends half-way between its last slice and the empty one (thin slices 4-7 -> 8-11)
+    assert shaped_far[33, 30, :8].tolist() == [5] * 8 and shaped_far[33, 30, 8:].max() == 0
+
+
+def test_coarser_labels_take_the_majority_and_never_invent_an_id(tmp_path):
+    pattern = [1, 3, 3, 1, 1, 3]  # along the thick axis: two slabs of three slices
+    labels = np.zeros((6, 5, 6), np.uint8)
+    labels[1:5, 1:4] = pattern
+    path = write_volume(Volume(labels, make_affine("RAS", (1.0, 1.0, 4.0))), tmp_path / "s.nii.gz")
+    out = tmp_path / "coarse.nii.gz"
+    argv = ["upsample", str(path), "-o", str(out), "--method", "labels", "--allow-coarser"]
+    assert main([*argv, "--spacing", "12", "--quiet"]) == 0
+    coarse = read_volume(out).array
+    assert coarse.dtype == np.uint8 and coarse.shape == (6, 5, 2)
+    assert coarse[2, 2].tolist() == [3, 1] and coarse[0, 0].tolist() == [0, 0]
+    # two slices per slab: 1 against 3 is a tie, which goes to the lower label
+    assert main([*argv, "--spacing", "8", "--quiet", "--overwrite"]) == 0
+    assert read_volume(out).array[2, 2].tolist() == [1, 1, 1]

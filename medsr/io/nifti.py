@@ -1,4 +1,5 @@
-"""NIfTI-1 reading and writing with nibabel, keeping qform/sform codes, units and description."""
+"""NIfTI-1 reading and writing with nibabel, keeping qform/sform codes, units, description and the
+stored type of scaled integers (scl_slope/scl_inter)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from medsr.errors import MedsrError
-from medsr.io.volume import Volume
+from medsr.io.volume import Volume, scaled_values
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,46 @@ def nifti_frames(path: Path) -> int:
     return int(np.prod(shape[3:]))
 
 
+def _stored_scaling(image: nib.Nifti1Image) -> dict | None:
+    """Stored type, slope and intercept of integers stored scaled (CT: int16, inter -1024);
+    None for data without scaling (nibabel reads a slope of 0 or NaN as none)."""
+    dtype = image.get_data_dtype()
+    slope, inter = float(image.dataobj.slope), float(image.dataobj.inter)
+    if dtype.names or dtype.kind not in "iu" or (slope, inter) == (1.0, 0.0):
+        return None
+    return {"dtype": dtype.name, "slope": slope, "inter": inter}
+
+
+def _stored_integers(array: np.ndarray, scaling: dict) -> np.ndarray | None:
+    """`array` as the integers of `scaling` when they give exactly its values (`scaled_values`),
+    else None: the file then holds float32, never a rounded copy of other values."""
+    if array.dtype.kind != "f" or array.ndim == 0:
+        return None
+    slope, inter = float(scaling["slope"]), float(scaling["inter"])
+    stored = np.empty(array.shape, np.dtype(scaling["dtype"]))
+    info = np.iinfo(stored.dtype)
+    for row in range(array.shape[0]):  # row by row: no full-size float64 temporary
+        raw = np.rint((array[row].astype(np.float64) - inter) / slope)
+        if not (np.all(raw >= info.min) and np.all(raw <= info.max)):  # NaN fails too
+            return None
+        stored[row] = raw
+        if not np.array_equal(scaled_values(stored[row], scaling), array[row]):
+            return None
+    return stored
+
+
 def read_nifti(path: Path, frame: int | None = None) -> Volume:
     """Read ``.nii``/``.nii.gz`` into a `Volume` (affine in mm, or µm for micron headers).
 
     Colour only for the RGB24 and RGBA32 datatypes (as (X, Y, Z, 3)); any other 4D file is a
     series of volumes, of which `frame` is read (``meta["frames"]``, ``meta["frame_spacing"]``
-    and ``meta["time_unit"]`` say what the series was, for writing it back as 4D).
+    and ``meta["time_unit"]`` say what the series was, for writing it back as 4D). Integers
+    stored with a slope and intercept come in world units, float32 (not nibabel's float64), with
+    ``meta["scaling"]`` to write them back as the same integers (`medsr.io.volume.scaled_values`).
     """
     image = nib.load(str(path))
     header = image.header
+    scaling = _stored_scaling(image)
     frames = nifti_frames(path)
     if frames > 1:
         if frame is None:
@@ -43,7 +75,11 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
             raise MedsrError(f"'{path}' has {frames} volumes; no volume {frame}")
         data = np.asanyarray(image.dataobj[..., frame])
     else:
-        data = np.asanyarray(image.dataobj)
+        data = np.asanyarray(image.dataobj.get_unscaled() if scaling else image.dataobj)
+    if scaling:
+        if data.dtype.kind == "f":  # a frame comes scaled, float64: its integers are exact
+            data = np.rint((data - scaling["inter"]) / scaling["slope"])
+        data = scaled_values(data.astype(scaling["dtype"]), scaling)
     if data.dtype.names:  # RGB24 and RGBA32 come as structured arrays
         data = np.stack([data[name] for name in data.dtype.names[:3]], axis=-1)
     elif data.ndim >= 4 and all(n == 1 for n in data.shape[3:]):
@@ -59,6 +95,8 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
         "sform_code": int(header["sform_code"]),
         "description": header["descrip"].item().decode("latin-1").rstrip("\x00"),
     }
+    if scaling:
+        meta["scaling"] = scaling
     if frames > 1:
         meta.update(
             frames=frames,
@@ -70,25 +108,44 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
     return Volume(array=data, affine=affine, meta=meta)
 
 
+def _xform_code(meta: dict) -> int:
+    """The code of both forms: that of the transform the affine was read from.
+
+    The written affine is the one nibabel read (the sform when its code is set, else the qform),
+    so both forms get that transform's code. A NIfTI with both codes 0 has an affine made from
+    the voxel sizes alone; it gets 2 ('aligned', nibabel's code for an affine set by a program),
+    not 1 ('scanner'). A volume from another format (DICOM, NRRD, MHA: scanner coordinates) gets
+    1, as ITK writes.
+    """
+    sform_code, qform_code = meta.get("sform_code"), meta.get("qform_code")
+    if sform_code or qform_code:
+        return int(sform_code or qform_code)
+    return 1 if sform_code is None and qform_code is None else 2
+
+
 def write_nifti(volume: Volume, path: Path, frames: list[Volume] | None = None) -> None:
-    """Write `volume` as NIfTI-1 with identical qform and sform.
+    """Write `volume` as NIfTI-1 with identical qform and sform, both with `_xform_code`.
 
     Both transforms hold the same affine so that every reader (nibabel prefers the sform, ITK and
-    3D Slicer may use either) places the image identically. Codes are kept from the input; a
-    missing code is taken from the other form, or set to 1 (scanner) when both are missing.
+    3D Slicer may use either) places the image identically. An array read from scaled integers
+    (``meta["scaling"]``) is written as the same integer type, slope and intercept when those
+    give exactly its values, and as float32 otherwise.
     """
     array = volume.array
     if frames:  # a 4D series: the volumes stacked on the fourth axis
         array = np.stack([f.array for f in frames], axis=3)
     elif volume.num_channels == 3:
         array = np.ascontiguousarray(array.astype(np.uint8)).view(_RGB_DTYPE)[..., 0]
-    image = nib.Nifti1Image(array, volume.affine)
-    qform_code = int(volume.meta.get("qform_code", 0))
-    sform_code = int(volume.meta.get("sform_code", 0))
-    qform_code = qform_code or sform_code or 1
-    sform_code = sform_code or qform_code
-    image.set_qform(volume.affine, code=qform_code)
-    image.set_sform(volume.affine, code=sform_code)
+    scaling = volume.meta.get("scaling")
+    stored = _stored_integers(array, scaling) if scaling and not array.dtype.names else None
+    image = nib.Nifti1Image(array if stored is None else stored, volume.affine)
+    if stored is not None:  # nibabel keeps the header's scaling for data of the header's type
+        image.header.set_slope_inter(scaling["slope"], scaling["inter"])
+    elif scaling:
+        logger.info("values are not %s integers with the input's scaling: float", scaling["dtype"])
+    code = _xform_code(volume.meta)
+    image.set_qform(volume.affine, code=code)
+    image.set_sform(volume.affine, code=code)
     residual = np.abs(image.header.get_qform() - volume.affine).max()
     if residual > 1e-4 * max(1.0, float(np.abs(volume.affine).max())):
         logger.warning("affine has shear; the qform approximates it (max error %.2g)", residual)

@@ -1,9 +1,10 @@
 """TIFF stacks (multi-page, OME or ImageJ) and folders of 2D section images.
 
 TIFF carries no orientation, so a stack is placed on a diagonal affine: array axis x runs along
-image columns, y along rows, z along pages/sections, all with positive spacing and origin 0.
-Spacing comes, in this order, from `spacing` given by the caller, OME physical sizes, ImageJ
-metadata (z spacing and unit) with the X/YResolution tags, or a ``series.json`` sidecar.
+image columns, y along rows, z along pages/sections, all with positive spacing. Spacing comes, in
+this order, from `spacing` given by the caller, OME physical sizes, ImageJ metadata (z spacing
+and unit) with the X/YResolution tags, or a ``series.json`` sidecar. The origin (the centre of
+the first voxel) is the OME position of the first plane (``Plane PositionX/Y/Z``), 0 without it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import tifffile
 
 from medsr.errors import MedsrError
-from medsr.io.volume import Unit, Volume
+from medsr.io.volume import Unit, Volume, unit_scale
 
 SECTION_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _UNIT_NAMES = {
@@ -61,6 +62,30 @@ def _ome_spacing(tif: tifffile.TiffFile) -> tuple[list[float], Unit] | None:
     return spacing, parse_unit(units.pop())
 
 
+def _ome_origin(tif: tifffile.TiffFile, unit: Unit) -> list[float] | None:
+    """Position of the first plane (PositionX/Y/Z of TheZ=0), in `unit`; None without one.
+
+    OME's default position unit is the stage's "reference frame", not a length: a position
+    without a µm or mm unit is not used.
+    """
+    root = ET.fromstring(tif.ome_metadata)
+    planes = [el for el in root.iter() if el.tag.endswith("Plane")]
+    first = next((p for p in planes if p.get("TheZ", "0") == "0"), None)
+    if first is None or not any(f"Position{a}" in first.attrib for a in "XYZ"):
+        return None
+    origin = []
+    for a in "XYZ":
+        if f"Position{a}" not in first.attrib:
+            origin.append(0.0)
+            continue
+        name = first.get(f"Position{a}Unit", "reference frame")
+        if name.strip() not in _UNIT_NAMES:
+            logger.warning("OME plane position in '%s' is not a length: origin 0 used", name)
+            return None
+        origin.append(float(first.get(f"Position{a}")) * unit_scale(parse_unit(name), unit))
+    return origin
+
+
 def _imagej_spacing(tif: tifffile.TiffFile) -> tuple[list[float], Unit] | None:
     meta = tif.imagej_metadata or {}
     if "spacing" not in meta:
@@ -73,12 +98,16 @@ def _imagej_spacing(tif: tifffile.TiffFile) -> tuple[list[float], Unit] | None:
     return [*in_plane, float(meta["spacing"])], parse_unit(meta.get("unit", "micron"))
 
 
-def _stack_to_volume(stack: np.ndarray, spacing: list[float], unit: Unit, fmt: str) -> Volume:
+def _stack_to_volume(
+    stack: np.ndarray, spacing: list[float], unit: Unit, fmt: str, origin: list[float] | None = None
+) -> Volume:
     """(Z, Y, X[, 3]) stack -> `Volume` with array (X, Y, Z[, 3]) and a diagonal affine."""
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise MedsrError(f"invalid spacing {spacing}: three positive numbers are needed")
     array = np.transpose(stack, (2, 1, 0, 3) if stack.ndim == 4 else (2, 1, 0))
     affine = np.diag([*spacing, 1.0])
+    if origin is not None:
+        affine[:3, 3] = origin
     return Volume(array=array, affine=affine, meta={"format": fmt, "unit": unit})
 
 
@@ -99,14 +128,15 @@ def read_tiff(path: Path, spacing: list[float] | None = None, unit: Unit | None 
             found = _ome_spacing(tif)
         if found is None and tif.is_imagej:
             found = _imagej_spacing(tif)
+        if spacing is None and found is not None:
+            spacing, unit = found[0], unit or found[1]
+        origin = _ome_origin(tif, unit or "um") if tif.is_ome else None
     stack = _check_stack(np.squeeze(stack), path)
     if spacing is None:
-        if found is None:
-            raise MedsrError(
-                f"no spacing in the TIFF metadata of '{path}'; give it with --input-spacing X Y Z"
-            )
-        spacing, unit = found[0], unit or found[1]
-    return _stack_to_volume(stack, list(spacing), unit or "um", "tiff")
+        raise MedsrError(
+            f"no spacing in the TIFF metadata of '{path}'; give it with --input-spacing X Y Z"
+        )
+    return _stack_to_volume(stack, list(spacing), unit or "um", "tiff", origin)
 
 
 def read_section(path: Path) -> np.ndarray:
@@ -217,7 +247,11 @@ def read_section_folder(
 
 
 def write_ome_tiff(volume: Volume, path: Path) -> None:
-    """Write an OME-TIFF with physical sizes (array written in its own axis order)."""
+    """Write an OME-TIFF with physical sizes and plane positions (array in its own axis order).
+
+    Each plane's ``PositionX/Y/Z`` (with units) is the world position of its first voxel's
+    centre, so the origin of the grid (-9.75 µm for 20 µm sections upsampled to 0.5 µm) is kept.
+    """
     linear = volume.affine[:3, :3]
     if not np.allclose(linear, np.diag(np.diag(linear))) or np.any(np.diag(linear) <= 0):
         raise MedsrError(
@@ -228,6 +262,11 @@ def write_ome_tiff(volume: Volume, path: Path) -> None:
     stack = np.transpose(volume.array, (2, 1, 0, 3) if is_rgb else (2, 1, 0))
     unit = _OME_UNITS[volume.unit]
     sx, sy, sz = (float(s) for s in volume.spacing)
+    x0, y0, z0 = (float(c) for c in volume.affine[:3, 3])
+    planes = stack.shape[0]
+    positions = {"PositionX": [x0] * planes, "PositionY": [y0] * planes}
+    positions["PositionZ"] = [z0 + k * sz for k in range(planes)]
+    positions.update({f"Position{a}Unit": [unit] * planes for a in "XYZ"})
     metadata = {
         "axes": "ZYXS" if is_rgb else "ZYX",
         "PhysicalSizeX": sx,
@@ -236,6 +275,7 @@ def write_ome_tiff(volume: Volume, path: Path) -> None:
         "PhysicalSizeXUnit": unit,
         "PhysicalSizeYUnit": unit,
         "PhysicalSizeZUnit": unit,
+        "Plane": positions,
     }
     tifffile.imwrite(
         str(path),

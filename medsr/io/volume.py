@@ -21,7 +21,8 @@ class Volume:
         affine: 4x4 matrix mapping voxel indices (i, j, k, 1) to RAS+ world coordinates in `unit`.
             Index (i, j, k) is the *centre* of a voxel.
         meta: format details kept across a round trip (``unit``, ``description``,
-            ``qform_code``, ``sform_code``, ``format``, ...).
+            ``qform_code``, ``sform_code``, ``format``, ...). ``scaling`` (`scaled_values`)
+            says that `array` holds integers stored with a slope and intercept, in world units.
     """
 
     array: np.ndarray
@@ -60,6 +61,26 @@ class Volume:
         """Return a copy holding `array` (and `affine` if given), keeping `meta`."""
         new_affine = self.affine if affine is None else affine
         return dataclasses.replace(self, array=array, affine=new_affine, meta=dict(self.meta))
+
+
+def scaled_values(stored: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
+    """World values of integers stored with a slope and intercept (NIfTI ``scl_slope`` and
+    ``scl_inter``: CT in HU from int16 with intercept -1024), ``stored * slope + inter``.
+
+    The one formula of the reader and of `medsr.transforms.restore_dtype`, so the writer can
+    check that an array is exactly what its stored integers give. float32 for stored types of up
+    to 16 bits; float64 for wider ones, which float32 cannot hold exactly.
+
+    Args:
+        stored: the stored integers, any shape.
+        scaling: ``{"dtype": stored type name, "slope": float, "inter": float}``
+            (``Volume.meta["scaling"]``).
+    """
+    dtype = np.float32 if np.dtype(scaling["dtype"]).itemsize <= 2 else np.float64
+    values = np.asarray(stored).astype(dtype)
+    values *= dtype(scaling["slope"])
+    values += dtype(scaling["inter"])
+    return values
 
 
 def unit_scale(source: Unit, target: Unit) -> float:
