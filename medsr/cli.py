@@ -209,7 +209,8 @@ def _train_parser(commands) -> None:
         "--validation-data",
         nargs="+",
         metavar="PATH",
-        help="whole held-out volumes to validate on (default: held-back planes of --data)",
+        help="whole held-out volumes to validate on, none of them in --data (default: a block of "
+        "each --data volume, never trained on)",
     )
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     train.add_argument("--config", metavar="YAML", help="config file (unknown keys are errors)")

@@ -127,6 +127,16 @@ CASES = {
     "train bad --set": ("train --data {scan} --out {tmp}/run --set steps", 1, "section.field"),
     "train resume nothing": ("train --data {scan} --out {tmp}/run --resume", 1, "no checkpoint"),
     "train out under a file": ("train --data {scan} --out {scan}/run", 1, "cannot create"),
+    "train on the validation data": (
+        "train --data {scan} --validation-data {scan} --out {tmp}/run",
+        1,
+        "in both --data and --validation-data",
+    ),
+    "train on a copy of the validation data": (
+        "train --data {scan} --validation-data {existing} --out {tmp}/run",
+        1,
+        "is a copy of",
+    ),
     # evaluate
     "evaluate factor below 1": ("evaluate {scan} --factor 0.5 --out {tmp}/rep", 1, "above 1"),
     "evaluate missing volume": (
