@@ -1,6 +1,7 @@
 """The MONAI bundle of the shipped model, built and run as a user would."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,10 @@ pytest.importorskip("fire")  # the `python -m monai.bundle` command line
 
 def _bundle_command(bundle: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "monai.bundle", *args]
-    return subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=600)
+    # the medsr under test (this checkout), not whichever one is installed
+    paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    return subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_bundle_has_the_layout_and_its_metadata_verifies(tmp_path):
