@@ -225,7 +225,8 @@ def _train_parser(commands) -> None:
         "--validation-data",
         nargs="+",
         metavar="PATH",
-        help="whole held-out volumes to validate on (default: held-back planes of --data)",
+        help="whole held-out volumes to validate on, none of them in --data (default: a block of "
+        "each --data volume, never trained on)",
     )
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     train.add_argument("--config", metavar="YAML", help="config file (unknown keys are errors)")
@@ -310,6 +311,9 @@ def _evaluate_parser(commands) -> None:
     evaluate.add_argument("--mask", metavar="VOLUME", help="evaluation mask (default: Otsu)")
     _add_fit_options(evaluate)
     evaluate.add_argument("--out", required=True, metavar="REPORT_DIR")
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace the report's files if they exist"
+    )
     _add_runtime_options(evaluate, batch_size=False)
 
 
@@ -320,6 +324,7 @@ def _compare_parser(commands) -> None:
     compare.add_argument("low", metavar="IN_LOW")
     compare.add_argument("outputs", nargs="+", metavar="OUT")
     compare.add_argument("--out", required=True, metavar="FIG.png")
+    compare.add_argument("--overwrite", action="store_true", help="replace an existing figure")
     compare.add_argument("--quiet", action="store_true")
 
 
@@ -539,6 +544,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         mask_path=args.mask,
         misr_options=misr,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     if not args.quiet:
         print(f"wrote {args.out}/report.md, metrics.csv, metrics.json and figures")
@@ -548,7 +554,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_compare(args: argparse.Namespace) -> int:
     from medsr.report import run_compare
 
-    path = run_compare(args.low, args.outputs, args.out)
+    path = run_compare(args.low, args.outputs, args.out, overwrite=args.overwrite)
     if not args.quiet:
         print(f"wrote {path}")
     return 0

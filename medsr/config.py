@@ -85,8 +85,9 @@ class DataConfig:
         patch_slices: most low-resolution slices in a training patch.
         max_thin_slices: most target slices in a patch (large factors get fewer thick slices).
         batch_size: patches per step (per process).
-        validation_fraction: share of planes held back for validation when no held-out volumes
-            are given (0: none).
+        validation_fraction: share of each volume's voxels held out for validation when no
+            held-out volumes are given, as one block (the last part of every axis, the same
+            voxels for all of the volume's orientations; never trained on); 0: none.
         workers: `DataLoader` worker processes drawing training pairs (0: in the training
             process, which also makes a resumed run continue bit for bit).
     """
@@ -143,7 +144,7 @@ class TrainConfig:
         discriminator_learning_rate: Adam learning rate of the discriminator.
         lr_schedule: ``"cosine"`` decays both rates to 0 at `steps`; ``"constant"`` keeps them.
         checkpoint_every: steps between checkpoints (a killed run loses at most this many).
-        validate_every: steps between validations on held-back planes.
+        validate_every: steps between validations.
         seed: seed of every random choice of the run.
         device: ``"auto"``, ``"cpu"`` or ``"cuda:N"``.
         mixed_precision: autocast on CUDA (never on CPU).

@@ -11,6 +11,10 @@ thickness that leaves a gap or an overlap, Rician noise on the thin truth (thick
 down, as a thick acquisition's higher SNR does), and intensity and contrast changes.
 Nothing but one normalised copy of each volume is held in memory: sources are transposed views.
 
+Without held-out volumes, validation uses a block of each volume (`held_out_block`): the last
+part of every axis, the same voxels for all of the volume's sources (orientations), so that no
+orientation trains on another's validation targets. Training patches never overlap it.
+
 Neighbours are always taken one *thick spacing* apart, in training and at inference. In
 self-supervised training the only direction perpendicular to an in-plane slice is the thick axis
 itself, so neighbours there are adjacent thick slices; at inference the neighbours of a
@@ -41,8 +45,23 @@ MIN_PATCH_SLICES = 4
 #: factors of the fixed validation planes (those a source is long enough for)
 VALIDATION_FACTORS = (2.5, 4.0, 6.5, 10.0, 16.0)
 
+#: factors drawn for one batch before a source is found too small to avoid its validation block
+MAX_FACTOR_DRAWS = 100
+
 #: (lr (B, k, W, s), hr (B, 1, W, M), positions (M,), factor)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]
+
+
+def held_out_block(shape: tuple[int, ...], fraction: float) -> tuple[int, ...] | None:
+    """First index of the validation block along each axis: the block is ``[start, n)`` along
+    every axis, about `fraction` of the voxels (each axis of more than one voxel gives the same
+    share; an axis of one voxel is whole), so a transposed view of the volume holds the same
+    block, transposed. None when `fraction` is 0."""
+    if fraction <= 0:
+        return None
+    used = sum(n > 1 for n in shape)
+    side = fraction ** (1 / max(used, 1))
+    return tuple(0 if n == 1 else n - min(max(1, round(n * side)), n - 1) for n in shape)
 
 
 def neighbour_offset(thick_spacing: float, plane_spacing: float) -> int:
@@ -160,8 +179,9 @@ def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) 
 class PairSampler:
     """Draws batches of training pairs from plane sources, degrading patches on the fly.
 
-    Planes whose index along `p` falls in the last `validation_fraction` of each source are never
-    used as training centres (they are the validation planes when no held-out volumes are given).
+    A block of each source (`held_out_block` of ``config.validation_fraction``: the same voxels
+    of a volume in every orientation) is never part of a training patch, neither as a target nor
+    as a neighbour; the validation planes are taken inside it.
 
     Args:
         sources: plane sources of one run.
@@ -174,11 +194,9 @@ class PairSampler:
             raise MedsrError("no training data")
         self.sources, self.config, self.neighbours = sources, config, neighbours
 
-    def _split(self, source: PlaneSource) -> int:
-        count = source.array.shape[0]
-        if self.config.validation_fraction <= 0:
-            return count
-        return max(1, count - max(1, round(count * self.config.validation_fraction)))
+    def held_out(self, source: PlaneSource) -> tuple[int, ...] | None:
+        """First (p, w, a) index of `source`'s validation block, or None (nothing held out)."""
+        return held_out_block(source.array.shape, self.config.validation_fraction)
 
     def draw_factor(self, source: PlaneSource, rng: np.random.Generator) -> float:
         """The source's own factor, or one drawn log-uniformly over the configured range."""
@@ -200,16 +218,22 @@ class PairSampler:
         """One batch of one source and one factor, with random degradations and flips."""
         data = self.config
         source = self.sources[int(rng.integers(len(self.sources)))]
-        factor = self.draw_factor(source, rng)
         count, width_all, length = source.array.shape
-        slices = self.patch_slices(factor, length)
-        thin = thin_slices(slices, factor, length)
         width = min(data.patch_width, width_all)
-        offset = source.offset(factor)
-        centres = rng.integers(0, self._split(source), size=data.batch_size)
-        planes = neighbour_indices(centres, self.neighbours, offset, count)
-        starts_w = rng.integers(0, width_all - width + 1, size=data.batch_size)
-        starts_a = rng.integers(0, length - thin + 1, size=data.batch_size)
+        for _ in range(MAX_FACTOR_DRAWS):
+            factor = self.draw_factor(source, rng)
+            slices = self.patch_slices(factor, length)
+            thin = thin_slices(slices, factor, length)
+            starts = self._patch_starts(source, rng, width, thin, source.offset(factor))
+            if starts is not None:
+                break
+        else:
+            raise MedsrError(
+                f"'{source.name}' is too small for training patches beside its validation block; "
+                "give --validation-data or --set data.validation_fraction=0"
+            )
+        centres, starts_w, starts_a = starts
+        planes = neighbour_indices(centres, self.neighbours, source.offset(factor), count)
         patches = np.empty((data.batch_size, self.neighbours, width, thin), np.float32)
         for b in range(data.batch_size):
             w, a = starts_w[b], starts_a[b]
@@ -239,6 +263,48 @@ class PairSampler:
             factor,
         )
 
+    def _patch_starts(
+        self, source: PlaneSource, rng: np.random.Generator, width: int, thin: int, offset: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(centre plane, start along w, start along a) of each patch of a batch, uniform over
+        the patches that do not overlap the held-out block; None if no patch avoids it."""
+        size = self.config.batch_size
+        count, width_all, length = source.array.shape
+        spans = np.array([count, width_all - width + 1, length - thin + 1])
+        block = self.held_out(source)
+        if block is None:
+            centres, starts_w, starts_a = (rng.integers(0, n, size=size) for n in spans)
+            return centres, starts_w, starts_a
+        # a patch overlaps the block when it reaches into it along all three axes: from these
+        # starts on (the farthest neighbour, the last column, the last thin slice)
+        reach = (self.neighbours - 1 - self.neighbours // 2) * offset
+        lows = np.minimum(spans, np.maximum(0, np.array(block) - [reach, width - 1, thin - 1]))
+        # the starts that avoid it, in three disjoint boxes: before the block along p; inside
+        # along p, before along w; inside along p and w, before along a
+        rest = spans - lows
+        boxes = np.array(
+            [
+                [[0, lows[0]], [0, spans[1]], [0, spans[2]]],
+                [[lows[0], spans[0]], [0, lows[1]], [0, spans[2]]],
+                [[lows[0], spans[0]], [lows[1], spans[1]], [0, lows[2]]],
+            ]
+        )
+        volumes = np.array(
+            [
+                lows[0] * spans[1] * spans[2],
+                rest[0] * lows[1] * spans[2],
+                rest[0] * rest[1] * lows[2],
+            ],
+            dtype=np.float64,
+        )
+        if volumes.sum() == 0:
+            return None
+        chosen = boxes[rng.choice(3, size=size, p=volumes / volumes.sum())]
+        centres, starts_w, starts_a = (
+            rng.integers(chosen[:, axis, 0], chosen[:, axis, 1]) for axis in range(3)
+        )
+        return centres, starts_w, starts_a
+
     def _intensity_change(self, patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # contrast (gamma) and gain, the same for input and target: the content varies, the
         # acquisition model does not
@@ -247,15 +313,16 @@ class PairSampler:
         return (np.sign(patches) * np.abs(patches) ** gamma * gain).astype(np.float32)
 
     def validation_planes(self, max_sources: int = 12) -> list[Batch]:
-        """Fixed whole planes: the middle held-back plane of each source (up to `max_sources`),
-        thickened at each of `VALIDATION_FACTORS` it is long enough for (boxcar, contiguous,
-        no noise)."""
+        """Fixed planes of each source (up to `max_sources`): the middle plane of its held-out
+        block, over the block (or, with nothing held out, the whole middle plane), thickened at
+        each of `VALIDATION_FACTORS` it is long enough for (boxcar, contiguous, no noise)."""
         chosen = self.sources[:: max(1, len(self.sources) // max_sources)][:max_sources]
         planes = []
         for source in chosen:
-            count, _, length = source.array.shape
-            split = self._split(source)
-            centre = (split + count) // 2 if split < count else count // 2
+            count = source.array.shape[0]
+            start_p, start_w, start_a = self.held_out(source) or (0, 0, 0)
+            centre = (start_p + count) // 2
+            length = source.array.shape[2] - start_a
             factors = [source.factor] if source.factor else VALIDATION_FACTORS
             for factor in (f for f in factors if length / f >= MIN_PATCH_SLICES):
                 index = neighbour_indices(
@@ -263,7 +330,8 @@ class PairSampler:
                 )[0]
                 slices = int(np.floor(length / factor))
                 thin = thin_slices(slices, factor, length)
-                patch = np.ascontiguousarray(source.array[index, :, :thin], np.float32)
+                block = source.array[index, start_w:, start_a:]
+                patch = np.ascontiguousarray(block[:, :, :thin], np.float32)
                 lr = thicken_last_axis(patch, factor, factor, "boxcar")
                 positions = slab_positions(slices, factor)
                 hr = patch[self.neighbours // 2][None, None, :, : len(positions)]
@@ -275,6 +343,11 @@ class PairSampler:
                         float(factor),
                     )
                 )
+        if chosen and not planes:
+            logger.warning(
+                "no validation planes: the held-out blocks are too short for the validation "
+                "factors; give --validation-data or raise data.validation_fraction"
+            )
         return planes
 
 

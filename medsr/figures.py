@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medsr.io import Volume
+from medsr.io import Volume, write_atomically
 
 
 def world_plane(volume: Volume, reference: Volume, axis: int, index: int, order: int) -> np.ndarray:
@@ -88,7 +88,7 @@ def comparison_figure(
         panels: name -> volume, in column order.
         reference: the grid the planes are sampled on (the truth, or the finest output).
         axis: thick array axis of the reference.
-        path: output PNG.
+        path: output PNG (written atomically, replacing an existing file: the caller checks).
         truth_name: key of `panels` that is the truth (adds error rows).
         nearest: keys sampled with nearest neighbour (the thick input).
         title: figure title.
@@ -168,7 +168,6 @@ def comparison_figure(
                 label="absolute error (input units)",
             )
     figure.suptitle(title, fontsize=10)
-    path = Path(path)
-    figure.savefig(path, dpi=110)
+    path = write_atomically(path, lambda staged: figure.savefig(staged, dpi=110))
     plt.close(figure)
     return path

@@ -22,7 +22,7 @@ from medsr.evaluation import (
 )
 from medsr.figures import comparison_figure
 from medsr.inference import upsample_volume
-from medsr.io import make_output_folder, read_volume, split_volume_name
+from medsr.io import make_output_folder, read_volume, split_volume_name, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,14 @@ def run_evaluation(
     mask_path: str | None = None,
     misr_options: dict | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> list[dict]:
-    """Evaluate every method on every high-resolution volume; returns the per-volume rows."""
+    """Evaluate every method on every high-resolution volume; returns the per-volume rows.
+
+    Writes ``report.md``, ``metrics.csv``, ``metrics.json`` and ``<volume>_planes.png`` in
+    `out_dir`, each atomically; without `overwrite`, any of them already there is an error
+    before any work.
+    """
     from tqdm import tqdm
 
     unknown = set(methods) - {"misr", "linear", "bspline"}
@@ -73,6 +79,7 @@ def run_evaluation(
         if not Path(path).exists():
             raise MedsrError(f"input not found: '{path}'")
     out = Path(out_dir)
+    check_report_outputs(out, [_volume_name(Path(p)) for p in paths], overwrite=overwrite)
     make_output_folder(out)
     rows, figures, notes = [], [], []
     bar = tqdm(total=len(paths) * len(methods), disable=not progress, unit="run")
@@ -143,17 +150,39 @@ def run_evaluation(
         "- PSNR/SSIM/HFEN/sharpness: higher PSNR and SSIM are better, lower HFEN is "
         "better, sharpness 1 means as sharp across slices as the truth."
     )
-    write_tables(rows, out)
-    (out / "report.md").write_text(_markdown(rows, notes, figures), encoding="utf-8")
+    # metrics.csv and metrics.json staged together, then moved into place
+    write_atomically(out / "metrics.json", lambda staged: write_tables(rows, staged.parent))
+    text = _markdown(rows, notes, figures)
+    write_atomically(out / "report.md", lambda staged: staged.write_text(text, encoding="utf-8"))
     return rows
 
 
-def run_compare(low: str, outputs: list[str], figure_path: str, *, axis: int | None = None) -> Path:
-    """Figure of the same world planes through a thick input and its reconstructions."""
+def check_report_outputs(out: Path, names: list[str], *, overwrite: bool) -> None:
+    """Before any work: no two volumes share a name (their figures would collide), and without
+    `overwrite` none of the report's files is already in `out`."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise MedsrError(f"two volumes are named '{repeated[0]}'; their figures would collide")
+    files = ["report.md", "metrics.csv", "metrics.json", *[f"{n}_planes.png" for n in names]]
+    existing = [out / f for f in files if (out / f).exists()]
+    if existing and not overwrite:
+        raise MedsrError(f"output exists: '{existing[0]}' (use --overwrite to replace it)")
+
+
+def run_compare(
+    low: str,
+    outputs: list[str],
+    figure_path: str,
+    *,
+    axis: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Figure of the same world planes through a thick input and its reconstructions, written
+    atomically; an existing figure is replaced only with `overwrite` (checked before reading)."""
     from medsr.geometry import thick_axis
     from medsr.io import check_output_path
 
-    check_output_path(figure_path, overwrite=True, suffixes=(".png", ".pdf", ".svg"))
+    check_output_path(figure_path, overwrite=overwrite, suffixes=(".png", ".pdf", ".svg"))
     volumes = {f"input ({_volume_name(Path(low))})": read_volume(low)}
     for path in outputs:
         volumes[_volume_name(Path(path))] = read_volume(path)

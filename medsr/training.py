@@ -77,7 +77,7 @@ def load_generator(path: str | os.PathLike[str], device: torch.device | str = "c
 
 class Trainer:
     """Trains the generator (MSE warm-up, then MSE + perceptual + adversarial) and the
-    discriminator, validates on held-back planes, and saves/loads one-dict checkpoints.
+    discriminator, validates on held-out planes, and saves/loads one-dict checkpoints.
 
     Args:
         config: resolved configuration.
@@ -85,7 +85,7 @@ class Trainer:
         device: torch device.
         run_dir: folder for checkpoints and ``metrics.csv`` (None: keep nothing on disk).
         validation: fixed validation batches (`PairSampler.validation_planes` of held-out
-            volumes); default: the held-back planes of `sampler`.
+            volumes); default: the planes of `sampler`'s held-out blocks.
     """
 
     def __init__(
@@ -235,7 +235,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean PSNR/SSIM (normalised units, range 1) of the generator and of cubic B-spline on
-        the validation planes (held-out volumes, or held-back planes)."""
+        the validation planes (held-out volumes, or each volume's held-out block)."""
         self.generator.eval()
         scores: dict[str, list[float]] = {k: [] for k in METRIC_COLUMNS[-4:]}
         for lr, hr, positions, factor in self.validation:

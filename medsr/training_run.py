@@ -3,6 +3,7 @@ YAML, --set), and drive a `Trainer` in RUN_DIR, under torchrun or alone (``medsr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -49,6 +50,44 @@ def expand_data_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
                     continue
         expanded += files or [item]
     return expanded
+
+
+def _content_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def check_disjoint(train_paths: list[Path], validation_paths: list[Path]) -> None:
+    """Refuse a volume given both to train on and to validate on: the same path (resolved, so
+    links and ``..`` count) or the same content under another name (a copy: sizes first, then
+    SHA-256 of the same-size ones only).
+
+    Raises:
+        MedsrError: the first such volume, in one line.
+    """
+    from medsr.provenance import sha256
+
+    resolved = {p.resolve(): p for p in train_paths}
+    for path in validation_paths:
+        if path.resolve() in resolved:
+            raise MedsrError(
+                f"'{path}' is in both --data and --validation-data; validate on volumes that "
+                "are not trained on"
+            )
+    by_size: dict[int, list[Path]] = {}
+    for path in train_paths:
+        by_size.setdefault(_content_size(path), []).append(path)
+    digests: dict[Path, str] = {}
+    for path in validation_paths:
+        for twin in by_size.get(_content_size(path), []):
+            for item in (path, twin):
+                digests.setdefault(item, sha256(item))
+            if digests[path] == digests[twin]:
+                raise MedsrError(
+                    f"'{path}' (--validation-data) is a copy of '{twin}' (--data); validate on "
+                    "volumes that are not trained on"
+                )
 
 
 def read_training_volume(path: Path) -> Volume:
@@ -104,7 +143,10 @@ def run_training(
     save the resolved config in RUN_DIR. Works under torchrun (one process per rank).
 
     With `validation_paths`, validation uses whole held-out volumes (`PairSampler.
-    validation_planes` of their sources) instead of held-back planes of the training data."""
+    validation_planes` of their sources) and the training data is used whole; without, a block
+    of each training volume (``data.validation_fraction``, the same voxels in every
+    orientation) is held out for validation and never trained on. A volume given in both
+    lists (the same path or a copy) is refused before anything is written."""
     from medsr.config import save_config
     from medsr.data import build_sampler
     from medsr.runtime import close_distributed, init_distributed, resolve_device, seed_everything
@@ -118,6 +160,7 @@ def run_training(
 
     paths = expand_data_paths(data_paths)  # missing data: an error before anything is written
     held_out_paths = expand_data_paths(validation_paths) if validation_paths else []
+    check_disjoint(paths, held_out_paths)
     make_output_folder(run_dir)
     rank, local_rank, world = distributed_world()
     device = resolve_device(config.train.device)
@@ -127,13 +170,17 @@ def run_training(
     try:
         seed_everything(config.train.seed + rank)
         volumes = [(read_training_volume(p), p.name) for p in paths]
-        sampler = build_sampler(volumes, config.data, config.model.neighbours)
+        # held-out volumes validate: nothing of the training volumes is held back then
+        whole = dataclasses.replace(config.data, validation_fraction=0.0)
+        sampler = build_sampler(
+            volumes, whole if held_out_paths else config.data, config.model.neighbours
+        )
         validation = None
         if held_out_paths:
             held_out = [(read_training_volume(p), p.name) for p in held_out_paths]
-            validation = build_sampler(
-                held_out, config.data, config.model.neighbours
-            ).validation_planes(max_sources=24)
+            validation = build_sampler(held_out, whole, config.model.neighbours).validation_planes(
+                max_sources=24
+            )
         trainer = Trainer(config, sampler, device, run_dir, validation=validation)
         if resume:
             trainer.load_checkpoint(run_dir / "checkpoints" / "latest.pt")

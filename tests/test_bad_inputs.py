@@ -41,6 +41,9 @@ def files(tmp_path) -> dict[str, Path]:
     write_dicom_series(root / "exam", uid="1.2.3.2", number=4, positions=[0.0])
     (root / "empty").mkdir()
     (root / "existing.nii.gz").write_bytes(scan.read_bytes())
+    (root / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n the user's figure")
+    (root / "report").mkdir()
+    (root / "report" / "report.md").write_text("# the user's report\n", encoding="utf-8")
     seg = np.zeros((16, 14, 9), np.uint8)
     return {
         "scan": scan,
@@ -60,6 +63,8 @@ def files(tmp_path) -> dict[str, Path]:
         "exam": root / "exam",
         "empty": root / "empty",
         "existing": root / "existing.nii.gz",
+        "figure": root / "figure.png",
+        "report": root / "report",
         "root": root,
     }
 
@@ -127,6 +132,16 @@ CASES = {
     "train bad --set": ("train --data {scan} --out {tmp}/run --set steps", 1, "section.field"),
     "train resume nothing": ("train --data {scan} --out {tmp}/run --resume", 1, "no checkpoint"),
     "train out under a file": ("train --data {scan} --out {scan}/run", 1, "cannot create"),
+    "train on the validation data": (
+        "train --data {scan} --validation-data {scan} --out {tmp}/run",
+        1,
+        "in both --data and --validation-data",
+    ),
+    "train on a copy of the validation data": (
+        "train --data {scan} --validation-data {existing} --out {tmp}/run",
+        1,
+        "is a copy of",
+    ),
     # evaluate
     "evaluate factor below 1": ("evaluate {scan} --factor 0.5 --out {tmp}/rep", 1, "above 1"),
     "evaluate missing volume": (
@@ -134,6 +149,7 @@ CASES = {
         1,
         "not found",
     ),
+    "evaluate over a report": ("evaluate {scan} --factor 2 --out {report}", 1, "output exists"),
     "evaluate out under a file": (
         "evaluate {scan} --factor 2 --out {scan}/rep",
         1,
@@ -143,6 +159,7 @@ CASES = {
     "compare into a missing folder": ("compare {scan} {scan} --out {tmp}/nd/x.png", 1, "not exist"),
     "compare to a text file": ("compare {scan} {scan} --out {tmp}/x.txt", 1, "must end with"),
     "compare missing input": ("compare {root}/no.nii {scan} --out {tmp}/x.png", 1, "not found"),
+    "compare over a figure": ("compare {scan} {scan} --out {figure}", 1, "output exists"),
     # batch
     "batch missing root": ("batch {root}/nothere {tmp}/out", 1, "input folder not found"),
     "batch empty root": ("batch {empty} {tmp}/out", 1, "no scans or section folders"),

@@ -7,6 +7,7 @@ from medsr.data import (
     MIN_PATCH_SLICES,
     add_rician_noise,
     build_sampler,
+    held_out_block,
     sources_from_volume,
     sources_self_supervised,
     thicken_last_axis,
@@ -89,17 +90,54 @@ def test_two_dimensional_images_are_sources():
     assert len(sources) == 2 and all(s.array.shape[0] == 1 for s in sources)
 
 
-def test_validation_planes_are_never_training_centres(hr_volume):
+def test_validation_planes_are_fixed_and_inside_the_held_out_block(hr_volume):
     config = DataConfig(batch_size=64, patch_width=8, validation_fraction=0.25)
     sampler = build_sampler([(hr_volume, "hr")], config, neighbours=1)
     source = sampler.sources[0]
-    split = sampler._split(source)
-    assert split == source.array.shape[0] - round(source.array.shape[0] * 0.25)
+    assert sampler.held_out(source) == held_out_block(source.array.shape, 0.25)
     planes = sampler.validation_planes()
     assert planes and all(p[1].shape[-1] == len(p[2]) for p in planes)
     first = sampler.validation_planes()
     for a, b in zip(first, planes, strict=True):  # fixed: the same planes every time
         assert np.array_equal(a[0].numpy(), b[0].numpy())
+
+
+def test_the_held_out_block_is_a_share_of_every_axis_used():
+    assert held_out_block((24, 22, 20), 0.0) is None
+    assert held_out_block((24, 22, 20), 0.1) == (13, 12, 11)  # 11 x 10 x 9: 9.4 % of the voxels
+    assert held_out_block((40, 30, 1), 0.1) == (27, 21, 0)  # a 2D image: 13 x 9 of 40 x 30
+    assert held_out_block((2, 2, 2), 0.9) == (1, 1, 1)  # never a whole axis
+
+
+def _marked(shape, block, spacing=(1.0, 1.0, 1.0)):
+    """Zeros, and ones in the block: a training patch that touches the block is not zero."""
+    array = np.zeros(shape, np.float32)
+    array[tuple(slice(start, None) for start in block)] = 1.0
+    return Volume(array, make_affine("RAS", spacing))
+
+
+def test_the_held_out_block_never_appears_in_training_patches():
+    # the blocks of `held_out_block` at 0.1, written out: every orientation of each volume
+    # (3 thick axes x 2 neighbour axes; a 2D image's two axes; a thick scan's in-plane axes)
+    # must keep out of the same voxels
+    volumes = [
+        (_marked((24, 22, 20), (13, 12, 11)), "hr"),
+        (_marked((40, 30, 1), (27, 21, 0)), "image"),
+        (_marked((20, 18, 6), (11, 10, 3), (0.5, 0.5, 3.0)), "scan"),
+    ]
+    config = DataConfig(
+        batch_size=16, patch_width=8, patch_slices=6, max_factor=8.0, validation_fraction=0.1,
+        **CLEAN,
+    )  # fmt: skip
+    sampler = build_sampler(volumes, config, neighbours=3)
+    assert len(sampler.sources) == 6 + 2 + 2
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        lr, hr, _, _ = sampler.sample(rng)
+        assert lr.abs().max() == 0 and hr.abs().max() == 0
+    planes = sampler.validation_planes(max_sources=10)
+    assert planes  # ... and validation targets lie inside the block only
+    assert all(float(hr.min()) == pytest.approx(1.0) for _, hr, _, _ in planes)
 
 
 def test_rician_noise_is_non_negative_and_biased_up_in_the_background():

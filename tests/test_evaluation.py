@@ -207,3 +207,42 @@ def test_colour_brightfield_truth_gets_a_tissue_mask():
     rgb[5:15, 5:15, 3:9] = (120, 60, 140)  # stained tissue, darker than the background
     mask = evaluation_mask(rgb)
     assert mask.shape == rgb.shape and mask[10, 10, 6].all() and not mask[0, 0, 0].any()
+
+
+def test_compare_over_an_existing_figure_needs_overwrite(tmp_path, phantom_path, capsys):
+    out = tmp_path / "up.nii.gz"
+    assert (
+        main(["upsample", str(phantom_path), "-o", str(out), "--method", "bspline", "--quiet"]) == 0
+    )
+    figure = tmp_path / "fig.png"
+    figure.write_bytes(b"the user's own figure")
+    argv = ["compare", str(phantom_path), str(out), "--out", str(figure), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "output exists" in err and "--overwrite" in err, err
+    assert figure.read_bytes() == b"the user's own figure"
+    assert main([*argv, "--overwrite"]) == 0
+    assert _png_size(figure)[0] > 200
+    assert not list(tmp_path.glob(".medsr-tmp-*"))  # written through a staging folder
+
+
+def test_evaluate_over_an_existing_report_needs_overwrite(tmp_path, hr_files, capsys):
+    report = tmp_path / "report"
+    argv = ["evaluate", str(hr_files[0]), "--factor", "2", "--methods", "linear"]
+    argv += ["--out", str(report), "--quiet"]
+    assert main(argv) == 0
+    written = {p.name: p.read_bytes() for p in report.iterdir()}
+    assert set(written) == {"report.md", "metrics.csv", "metrics.json", "hr0_planes.png"}
+    for name in written:  # any one of the report's files stops a second run
+        others = {n: b for n, b in written.items() if n != name}
+        for other in others:
+            (report / other).unlink()
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"output exists: '{report / name}'" in err, err
+        assert sorted(p.name for p in report.iterdir()) == [name]
+        for other, data in others.items():
+            (report / other).write_bytes(data)
+    (report / "metrics.csv").write_text("stale", encoding="utf-8")
+    assert main([*argv, "--overwrite"]) == 0
+    assert (report / "metrics.csv").read_text(encoding="utf-8").startswith("volume,method")

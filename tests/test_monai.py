@@ -188,3 +188,76 @@ def test_reader_reads_a_chosen_dicom_series(tmp_path):
     write_dicom_series(folder, uid="1.2.3.2", number=4, positions=[0.0, 2.0, 4.0, 6.0])
     image = LoadImage(reader=MedsrReader(series="4"), image_only=True)(folder)
     assert tuple(image.shape) == (10, 12, 4) and np.allclose(image.pixdim, [0.8, 0.8, 2.0])
+
+
+def _gap_series(folder, spacing=5.0, thickness=3.0, slices=6):
+    """A textured DICOM series (SimpleITK) whose slices are `thickness` mm thick and `spacing`
+    mm apart: a gap between slices, as thin-section CT and many MR protocols have."""
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    array = np.rint(phantom_array((slices, 30, 28)) * 10).astype(np.int16)
+    for index in range(slices):
+        image = sitk.GetImageFromArray(array[index][None])
+        image.SetSpacing((0.8, 0.8, thickness))
+        image.SetOrigin((0.0, 0.0, spacing * index))
+        tags = {
+            "0020|000e": "1.2.3.9",
+            "0020|000d": "1.2.3.9.1",
+            "0020|0011": "1",
+            "0008|0060": "CT",
+            "0020|0013": str(index + 1),
+            "0020|0032": f"0\\0\\{spacing * index}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": str(thickness),
+            "0028|0030": "0.8\\0.8",
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"{index:04d}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+def test_misr_fits_the_dicom_gap_as_the_cli_does(tmp_path, identity_checkpoint):
+    series = _gap_series(tmp_path / "gap")
+    out = tmp_path / "cli.nii.gz"
+    argv = ["upsample", str(series), "-o", str(out), "--dtype", "float32", "--quiet"]
+    assert main([*argv, "--model", str(identity_checkpoint), "--fit-steps", "3"]) == 0
+    image = LoadImage(reader=MedsrReader(), image_only=True, ensure_channel_first=True)(series)
+    assert image.meta["slice_thickness"] == pytest.approx(3.0)
+    options = dict(method="misr", keep_dtype=False, model=identity_checkpoint, fit_steps=3)
+    result = ThroughPlaneUpsample(**options)(image)
+    cli = read_volume(out)
+    np.testing.assert_allclose(result[0].numpy(), cli.array, rtol=1e-5, atol=1e-3)
+    assert '"slice_thickness_ratio": 0.6' in result.meta["medsr_provenance"]
+    assert "slice_thickness" not in result.meta  # the output's slices are thin
+    contiguous = image.clone()
+    del contiguous.meta["slice_thickness"]
+    without = ThroughPlaneUpsample(**options)(contiguous)
+    assert np.abs(without[0].numpy() - cli.array).max() > 1e-2  # the gap changes the fit
+    given = ThroughPlaneUpsample(**options, slice_thickness="3mm")(contiguous)
+    np.testing.assert_array_equal(given.numpy(), result.numpy())
+
+
+def test_a_4d_series_is_upsampled_frame_by_frame_as_the_cli_does(tmp_path, identity_checkpoint):
+    import nibabel as nib
+
+    frames = np.stack([phantom_array((24, 22, 6), seed=s) for s in (0, 1)], axis=-1)
+    series = tmp_path / "dwi.nii.gz"
+    nib.save(nib.Nifti1Image(frames, make_affine("RAS", (1.0, 1.0, 3.0))), series)
+    out = tmp_path / "cli.nii.gz"
+    argv = ["upsample", str(series), "-o", str(out), "--dtype", "float32", "--quiet"]
+    assert main([*argv, "--model", str(identity_checkpoint), "--fit-steps", "2"]) == 0
+    image = LoadImage(reader=MedsrReader(), image_only=True, ensure_channel_first=True)(series)
+    assert image.shape == (2, 24, 22, 6) and image.meta["frames"] == 2
+    upsample = ThroughPlaneUpsample(
+        method="misr", keep_dtype=False, model=identity_checkpoint, fit_steps=2
+    )
+    result = upsample(image)
+    for frame in range(2):
+        cli = read_volume(out, frame=frame)
+        np.testing.assert_allclose(result[frame].numpy(), cli.array, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(result.affine.numpy(), cli.affine, atol=1e-6)

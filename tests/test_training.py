@@ -1,17 +1,19 @@
 import csv
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import make_affine, phantom_array
 
 from medsr.cli import main
 from medsr.config import load_config
 from medsr.data import build_sampler
-from medsr.io import read_volume, write_volume
+from medsr.io import Volume, read_volume, write_volume
 from medsr.runtime import seed_everything
 from medsr.training import Trainer, load_generator
 from medsr.training_run import run_training
@@ -277,3 +279,25 @@ def test_train_data_from_a_list_file_and_two_dimensional_images(tmp_path, hr_pat
         "loss.adversarial_weight=0",
     )
     assert main(argv) == 0
+
+
+def test_a_volume_in_both_data_and_validation_data_is_refused(tmp_path, hr_path, capsys):
+    from medsr.training_run import check_disjoint
+
+    copy = tmp_path / "copy" / "renamed.nii.gz"
+    copy.parent.mkdir()
+    shutil.copy(hr_path, copy)
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(hr_path)
+    for held_out, message in ((hr_path, "in both"), (link, "in both"), (copy, "is a copy of")):
+        run = tmp_path / f"run_{held_out.stem}"
+        argv = ["train", "--data", str(hr_path), "--validation-data", str(held_out)]
+        assert main([*argv, "--out", str(run), "--quiet"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not run.exists()  # found before anything is written
+    other = write_volume(
+        Volume(phantom_array((24, 22, 20), seed=5), make_affine("RAS", (1, 1, 1))),
+        tmp_path / "other.nii.gz",
+    )
+    check_disjoint([hr_path], [other])  # a different volume of the same size is fine

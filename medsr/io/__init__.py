@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +36,7 @@ __all__ = [
     "unit_scale",
     "volume_format",
     "volume_frames",
+    "write_atomically",
     "write_volume",
 ]
 
@@ -378,12 +379,26 @@ def write_volume(
             raise MedsrError(f"output exists: '{path}' (use --overwrite to replace it)")
     if not path.parent.is_dir():
         raise MedsrError(f"output folder does not exist: '{path.parent}'")
+    if fmt == "dicom":
+        staging = Path(tempfile.mkdtemp(prefix=".medsr-tmp-", dir=path.parent))
+        try:
+            _write_dicom_folder(volume, path, staging, patient_id, modality, frames)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return path
+    return write_atomically(path, lambda staged: _write_any(volume, staged, fmt, frames))
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Run ``write(staged)``, which writes ``staged`` (a path of `path`'s name in a hidden
+    temporary folder beside it) and any files beside that, then move all of them into place,
+    the named file last: a reader never sees a partial output. Volumes, figures and report
+    files are all written through here. The caller checks for an existing output first.
+    """
+    path = Path(path)
     staging = Path(tempfile.mkdtemp(prefix=".medsr-tmp-", dir=path.parent))
     try:
-        if fmt == "dicom":
-            _write_dicom_folder(volume, path, staging, patient_id, modality, frames)
-            return path
-        _write_any(volume, staging / path.name, fmt, frames)
+        write(staging / path.name)
         written = sorted(staging.iterdir(), key=lambda p: p.name == path.name)
         for item in written:  # the named file last: it is the one readers look for
             os.replace(item, path.parent / item.name)

@@ -4,6 +4,7 @@ simulation and through-plane upsampling, and the training pairs as a dataset for
 Import from here: ``from medsr.monai import MedsrReader, ThroughPlaneUpsampled``.
 """
 
+from medsr.monai.bundle import run_each
 from medsr.monai.datalist import volume_datalist
 from medsr.monai.dataset import TrainingPairs
 from medsr.monai.reader import MedsrReader
@@ -25,5 +26,6 @@ __all__ = [
     "ThroughPlaneUpsample",
     "ThroughPlaneUpsampled",
     "TrainingPairs",
+    "run_each",
     "volume_datalist",
 ]

@@ -33,8 +33,10 @@ def _unit(img: torch.Tensor) -> str:
 
 
 def _with_geometry(array: np.ndarray, affine: np.ndarray, like: torch.Tensor) -> MetaTensor:
-    """A channel-first MetaTensor holding `array` on `affine`, keeping `like`'s other metadata."""
+    """A channel-first MetaTensor holding `array` on `affine`, keeping `like`'s other metadata
+    except its slice thickness (the new image's slices are not the input's)."""
     meta = dict(like.meta) if isinstance(like, MetaTensor) else {}
+    meta.pop("slice_thickness", None)
     meta.update(
         affine=torch.as_tensor(affine, dtype=torch.float64),
         spatial_shape=np.asarray(array.shape[1:]),
@@ -92,12 +94,22 @@ class ThroughPlaneUpsample(Transform):
     what ``medsr upsample`` runs): the output covers the input's extent and its MetaTensor
     carries the new affine; ``meta["medsr_provenance"]`` holds the provenance record (JSON).
 
+    The slice thickness (``meta["slice_thickness"]`` from `MedsrReader`: DICOM's SliceThickness,
+    a section folder's ``thickness``; or `slice_thickness`) is the slice profile of the learned
+    method's fit, as in ``medsr upsample``: a gap (thickness below the spacing) is fitted as a
+    gap. The channels of a 4D series (``meta["frames"]``) are its frames, each upsampled on its
+    own as the CLI does; other channels too, except RGB (three uint8 channels), which share one
+    model.
+
     Args:
         method: ``"misr"``, ``"bspline"`` or ``"linear"``.
         spacing: target thick-axis spacing in the image's unit (default: finest in-plane).
         scale: factor instead of `spacing`.
         axis: spatial axis to upsample (default: the thickest, from the affine).
         keep_dtype: return the input dtype (integers rounded and clipped).
+        slice_thickness: slice thickness overriding the image's, a length as `spacing`
+            (``3``, ``"3mm"``, ``"20um"``; a bare number is in the image's unit), as the CLI's
+            ``--slice-thickness``.
         **misr_options: the learned method's options as in the CLI: model, fit_steps,
             fit_seconds, seed, device, batch_size, progress.
     """
@@ -109,12 +121,14 @@ class ThroughPlaneUpsample(Transform):
         scale: float | None = None,
         axis: int | None = None,
         keep_dtype: bool = True,
+        slice_thickness: float | str | None = None,
         **misr_options: Any,
     ) -> None:
         if method not in ("misr", "bspline", "linear"):
             raise ValueError(f"unknown method {method!r}; use misr, bspline or linear")
         self.method, self.spacing, self.scale, self.axis = method, spacing, scale, axis
         self.keep_dtype, self.misr_options = keep_dtype, misr_options
+        self.slice_thickness = slice_thickness
 
     def _upsample(self, volume: Volume) -> Volume:
         from medsr.inference import upsample_volume
@@ -130,15 +144,29 @@ class ThroughPlaneUpsample(Transform):
             **options,
         )
 
+    def _input_meta(self, img: torch.Tensor) -> dict:
+        """What `upsample_volume` reads from the input's metadata: unit and slice thickness."""
+        from medsr.inference import target_spacing
+
+        meta = {"unit": _unit(img)}
+        given = img.meta.get("slice_thickness") if isinstance(img, MetaTensor) else None
+        if self.slice_thickness is not None:
+            given = target_spacing(self.slice_thickness, meta["unit"], "slice_thickness")
+        if given is not None:
+            meta["slice_thickness"] = float(given)
+        return meta
+
     def __call__(self, img: torch.Tensor) -> MetaTensor:
         _check_3d(img)
         array = img.detach().cpu().numpy()
-        meta = {"unit": _unit(img)}
+        meta = self._input_meta(img)
         affine = _affine(img)
-        if array.shape[0] == 3 and array.dtype == np.uint8:  # RGB: one model, shared scaling
+        series = isinstance(img, MetaTensor) and int(img.meta.get("frames", 1)) > 1
+        if array.shape[0] == 3 and array.dtype == np.uint8 and not series:  # RGB: one model
             outputs = [self._upsample(Volume(np.moveaxis(array, 0, -1), affine, meta))]
             result = np.moveaxis(outputs[0].array, -1, 0)
         else:
+            # grey channels and the frames of a 4D series: each exactly as the CLI does it
             outputs = [self._upsample(Volume(channel, affine, meta)) for channel in array]
             result = np.stack([out.array for out in outputs])
         out = _with_geometry(result, outputs[0].affine, img)

@@ -20,7 +20,9 @@ class MedsrWriter(ImageWriter):
     atomically, with the provenance record beside the file when the image carries one.
 
     Use it as ``SaveImaged(keys, writer=MedsrWriter, output_ext=".nii.gz", resample=False)``:
-    the image is written on its own affine (never resampled), so it overlays its input.
+    the image is written on its own affine (never resampled), so it overlays its input. The
+    channels of a 4D series (``meta["frames"]``, from `MedsrReader`) are written back as its
+    frames, with its frame spacing and time unit, as ``medsr upsample`` writes a series.
     """
 
     def __init__(self, output_dtype: Any = None, **kwargs: Any) -> None:
@@ -54,6 +56,13 @@ class MedsrWriter(ImageWriter):
         )
         if record is not None:
             meta["description"] = provenance_description(record)
-        written = write_volume(Volume(array, self.affine, meta), Path(filename), overwrite=True)
+        frames = None
+        if int(self.meta.get("frames", 1)) > 1:  # a 4D series: channels are its frames
+            meta["frame_spacing"] = float(self.meta.get("frame_spacing", 1.0))
+            meta["time_unit"] = str(self.meta.get("time_unit", "unknown"))
+            frames = [Volume(array[..., t], self.affine, meta) for t in range(array.shape[-1])]
+        volume = frames[0] if frames else Volume(array, self.affine, meta)
+        written = write_volume(volume, Path(filename), overwrite=True, frames=frames)
         if record is not None:
-            write_provenance(dict(record, input=str(self.meta.get("filename_or_obj", ""))), written)
+            source = str(self.meta.get("filename_or_obj", ""))
+            write_provenance(dict(record, input=source, frames=len(frames or [0])), written)
