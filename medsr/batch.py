@@ -13,10 +13,17 @@ reason. Two inputs that would write one output, an output root equal to the inpu
 input root inside the output root are refused before any work. One failing input never stops
 the others. Work runs in local worker processes, or on an existing Dask distributed cluster
 (``--scheduler ADDRESS``, or ``local`` for a local cluster) with the same task function.
+
+With ``output_format="dicom"`` in the settings each output is a DICOM series folder (the output
+name without a suffix), written by `upsample_file` as `medsr upsample --format dicom` writes it.
+A folder is this batch's only while the digest of its file names and contents is the one the
+manifest recorded (`owns_output`), and an output folder that holds another input's output is a
+collision. Patients: `batch_patient_id`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -76,6 +83,7 @@ class BatchPlan:
     skip: list[dict] = field(default_factory=list)
     refuse: list[dict] = field(default_factory=list)
     collisions: list[str] = field(default_factory=list)
+    colliding: set[str] = field(default_factory=set)  # keys of the inputs in `collisions`
 
     @property
     def problems(self) -> list[str]:
@@ -84,10 +92,15 @@ class BatchPlan:
 
 
 def discover(
-    input_root: Path, output_root: Path, pattern: str | None, suffix: str | None
+    input_root: Path,
+    output_root: Path,
+    pattern: str | None,
+    suffix: str | None,
+    output_format: str | None = None,
 ) -> list[Task]:
     """Scan files and series folders under `input_root` (a series folder is one input);
-    `output_root` is never read as input, even inside `input_root`."""
+    `output_root` is never read as input, even inside `input_root`. `output_format` ``"dicom"``:
+    the outputs are folders, named without a suffix."""
     tasks, series = [], []
     skip = output_root.resolve()
     for folder, subfolders, files in os.walk(input_root):
@@ -111,7 +124,7 @@ def discover(
     for source in sorted(tasks):
         relative = source.relative_to(input_root)
         stem, _ = split_volume_name(relative)
-        ext = suffix or default_output_suffix(source)
+        ext = "" if output_format == "dicom" else suffix or default_output_suffix(source)
         ids = dicom_series_ids(source)
         for series_id in ids:  # one input per DICOM series
             name = f"{stem}_series{series_id}{ext}"
@@ -156,10 +169,12 @@ def check_roots(input_root: Path, output_root: Path) -> None:
         )
 
 
-def find_collisions(tasks: list[Task]) -> list[str]:
+def find_collisions(tasks: list[Task], keys: set[str] | None = None) -> list[str]:
     """One line for every input whose output another input writes too (a DICOM folder
     ``case1/`` beside ``case1.nii.gz``; ``scan.nii.gz`` and ``scan.nrrd`` with one
-    ``--output-suffix``)."""
+    ``--output-suffix``) or writes inside (a series folder ``out/a/`` of ``a.nii.gz`` holding
+    ``out/a/b/`` of ``a/b.nii.gz``); the inputs' keys are added to `keys`."""
+    keys = set() if keys is None else keys
     first: dict[str, Task] = {}
     lines = []
     for task in tasks:
@@ -169,8 +184,18 @@ def find_collisions(tasks: list[Task]) -> list[str]:
                 f"inputs '{first[key].key}' and '{task.key}' would both write '{task.output}'; "
                 "rename one, or run them separately (--pattern)"
             )
+            keys.update((first[key].key, task.key))
         else:
             first[key] = task
+    for task in tasks:
+        for parent in Path(os.path.abspath(task.output)).parents:
+            holder = first.get(os.path.normcase(str(parent)))
+            if holder is not None:
+                lines.append(
+                    f"input '{holder.key}' would write '{holder.output}', which would hold the "
+                    f"output of '{task.key}'; rename one, or run them separately (--pattern)"
+                )
+                keys.update((holder.key, task.key))
     return lines
 
 
@@ -194,21 +219,43 @@ def _same_path(recorded: str | None, path: Path) -> bool:
 
 
 def _file_stat(path: Path) -> list[int]:
-    info = path.stat()
-    return [info.st_size, info.st_mtime_ns]
+    """Size and mtime of a file; of a folder, its files' total size and newest mtime."""
+    return list(input_stat(path))
 
 
 def owns_output(entry: dict | None, output: Path) -> bool:
-    """Whether the file at `output` is one this batch wrote: its manifest entry records writing
-    it there, and it is still that file (same size and mtime, or the same checksum). A refused
-    input records no output checksum, so it never owns the path."""
-    if not entry or not entry.get("output_sha256") or not output.is_file():
+    """Whether the file (or DICOM series folder) at `output` is one this batch wrote: its
+    manifest entry records writing it there, and it is still that file (same size and mtime, or
+    the same checksum; of a folder: the digest of its file names and contents, `sha256`). A
+    refused input records no output checksum, so it never owns the path."""
+    if not entry or not entry.get("output_sha256") or not output.exists():
         return False
     if not _same_path(entry.get("output"), output):
         return False
     return entry.get("output_stat") == _file_stat(output) or entry["output_sha256"] == sha256(
         output
     )
+
+
+def is_dicom_input(task: Task) -> bool:
+    """A DICOM series folder, a series of one, or a ``.dcm`` file."""
+    source = Path(task.source)
+    if task.series is not None or source.suffix.lower() == ".dcm":
+        return True
+    return source.is_dir() and folder_kind(source) == "dicom"
+
+
+def batch_patient_id(task: Task, settings: dict) -> str | None:
+    """The patient ID of `task`'s DICOM series: none for a DICOM input (it keeps its patient
+    and study); the batch's ``dicom_patient_id`` (each input its own study); else
+    ``MEDSR-`` and 10 hex digits of the SHA-256 of the input's relative path (``/``
+    separated): a stable anonymous patient per input, so unrelated scans are not one patient."""
+    if is_dicom_input(task):
+        return None
+    if settings.get("dicom_patient_id"):
+        return settings["dicom_patient_id"]
+    relative = task.key.replace(os.sep, "/")
+    return "MEDSR-" + hashlib.sha256(relative.encode()).hexdigest()[:10].upper()
 
 
 def _input_unchanged(task: Task, entry: dict) -> tuple[bool, Task]:
@@ -250,11 +297,15 @@ def plan_batch(
     """
     input_root, output_root = Path(input_root), Path(output_root)
     check_roots(input_root, output_root)
-    tasks = discover(input_root, output_root, pattern, suffix)
+    output_format = settings.get("output_format")
+    if output_format == "dicom":
+        _check_dicom_settings(settings, suffix)
+    tasks = discover(input_root, output_root, pattern, suffix, output_format)
     if not tasks:
         raise MedsrError(f"no scans or section folders under '{input_root}'")
     entries = _load_manifest(output_root / MANIFEST)
-    plan = BatchPlan(tasks, entries, collisions=find_collisions(tasks))
+    plan = BatchPlan(tasks, entries)
+    plan.collisions = find_collisions(tasks, plan.colliding)
     settings_key = json.dumps(settings, sort_keys=True)
     for task in tasks:
         entry = entries.get(task.key)
@@ -277,6 +328,14 @@ def plan_batch(
     return plan
 
 
+def _check_dicom_settings(settings: dict, suffix: str | None) -> None:
+    if suffix:
+        raise MedsrError("--output-suffix does not apply to --format dicom: outputs are folders")
+    patient_id = settings.get("dicom_patient_id")
+    if patient_id is not None and not 0 < len(patient_id) <= 64:
+        raise MedsrError(f"--dicom-patient-id must be 1 to 64 characters, got '{patient_id}'")
+
+
 def process_one(task: Task, settings: dict) -> dict:
     """Run one input (in a worker process or on a cluster); never raises. The input is hashed
     once (not at all when the planner already did and it has not changed since)."""
@@ -293,6 +352,12 @@ def process_one(task: Task, settings: dict) -> dict:
         digest = known or sha256(task.source)
         record.update(input_sha256=digest, input_stat=list(stat))
         Path(task.output).parent.mkdir(parents=True, exist_ok=True)
+        if settings.get("output_format") == "dicom":
+            patient_id = batch_patient_id(task, settings)
+            settings.update(dicom_patient_id=patient_id)
+            if patient_id is None:  # a DICOM input: its own patient, study and modality
+                settings.update(dicom_modality=None)
+            record.update(dicom_patient_id=patient_id)
         with known_sha256(task.source, digest, stat):  # upsample_file's record: no second read
             output = upsample_file(
                 task.source, task.output, overwrite=True, series=task.series, **settings

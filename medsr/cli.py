@@ -268,6 +268,23 @@ def _batch_parser(commands) -> None:
         help="output format, e.g. .nii.gz or .ome.tif (default: like the input; "
         "section folders give .ome.tif)",
     )
+    batch.add_argument(
+        "--format",
+        choices=["dicom"],
+        dest="output_format",
+        help="dicom: every output is a DICOM series folder (the output name without a suffix)",
+    )
+    batch.add_argument(
+        "--dicom-patient-id",
+        metavar="ID",
+        help="patient ID of every non-DICOM input's series, each its own study (default: "
+        "MEDSR- and a hash of the input's relative path; DICOM inputs keep their own)",
+    )
+    batch.add_argument(
+        "--dicom-modality",
+        choices=["MR", "CT"],
+        help="modality of the non-DICOM inputs' series (default MR; DICOM inputs keep their own)",
+    )
     batch.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     batch.add_argument(
         "--scheduler",
@@ -451,6 +468,16 @@ def _run_batch(args: argparse.Namespace) -> int:
     }
     if args.method == "misr":
         settings.update(_fit_settings(args), device=args.device, batch_size=args.batch_size)
+    if args.output_format == "dicom":  # only then: older manifests' settings stay the same
+        settings.update(
+            output_format="dicom",
+            dicom_patient_id=args.dicom_patient_id,
+            dicom_modality=args.dicom_modality,
+        )
+    elif args.dicom_patient_id or args.dicom_modality:
+        from medsr.errors import MedsrError
+
+        raise MedsrError("--dicom-patient-id and --dicom-modality need --format dicom")
     if args.dry_run:
         return _dry_run_batch(args, settings)
     bar = None
@@ -494,9 +521,6 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 def _dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
     """`medsr batch --dry-run`: every input -> output pair and every problem; writes nothing."""
-    import os
-    from collections import Counter
-
     from medsr.batch import plan_batch
 
     plan = plan_batch(
@@ -510,9 +534,8 @@ def _dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
     action = {t.key: "run" for t in plan.run}
     action.update({e["input"]: "skip (done)" for e in plan.skip})
     action.update({e["input"]: "refused" for e in plan.refuse})
-    outputs = Counter(os.path.abspath(t.output) for t in plan.tasks)
     for task in plan.tasks:
-        if outputs[os.path.abspath(task.output)] > 1:
+        if task.key in plan.colliding:
             action[task.key] = "collides"
         source = task.source + (f" (series {task.series})" if task.series else "")
         print(f"{source} -> {task.output}  [{action[task.key]}]")

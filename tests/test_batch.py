@@ -300,3 +300,164 @@ def test_the_provenance_records_the_threads_cpu_and_device(tmp_path):
     record = json.loads((out / "a.nii.gz.json").read_text(encoding="utf-8"))
     assert record["torch_threads"] == max(1, os.cpu_count() or 1) == torch.get_num_threads()
     assert record["device"] == "cpu" and record["cpu"] and record["cpu"] != "unknown"
+
+
+def _series_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _read_series(folder: Path):
+    import SimpleITK as sitk
+
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    assert len(uids) == 1, uids
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uids[0]))
+    return reader.Execute()
+
+
+@pytest.fixture
+def dicom_tree(tmp_path) -> Path:
+    root = tmp_path / "in"
+    _nifti(root / "a.nii.gz", 0)
+    _nifti(root / "site2" / "b.nii.gz", 1)
+    write_dicom_series(root / "exam")
+    return root
+
+
+DICOM_BATCH = ["--method", "linear", "--format", "dicom", "--workers", "1", "--quiet"]
+
+
+def test_dicom_batch_writes_the_series_that_upsample_writes(dicom_tree, tmp_path):
+    import pydicom
+
+    out = tmp_path / "out"
+    assert main(["batch", str(dicom_tree), str(out), *DICOM_BATCH]) == 0
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["inputs"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a",
+        "a.json",
+        "exam",
+        "exam.json",
+        MANIFEST,
+        "site2",
+    ]
+    patients = {}
+    for key, folder in (("a.nii.gz", "a"), ("site2/b.nii.gz", "site2/b"), ("exam", "exam")):
+        entry, output = manifest[key], out / folder
+        assert entry["status"] == "done" and entry["output"] == str(output)
+        assert entry["output_sha256"] == sha256(output)
+        source = dicom_tree / key
+        reference = tmp_path / "reference" / folder
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        argv = ["upsample", str(source), "-o", str(reference), "--method", "linear"]
+        if entry["dicom_patient_id"] is not None:
+            argv += ["--dicom-patient-id", entry["dicom_patient_id"]]
+        assert main([*argv, "--format", "dicom", "--quiet"]) == 0
+        assert _series_files(output) == _series_files(reference)  # the one writer, same bytes
+        image, expected = _read_series(output), _read_series(reference)
+        assert image.GetSize() == expected.GetSize()
+        assert image.GetOrigin() == expected.GetOrigin()
+        assert image.GetSpacing() == expected.GetSpacing()
+        assert image.GetDirection() == expected.GetDirection()
+        first = pydicom.dcmread(next(output.iterdir()), stop_before_pixels=True)
+        patients[key] = (str(first.PatientID), str(first.StudyInstanceUID))
+    source = pydicom.dcmread(next((dicom_tree / "exam").iterdir()), stop_before_pixels=True)
+    assert patients["exam"] == (str(source.PatientID), str(source.StudyInstanceUID))
+    assert manifest["exam"]["dicom_patient_id"] is None  # a DICOM input keeps its patient
+    # non-DICOM inputs: a stable anonymous patient each, derived from the relative path
+    assert patients["a.nii.gz"][0] == medsr.batch.batch_patient_id(
+        medsr.batch.Task("", "", "a.nii.gz"), {}
+    )
+    assert patients["a.nii.gz"][0].startswith("MEDSR-")
+    assert patients["a.nii.gz"][0] != patients["site2/b.nii.gz"][0]
+
+
+def test_one_dicom_patient_id_for_the_batch_gives_each_input_its_own_study(dicom_tree, tmp_path):
+    import pydicom
+
+    out = tmp_path / "out"
+    argv = ["batch", str(dicom_tree), str(out), *DICOM_BATCH, "--dicom-patient-id", "P7"]
+    assert main(argv) == 0
+    first = {
+        name: pydicom.dcmread(next((out / name).iterdir()), stop_before_pixels=True)
+        for name in ("a", "site2/b", "exam")
+    }
+    assert str(first["a"].PatientID) == str(first["site2/b"].PatientID) == "P7"
+    assert first["a"].StudyInstanceUID != first["site2/b"].StudyInstanceUID
+    assert str(first["exam"].PatientID) != "P7"  # a DICOM input keeps its own patient
+
+
+def test_dicom_batch_rerun_skips_and_a_changed_folder_is_no_longer_the_batchs(
+    dicom_tree, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    argv = ["batch", str(dicom_tree), str(out), *DICOM_BATCH]
+    assert main(argv) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != MANIFEST}
+    assert main(argv) == 0  # every folder is done: nothing rewritten
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    edited = sorted((out / "a").iterdir())[0]
+    edited.write_bytes(edited.read_bytes()[:-2] + b"\0\0")  # the user edits one slice
+    before = _series_files(out / "a")
+    assert main(argv) == 1
+    assert _series_files(out / "a") == before
+    entry = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["inputs"]["a.nii.gz"]
+    assert entry["status"] == "failed" and "not this batch's" in entry["error"]
+
+
+def test_a_users_folder_at_a_dicom_output_is_left_alone(dicom_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    mine = write_dicom_series(out / "a", uid="1.2.3.99")  # the user's own series there
+    (out / "a" / "notes.txt").write_text("mine")
+    before = _series_files(mine)
+    argv = ["batch", str(dicom_tree), str(out), *DICOM_BATCH]
+    for _ in range(2):
+        assert main(argv) == 1
+        assert _series_files(mine) == before
+        assert f"not this batch's: '{mine}'" in capsys.readouterr().out
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["inputs"]
+    assert manifest["a.nii.gz"]["status"] == "failed"
+    assert manifest["exam"]["status"] == "done"
+
+
+def test_dicom_dry_run_lists_the_folders_and_writes_nothing(dicom_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["batch", str(dicom_tree), str(out), *DICOM_BATCH, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{dicom_tree / 'a.nii.gz'} -> {out / 'a'}  [run]" in lines
+    assert f"{dicom_tree / 'exam'} -> {out / 'exam'}  [run]" in lines
+    assert not out.exists()
+    assert main(["batch", str(dicom_tree), str(out), *DICOM_BATCH]) == 0
+    assert main(["batch", str(dicom_tree), str(out), *DICOM_BATCH, "--dry-run"]) == 0
+    assert f"{dicom_tree / 'a.nii.gz'} -> {out / 'a'}  [skip (done)]" in capsys.readouterr().out
+
+
+def test_an_output_folder_holding_another_inputs_output_is_a_collision(tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    _nifti(root / "a.nii.gz", 0)
+    _nifti(root / "a" / "b.nii.gz", 1)  # out/a/ (a's series) would hold out/a/b/
+    argv = ["batch", str(root), str(out), *DICOM_BATCH]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'a.nii.gz'" in err[0] and "'a/b.nii.gz'" in err[0], err
+    assert not out.exists()
+    assert main([*argv, "--dry-run"]) == 1
+    text = capsys.readouterr().out
+    assert f"{root / 'a.nii.gz'} -> {out / 'a'}  [collides]" in text
+    assert f"{root / 'a' / 'b.nii.gz'} -> {out / 'a' / 'b'}  [collides]" in text
+    assert not out.exists()
+
+
+def test_dicom_batch_bad_options_are_one_line_before_work(dicom_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["batch", str(dicom_tree), str(out), "--quiet"]
+    for extra, message in (
+        (["--format", "dicom", "--output-suffix", ".nii.gz"], "does not apply to --format dicom"),
+        (["--dicom-patient-id", "P1"], "need --format dicom"),
+        (["--format", "dicom", "--dicom-patient-id", "x" * 65], "1 to 64 characters"),
+    ):
+        assert main([*base, *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
