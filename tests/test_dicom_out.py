@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import make_affine, phantom_array
+from conftest import make_affine, phantom_array, write_dicom_series
 
 from medsr.cli import main
 from medsr.io import Volume, read_volume, write_volume
@@ -269,3 +269,16 @@ def test_dciodvfy_finds_no_errors(tmp_path, phantom_path, case):
         extra = ("--dicom-modality", "CT", "--dtype", "float32")
         upsample(phantom_path, tmp_path / "out", "--format", "dicom", *extra)
     assert dciodvfy_errors(tmp_path / "out") == []
+
+
+def test_a_source_without_frame_of_reference_gets_a_new_one(tmp_path):
+    # SimpleITK's series (as some exports) carry no FrameOfReferenceUID: Type 1 in MR/CT images
+    source = write_dicom_series(tmp_path / "src")
+    assert "FrameOfReferenceUID" not in pydicom.dcmread(next(source.iterdir()))
+    upsample(source, tmp_path / "out", "--format", "dicom")
+    first = pydicom.dcmread(sorted((tmp_path / "out").iterdir())[0])
+    assert (
+        first.FrameOfReferenceUID and first.StudyInstanceUID == "1.2.826.0.1.3680043.2.1125.1.42.1"
+    )
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(tmp_path / "out") == []

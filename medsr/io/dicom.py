@@ -364,8 +364,10 @@ def write_dicom_series(
         "comment": str(volume.meta.get("description", "")) if provenance else "",
     }
     shared = _series_dataset(volume, source, modality, patient_id, options)
-    if source is None:
+    # a source without them (some exports) still needs both: they are Type 1 in MR/CT images
+    if source is None or not getattr(shared, "StudyInstanceUID", ""):
         shared.StudyInstanceUID = _uid(digest, "study")
+    if source is None or not getattr(shared, "FrameOfReferenceUID", ""):
         shared.FrameOfReferenceUID = _uid(digest, "frame-of-reference")
     shared.SeriesInstanceUID = _uid(digest, "series")
     geometry = slice_geometry(volume, slice_axis)
