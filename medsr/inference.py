@@ -77,6 +77,15 @@ def learned_coverage(factor: float, model: str | os.PathLike[str] | None = None)
     return f"not covered: x{factor:.3g} is above misr's x{limit:.3g}; use --spacing or bspline"
 
 
+def check_fit(volume: Volume, grid: OutputGrid, options: dict, name: str) -> None:
+    """The per-scan fit (``options["fit_steps"]`` > 0) can draw its patches from `volume`."""
+    if options.get("fit_steps", DEFAULT_FIT_STEPS) > 0:
+        from medsr.adaptation import check_fit_extent
+
+        factor = float(volume.spacing[grid.axis] / grid.spacing)
+        check_fit_extent(volume.spatial_shape, grid.axis, factor, name)
+
+
 def load_model(volume: Volume, grid: OutputGrid, options: dict) -> tuple:
     """(generator on the CPU, config) of ``options["model"]`` (default: shipped), after checking
     that the model covers the factor from `volume` to `grid`."""
@@ -106,8 +115,9 @@ def upsample_misr(
     """Learned reconstruction on `grid` (float32, input units) and what produced it.
 
     Args:
-        volume: anisotropic input, grey or RGB (channels share one model).
-        grid: output grid.
+        volume: input, grey or RGB (channels share one model); anisotropic, or isotropic with an
+            explicit target.
+        grid: output grid; the fit learns its axis and factor.
         model: checkpoint from ``medsr train`` (default: the shipped weights).
         fit_steps: steps adapting the model to this scan's own in-plane slices (0: prior only).
         fit_seconds: optional upper bound on the adaptation's wall time.
@@ -137,6 +147,8 @@ def upsample_misr(
         generator,
         config,
         volume.with_array(grey),
+        axis=grid.axis,
+        factor=float(volume.spacing[grid.axis] / grid.spacing),
         steps=fit_steps,
         seconds=fit_seconds,
         seed=seed,
@@ -212,8 +224,10 @@ def upsample_volume(
         method = "slab-average"
     elif method not in METHODS:
         raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    elif method == "misr":  # the model and its range, before anything is logged or computed
+    elif method == "misr" and misr_options.get("loaded") is None:
+        # the model, its range and the fit, before anything is logged or computed
         misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
+        check_fit(volume, grid, misr_options, "the volume")
     logger.info(
         "thick axis %d: %d slices -> %d slices of %.4g %s (%s)",
         grid.axis,
@@ -335,6 +349,12 @@ def upsample_file(
             check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
             if label_map is not None:
                 check_same_grid(label_map, volume, labels)
+            grid = plan_output_grid(
+                volume.spatial_shape, volume.affine, spacing=spacing, scale=scale, axis=axis
+            )
+            if method == "misr" and grid.step <= 1 + 1e-6:  # the model's range, then the fit's
+                misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
+                check_fit(volume, grid, misr_options, f"'{input_path}'")
         if align:
             from medsr.alignment import align_sections
             from medsr.geometry import thick_axis
