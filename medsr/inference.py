@@ -280,6 +280,25 @@ def default_output_path(input_path: Path, method: str) -> Path:
     return input_path.parent / f"{stem}_{method}{default_output_suffix(input_path)}"
 
 
+def labels_output_path(output: Path, labels_output: str | os.PathLike[str] | None) -> Path:
+    """Where the label map of ``--labels`` goes: `labels_output`, default
+    ``<output stem>_labels<suffix>`` beside `output`."""
+    if labels_output is not None:
+        return Path(labels_output)
+    stem, suffix = split_volume_name(Path(output))
+    return Path(output).with_name(f"{stem}_labels{suffix}")
+
+
+def check_labels_output(labels_output: Path, input_path: Path, labels, output: Path, overwrite):
+    """The label output gets the main output's checks, and is none of the other files."""
+    for other, what in ((input_path, "the input"), (Path(labels), "--labels"), (output, "-o")):
+        if labels_output.absolute() == other.absolute() or (
+            labels_output.exists() and other.exists() and labels_output.samefile(other)
+        ):
+            raise MedsrError(f"--labels-out '{labels_output}' is {what}; choose another path")
+    check_output_path(labels_output, overwrite=overwrite)
+
+
 def upsample_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str] | None = None,
@@ -308,23 +327,21 @@ def upsample_file(
     `slice_thickness` (a length, as `spacing`) overrides the header's (DICOM's SliceThickness)
     and becomes the slice profile of the learned method's fit. `labels`, a label map on the
     input's grid (a segmentation drawn on the thick slices), is written on the output's grid
-    too (`labels_output`, default ``<output stem>_labels<suffix>``), by shape-based
-    interpolation.
+    too (at `labels_output`, default `labels_output_path`), by shape-based interpolation.
 
     Raises:
-        MedsrError: bad input, an isotropic input without an explicit target, an output that
-            exists (without `overwrite`) or that is the input itself.
+        MedsrError: bad input, an isotropic input without an explicit target, an output (or
+            label output) that exists (without `overwrite`), cannot be written, or is an input.
     """
     input_path = Path(input_path)
     output = Path(output_path) if output_path else default_output_path(input_path, method)
     if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
         raise MedsrError(f"output '{output}' is the input; choose another output path")
     check_output_path(output, overwrite=overwrite)  # before reading: fail fast
-    label_map, labels_output = None, None
+    label_map, labels_path = None, None
     if labels is not None:
-        stem, suffix = split_volume_name(output)
-        labels_output = Path(labels_output or output.with_name(f"{stem}_labels{suffix}"))
-        check_output_path(labels_output, overwrite=overwrite)
+        labels_path = labels_output_path(output, labels_output)
+        check_labels_output(labels_path, input_path, labels, output, overwrite)
         label_map = read_volume(labels)
     frames = volume_frames(input_path) if input_path.is_file() else 1
     if frames > 1 and volume_format(output) != "nifti":
@@ -344,7 +361,7 @@ def upsample_file(
                 volume.array, volume.affine, {**volume.meta, "slice_thickness": thickness}
             )
         if frame == 0:
-            check_output_path(output, overwrite=overwrite, affine=volume.affine)
+            check_outputs(output, labels_path, volume, overwrite)
             spacing = target_spacing(spacing, volume.unit)
             check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
             if label_map is not None:
@@ -385,7 +402,7 @@ def upsample_file(
         result, output, overwrite=overwrite, frames=results if frames > 1 else None
     )
     if label_map is not None:
-        labels_written = write_volume(label_result, labels_output, overwrite=overwrite)
+        labels_written = write_volume(label_result, labels_path, overwrite=overwrite)
         label_record = dict(label_result.meta["provenance"], input=str(labels))
         write_provenance(dict(label_record, input_sha256=sha256(labels)), labels_written)
     record = dict(result.meta["provenance"], input=str(input_path), frames=frames)
@@ -396,6 +413,13 @@ def upsample_file(
 
         save_transforms(records, written.with_name(written.name + ".transforms.json"))
     return written
+
+
+def check_outputs(output: Path, labels_path: Path | None, volume: Volume, overwrite: bool) -> None:
+    """The outputs' checks that need the volume (TIFF holds no orientation), before any work."""
+    for path in (output, labels_path):
+        if path is not None:
+            check_output_path(path, overwrite=overwrite, affine=volume.affine)
 
 
 def check_same_grid(label_map: Volume, volume: Volume, path) -> None:
