@@ -40,9 +40,15 @@ def test_4d_series_round_trips_and_matches_the_3d_command(tmp_path, method, step
     assert image.shape[3] == 3 and image.header["pixdim"][4] == pytest.approx(2.5)
     assert image.header.get_xyzt_units() == ("mm", "sec")
     source = nib.load(series)
+    # runs 1 and 2 are uint16, run 3 int16: the series holds all three as int32, and each of its
+    # frames is upsampled as the 3D command upsamples that frame stored as int32 (clipped to
+    # int32, not to the run's own type)
+    assert source.get_data_dtype() == np.int32 == image.get_data_dtype()
     for index, run in enumerate(runs):
         single = tmp_path / f"run{index}.nii.gz"
-        nib.save(nib.Nifti1Image(run, source.affine), single)
+        frame = np.asarray(source.dataobj[..., index])
+        np.testing.assert_array_equal(frame, run)
+        nib.save(nib.Nifti1Image(frame, source.affine), single)
         expected = tmp_path / f"run{index}_sr.nii.gz"
         assert main(["upsample", str(single), "-o", str(expected), *options]) == 0
         np.testing.assert_array_equal(
