@@ -20,6 +20,7 @@ from medsr.io import (
     check_output_path,
     default_output_suffix,
     read_volume,
+    read_volume_frames,
     split_volume_name,
     volume_format,
     volume_frames,
@@ -327,7 +328,8 @@ def upsample_file(
     `slice_thickness` (a length, as `spacing`) overrides the header's (DICOM's SliceThickness)
     and becomes the slice profile of the learned method's fit. `labels`, a label map on the
     input's grid (a segmentation drawn on the thick slices), is written on the output's grid
-    too (at `labels_output`, default `labels_output_path`), by shape-based interpolation.
+    too (at `labels_output`, default `labels_output_path`), by shape-based interpolation. A 4D
+    NIfTI series is read once, and each of its volumes is upsampled as the 3D command would.
 
     Raises:
         MedsrError: bad input, an isotropic input without an explicit target, an output (or
@@ -347,14 +349,12 @@ def upsample_file(
     if frames > 1 and volume_format(output) != "nifti":
         raise MedsrError(f"'{input_path}' holds {frames} volumes; write it as NIfTI (.nii.gz)")
     results, records = [], None
-    for frame in range(frames):  # a 4D series: each volume exactly as the 3D command does it
-        volume = read_volume(
-            input_path,
-            spacing=input_spacing,
-            unit=input_unit,
-            frame=frame if frames > 1 else None,
-            series=series,
-        )
+    volumes = (
+        read_volume_frames(input_path, spacing=input_spacing, unit=input_unit)
+        if frames > 1
+        else [read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series)]
+    )
+    for frame, volume in enumerate(volumes):  # a 4D series: each as the 3D command does it
         if slice_thickness is not None:
             thickness = target_spacing(slice_thickness, volume.unit, "--slice-thickness")
             volume = Volume(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -26,14 +27,15 @@ def nifti_frames(path: Path) -> int:
     return int(np.prod(shape[3:]))
 
 
-def read_nifti(path: Path, frame: int | None = None) -> Volume:
+def read_nifti(path: Path, frame: int | None = None, *, image=None) -> Volume:
     """Read ``.nii``/``.nii.gz`` into a `Volume` (affine in mm, or µm for micron headers).
 
     Colour only for the RGB24 and RGBA32 datatypes (as (X, Y, Z, 3)); any other 4D file is a
     series of volumes, of which `frame` is read (``meta["frames"]``, ``meta["frame_spacing"]``
-    and ``meta["time_unit"]`` say what the series was, for writing it back as 4D).
+    and ``meta["time_unit"]`` say what the series was, for writing it back as 4D). `image`: the
+    file already loaded by nibabel (`read_nifti_frames`).
     """
-    image = nib.load(str(path))
+    image = nib.load(str(path)) if image is None else image
     header = image.header
     frames = nifti_frames(path)
     if frames > 1:
@@ -68,6 +70,23 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
     if data.ndim != 3 and not (data.ndim == 4 and data.shape[3] == 3):
         raise MedsrError(f"expected a 3D volume in '{path}', got array shape {data.shape}")
     return Volume(array=data, affine=affine, meta=meta)
+
+
+def read_nifti_frames(path: Path) -> Iterator[Volume]:
+    """Every volume of a NIfTI series, in order, each as `read_nifti(path, frame)` gives it, from
+    one open file read forward once.
+
+    Reading frame by frame with `read_nifti` would decompress a ``.nii.gz`` from its start for
+    every frame (quadratic in the number of frames); here the one kept file handle moves forward
+    from one frame's block to the next (frames are the slowest axis), so the file is
+    decompressed once, and only one frame is in memory at a time.
+    """
+    image = nib.load(str(path), keep_file_open=True)
+    try:
+        for frame in range(nifti_frames(path)):
+            yield read_nifti(path, frame, image=image)
+    finally:
+        del image  # the last reference: nibabel's array proxy closes the kept file
 
 
 def write_nifti(volume: Volume, path: Path, frames: list[Volume] | None = None) -> None:
