@@ -39,9 +39,6 @@ ADAPTATION_LEARNING_RATE = 2e-4
 #: deterministic results (https://docs.pytorch.org/docs/stable/notes/randomness.html)
 CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 DETERMINISTIC_WORKSPACE = ":4096:8"
-#: fewest whole slabs of the fit's factor along each in-plane axis (two: one thick slice alone
-#: teaches nothing about what lies between slices)
-MIN_FIT_SLABS = 2
 
 
 def adaptation_config(
@@ -90,18 +87,18 @@ def adaptation_config(
 
 
 def check_fit_extent(shape: tuple[int, ...], axis: int, factor: float, name: str) -> None:
-    """Before any work: the fit's thick patches need `MIN_FIT_SLABS` slabs of `factor` voxels
-    along both axes other than `axis`.
+    """Before any work: the fit's thick patches hold whole slabs of `factor` voxels, so both axes
+    other than `axis` need at least one.
 
     Raises:
         MedsrError: in the user's terms: the file (`name`), the axis, and the flags that fix it.
     """
     for other in (a for a in range(3) if a != axis):
-        if shape[other] < MIN_FIT_SLABS * factor:
+        if shape[other] < factor:
             raise MedsrError(
-                f"{name} is too small to adapt the model to: its {shape[other]} voxels along "
-                f"axis {other} hold fewer than {MIN_FIT_SLABS} slabs of x{factor:.3g}; give "
-                "--fit-steps 0 (the trained model alone) or a smaller --scale"
+                f"{name} is too small to adapt the model to: axis {other} has {shape[other]} "
+                f"voxels, less than one slab of x{factor:.3g}; give --fit-steps 0 (the trained "
+                "model alone) or a smaller --scale"
             )
 
 
