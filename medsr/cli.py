@@ -371,7 +371,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _run_upsample(args: argparse.Namespace) -> int:
     from medsr.errors import MedsrError
-    from medsr.inference import upsample_file
+    from medsr.inference import labels_output_path, upsample_file
 
     options = {}
     if args.method == "misr":
@@ -414,6 +414,8 @@ def _run_upsample(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(f"wrote {output}")
+        if args.labels:
+            print(f"wrote {labels_output_path(output, args.labels_out)}")
     return 0
 
 

@@ -134,24 +134,33 @@ def sources_from_volume(volume: Volume, name: str, min_width: int = 16) -> list[
     return sources
 
 
-def sources_self_supervised(volume: Volume, name: str) -> list[PlaneSource]:
+def sources_self_supervised(
+    volume: Volume, name: str, *, axis: int | None = None, factor: float | None = None
+) -> list[PlaneSource]:
     """In-plane slices of an anisotropic scan, made thick along each in-plane axis to the scan's
-    own factor; neighbours are adjacent thick slices."""
+    own factor; neighbours are adjacent thick slices.
+
+    With `axis` and `factor` (the per-scan fit of an upsampling of `axis` by `factor`, any volume,
+    isotropic included): the slices across `axis`, each of its two other axes made thick by
+    `factor`, so that the fit learns the factor it is about to apply along `axis`.
+    """
+    if (axis is None) != (factor is None):
+        raise ValueError(f"give both axis and factor or neither, got {axis} and {factor}")
     ratio = anisotropy(volume.affine)
-    if ratio < 1.2:
+    if factor is None and ratio < 1.2:
         raise MedsrError(
             f"'{name}' is nearly isotropic ({ratio:.2f}): self-supervised training "
             "needs thick slices; train from it as a high-resolution volume instead"
         )
     array, spacing = _normalised(volume), volume.spacing
-    z = thick_axis(volume.affine)
+    z = thick_axis(volume.affine) if axis is None else axis
     sources = []
-    for a in (axis for axis in range(3) if axis != z):
+    for a in (other for other in range(3) if other != z):
         w = 3 - a - z
         view = np.transpose(array, (z, w, a))
-        factor = float(spacing[z] / spacing[a])
+        own = float(spacing[z] / spacing[a]) if factor is None else float(factor)
         sources.append(
-            PlaneSource(view, (spacing[z], spacing[w], spacing[a]), f"{name}:a{a}", factor, 1)
+            PlaneSource(view, (spacing[z], spacing[w], spacing[a]), f"{name}:a{a}", own, 1)
         )
     return sources
 

@@ -20,6 +20,7 @@ from medsr.io import (
     check_output_path,
     default_output_suffix,
     read_volume,
+    read_volume_frames,
     split_volume_name,
     volume_format,
     volume_frames,
@@ -77,6 +78,15 @@ def learned_coverage(factor: float, model: str | os.PathLike[str] | None = None)
     return f"not covered: x{factor:.3g} is above misr's x{limit:.3g}; use --spacing or bspline"
 
 
+def check_fit(volume: Volume, grid: OutputGrid, options: dict, name: str) -> None:
+    """The per-scan fit (``options["fit_steps"]`` > 0) can draw its patches from `volume`."""
+    if options.get("fit_steps", DEFAULT_FIT_STEPS) > 0:
+        from medsr.adaptation import check_fit_extent
+
+        factor = float(volume.spacing[grid.axis] / grid.spacing)
+        check_fit_extent(volume.spatial_shape, grid.axis, factor, name)
+
+
 def load_model(volume: Volume, grid: OutputGrid, options: dict) -> tuple:
     """(generator on the CPU, config) of ``options["model"]`` (default: shipped), after checking
     that the model covers the factor from `volume` to `grid`."""
@@ -106,8 +116,9 @@ def upsample_misr(
     """Learned reconstruction on `grid` (float32, input units) and what produced it.
 
     Args:
-        volume: anisotropic input, grey or RGB (channels share one model).
-        grid: output grid.
+        volume: input, grey or RGB (channels share one model); anisotropic, or isotropic with an
+            explicit target.
+        grid: output grid; the fit learns its axis and factor.
         model: checkpoint from ``medsr train`` (default: the shipped weights).
         fit_steps: steps adapting the model to this scan's own in-plane slices (0: prior only).
         fit_seconds: optional upper bound on the adaptation's wall time.
@@ -137,6 +148,8 @@ def upsample_misr(
         generator,
         config,
         volume.with_array(grey),
+        axis=grid.axis,
+        factor=float(volume.spacing[grid.axis] / grid.spacing),
         steps=fit_steps,
         seconds=fit_seconds,
         seed=seed,
@@ -216,8 +229,10 @@ def upsample_volume(
             result, method = average_slabs(volume, grid, keep_dtype=keep_dtype), "slab-average"
     elif method not in METHODS:
         raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    elif method == "misr":  # the model and its range, before anything is logged or computed
+    elif method == "misr" and misr_options.get("loaded") is None:
+        # the model, its range and the fit, before anything is logged or computed
         misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
+        check_fit(volume, grid, misr_options, "the volume")
     logger.info(
         "thick axis %d: %d slices -> %d slices of %.4g %s (%s)",
         grid.axis,
@@ -270,6 +285,26 @@ def default_output_path(input_path: Path, method: str) -> Path:
     return input_path.parent / f"{stem}_{method}{default_output_suffix(input_path)}"
 
 
+def labels_output_path(output: Path, labels_output: str | os.PathLike[str] | None) -> Path:
+    """Where the label map of ``--labels`` goes: `labels_output`, default
+    ``<output stem>_labels<suffix>`` beside `output`."""
+    if labels_output is not None:
+        return Path(labels_output)
+    stem, suffix = split_volume_name(Path(output))
+    suffix = suffix or ".nii.gz"  # beside a DICOM series folder
+    return Path(output).with_name(f"{stem}_labels{suffix}")
+
+
+def check_labels_output(labels_output: Path, input_path: Path, labels, output: Path, overwrite):
+    """The label output gets the main output's checks, and is none of the other files."""
+    for other, what in ((input_path, "the input"), (Path(labels), "--labels"), (output, "-o")):
+        if labels_output.absolute() == other.absolute() or (
+            labels_output.exists() and other.exists() and labels_output.samefile(other)
+        ):
+            raise MedsrError(f"--labels-out '{labels_output}' is {what}; choose another path")
+    check_output_path(labels_output, overwrite=overwrite)
+
+
 def upsample_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str] | None = None,
@@ -301,13 +336,14 @@ def upsample_file(
     `slice_thickness` (a length, as `spacing`) overrides the header's (DICOM's SliceThickness)
     and becomes the slice profile of the learned method's fit. `labels`, a label map on the
     input's grid (a segmentation drawn on the thick slices), is written on the output's grid
-    too (`labels_output`, default ``<output stem>_labels<suffix>``), by shape-based
-    interpolation. `output_format` ``"dicom"`` writes a DICOM series folder (default
-    ``<input stem>_<method>`` beside the input; `medsr.io.dicom`; labels then go to NIfTI).
+    too (at `labels_output`, default `labels_output_path`), by shape-based interpolation.
+    `output_format` ``"dicom"`` writes a DICOM series folder (default ``<input stem>_<method>``
+    beside the input; `medsr.io.dicom`; labels then go to NIfTI). A 4D NIfTI series is read
+    once, and each of its volumes is upsampled as the 3D command would.
 
     Raises:
-        MedsrError: bad input, an isotropic input without an explicit target, an output that
-            exists (without `overwrite`) or that is the input itself.
+        MedsrError: bad input, an isotropic input without an explicit target, an output (or
+            label output) that exists (without `overwrite`), cannot be written, or is an input.
     """
     input_path = Path(input_path)
     output = Path(output_path) if output_path else default_output_path(input_path, method)
@@ -316,32 +352,28 @@ def upsample_file(
     if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
         raise MedsrError(f"output '{output}' is the input; choose another output path")
     check_output_path(output, overwrite=overwrite, fmt=output_format)  # before reading: fail fast
-    label_map, labels_output = None, None
+    label_map, labels_path = None, None
     if labels is not None:
-        stem, suffix = split_volume_name(output)
-        suffix = suffix or ".nii.gz"  # beside a DICOM folder
-        labels_output = Path(labels_output or output.with_name(f"{stem}_labels{suffix}"))
-        check_output_path(labels_output, overwrite=overwrite)
+        labels_path = labels_output_path(output, labels_output)
+        check_labels_output(labels_path, input_path, labels, output, overwrite)
         label_map = read_volume(labels)
     frames = volume_frames(input_path) if input_path.is_file() else 1
     if frames > 1 and (output_format or volume_format(output)) != "nifti":
         raise MedsrError(f"'{input_path}' holds {frames} volumes; write it as NIfTI (.nii.gz)")
     results, records = [], None
-    for frame in range(frames):  # a 4D series: each volume exactly as the 3D command does it
-        volume = read_volume(
-            input_path,
-            spacing=input_spacing,
-            unit=input_unit,
-            frame=frame if frames > 1 else None,
-            series=series,
-        )
+    volumes = (
+        read_volume_frames(input_path, spacing=input_spacing, unit=input_unit)
+        if frames > 1
+        else [read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series)]
+    )
+    for frame, volume in enumerate(volumes):  # a 4D series: each as the 3D command does it
         if slice_thickness is not None:
             thickness = target_spacing(slice_thickness, volume.unit, "--slice-thickness")
             volume = Volume(
                 volume.array, volume.affine, {**volume.meta, "slice_thickness": thickness}
             )
         if frame == 0:
-            check_output_path(output, overwrite=overwrite, affine=volume.affine, fmt=output_format)
+            check_outputs(output, labels_path, volume, overwrite, output_format)
             if output_format == "dicom":
                 from medsr.io.dicom import check_dicom_input
 
@@ -350,6 +382,12 @@ def upsample_file(
             check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
             if label_map is not None:
                 check_same_grid(label_map, volume, labels)
+            grid = plan_output_grid(
+                volume.spatial_shape, volume.affine, spacing=spacing, scale=scale, axis=axis
+            )
+            if method == "misr" and grid.step <= 1 + 1e-6:  # the model's range, then the fit's
+                misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
+                check_fit(volume, grid, misr_options, f"'{input_path}'")
         if align:
             from medsr.alignment import align_sections
             from medsr.geometry import thick_axis
@@ -386,7 +424,7 @@ def upsample_file(
         modality=dicom_modality,
     )
     if label_map is not None:
-        labels_written = write_volume(label_result, labels_output, overwrite=overwrite)
+        labels_written = write_volume(label_result, labels_path, overwrite=overwrite)
         label_record = dict(label_result.meta["provenance"], input=str(labels))
         write_provenance(dict(label_record, input_sha256=sha256(labels)), labels_written)
     record = dict(result.meta["provenance"], input=str(input_path), frames=frames)
@@ -397,6 +435,19 @@ def upsample_file(
 
         save_transforms(records, written.with_name(written.name + ".transforms.json"))
     return written
+
+
+def check_outputs(
+    output: Path,
+    labels_path: Path | None,
+    volume: Volume,
+    overwrite: bool,
+    output_format: str | None = None,
+) -> None:
+    """The outputs' checks that need the volume (TIFF holds no orientation), before any work."""
+    check_output_path(output, overwrite=overwrite, affine=volume.affine, fmt=output_format)
+    if labels_path is not None:
+        check_output_path(labels_path, overwrite=overwrite, affine=volume.affine)
 
 
 def check_same_grid(label_map: Volume, volume: Volume, path) -> None:

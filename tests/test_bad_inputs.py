@@ -78,6 +78,7 @@ CASES = {
     "5D file": ("upsample {five_d}", 1, "expected a 3D volume"),
     "NaN voxels": ("upsample {nan}", 1, "NaN/Inf voxels"),
     "isotropic input": ("upsample {iso}", 1, "already isotropic"),
+    "too small to adapt": ("upsample {iso} --scale 8", 1, "iso.nii' is too small to adapt"),
     "unknown input format": ("upsample {yaml_list}", 1, "unknown volume format"),
     "single slice": ("upsample {one_slice}", 1, "1 slice(s) along its thick axis"),
     "three slices": ("upsample {three_slices}", 1, "3 slice(s) along its thick axis"),

@@ -290,3 +290,132 @@ def test_decoding_in_chunks_of_positions_gives_the_same_volume(monkeypatch):
         volume, grid, generator, device=torch.device("cpu")
     )
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+def _checkpoint(path, config):
+    from medsr import __version__
+    from medsr.config import config_to_dict
+    from medsr.training import build_generator
+
+    torch.manual_seed(0)
+    state = {"generator": build_generator(config).state_dict(), "config": config_to_dict(config)}
+    torch.save({**state, "version": __version__}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "train_run", [{"train": {"steps": 40, "stop_at": 31}}, {"data": {"workers": 2}}]
+)
+def test_the_fit_ignores_the_training_runs_stop_at_and_workers(
+    tmp_path, tiny_config, monkeypatch, train_run
+):
+    # pipelines/configs/default_model.yaml trains with stop_at: its checkpoint must upsample
+    import dataclasses
+
+    import torch.utils.data
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("the fit started DataLoader workers")
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", no_workers)
+    sections = {
+        name: dataclasses.replace(getattr(tiny_config, name), **values)
+        for name, values in train_run.items()
+    }
+    model = _checkpoint(tmp_path / "run.pt", dataclasses.replace(tiny_config, **sections))
+    volume = _thick_volume(shape=(20, 18, 6))
+    result = upsample_volume(volume, method="misr", model=model, fit_steps=2, device="cpu")
+    assert result.meta["provenance"]["fit_steps_run"] == 2
+
+
+def test_the_fit_config_is_the_fits_own(tiny_config):
+    import dataclasses
+
+    from medsr.adaptation import adaptation_config
+
+    trained = dataclasses.replace(
+        tiny_config,
+        data=dataclasses.replace(
+            tiny_config.data, workers=4, noise_max=0.2, profiles=("gaussian",)
+        ),
+        train=dataclasses.replace(tiny_config.train, steps=100, stop_at=90, warmup_steps=50),
+    )
+    fit = adaptation_config(trained, steps=7, seed=3)
+    assert fit.model == trained.model
+    train = fit.train
+    assert (train.steps, train.stop_at, train.warmup_steps, train.seed) == (7, None, 0, 3)
+    assert fit.data.workers == 0 and fit.data.noise_max == 0 and fit.data.self_supervised
+    assert fit.data.profiles == ("gaussian",) and fit.data.batch_size == trained.data.batch_size
+    assert fit.loss.perceptual_weight == 0 and fit.loss.adversarial_weight == 0
+
+
+def _fit_sources(monkeypatch) -> list:
+    import medsr.adaptation
+
+    seen = []
+
+    def spy(sources, config, neighbours):
+        seen.extend(sources)
+        return sampler(sources, config, neighbours)
+
+    sampler = medsr.adaptation.PairSampler
+    monkeypatch.setattr(medsr.adaptation, "PairSampler", spy)
+    return seen
+
+
+def test_the_fit_degrades_the_axis_that_is_upsampled(identity_checkpoint, monkeypatch):
+    # thick axis 2 in the header, but --axis 0 asked for: the fit learns axis 0's factor from
+    # the slices across axis 0 (axes 1 and 2 made thick)
+    seen = _fit_sources(monkeypatch)
+    volume = _thick_volume(shape=(12, 20, 6))
+    result = upsample_volume(
+        volume, method="misr", model=identity_checkpoint, axis=0, scale=2, fit_steps=1
+    )
+    assert result.spatial_shape == (24, 20, 6)
+    assert sorted(source.name for source in seen) == ["scan:a1", "scan:a2"]
+    assert all(source.array.shape[0] == 12 and source.factor == 2 for source in seen)
+
+
+def test_an_isotropic_volume_with_scale_is_fitted_and_upsampled(
+    tmp_path, identity_checkpoint, monkeypatch, capsys
+):
+    seen = _fit_sources(monkeypatch)
+    iso = Volume(array=phantom_array((16, 14, 10)), affine=make_affine("LIA", (1.5, 1.5, 1.5)))
+    path = write_volume(iso, tmp_path / "iso.nii.gz")
+    out = tmp_path / "iso_x2.nii.gz"
+    argv = ["upsample", str(path), "-o", str(out), "--scale", "2", "--fit-steps", "2", "--quiet"]
+    assert main([*argv, "--model", str(identity_checkpoint)]) == 0, capsys.readouterr().err
+    result = read_volume(out)
+    assert result.spatial_shape == (16, 14, 20)  # ties go to the last axis
+    np.testing.assert_allclose(result.spacing, [1.5, 1.5, 0.75], atol=1e-5)
+    for a, b in zip(
+        world_extent(iso.spatial_shape, iso.affine, 2),
+        world_extent(result.spatial_shape, result.affine, 2),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert {source.factor for source in seen} == {2.0}
+    assert sorted(source.name for source in seen) == ["scan:a0", "scan:a1"]
+
+
+def test_deterministic_algorithms_during_a_cuda_fit_only(monkeypatch):
+    # the flags are process-wide: set for the fit, then the caller's settings come back
+    import os
+
+    from medsr.adaptation import deterministic_algorithms
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with deterministic_algorithms(torch.device("cpu")):
+        assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_algorithms(torch.device("cuda")):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own value is kept
+    with pytest.raises(KeyboardInterrupt), deterministic_algorithms(torch.device("cuda")):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+        raise KeyboardInterrupt
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"

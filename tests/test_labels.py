@@ -109,3 +109,58 @@ def test_coarser_labels_take_the_majority_and_never_invent_an_id(tmp_path):
     # two slices per slab: 1 against 3 is a tie, which goes to the lower label
     assert main([*argv, "--spacing", "8", "--quiet", "--overwrite"]) == 0
     assert read_volume(out).array[2, 2].tolist() == [1, 1, 1]
+
+
+def _scan_and_labels(tmp_path):
+    affine = make_affine("RAS", (1.0, 1.0, 4.0))
+    image = write_volume(Volume(phantom_array((20, 18, 8)), affine), tmp_path / "scan.nii.gz")
+    seg = np.zeros((20, 18, 8), np.uint8)
+    seg[5:15, 4:12, 2:6] = 3
+    return image, write_volume(Volume(seg, affine), tmp_path / "seg.nii.gz")
+
+
+def test_labels_out_is_where_the_labels_go_and_is_named(tmp_path, capsys):
+    image, labels = _scan_and_labels(tmp_path)
+    out, labels_out = tmp_path / "iso.nii.gz", tmp_path / "masks" / "tumour.nrrd"
+    labels_out.parent.mkdir()
+    argv = ["upsample", str(image), "-o", str(out), "--method", "bspline", "--labels", str(labels)]
+    assert main([*argv, "--labels-out", str(labels_out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and f"wrote {labels_out}" in printed
+    assert not (tmp_path / "iso_labels.nii.gz").exists()
+    label_result = read_volume(labels_out)
+    assert set(np.unique(label_result.array)) == {0, 3}
+    assert label_result.spatial_shape == read_volume(out).spatial_shape
+
+
+@pytest.mark.parametrize(
+    ("labels_out", "message"),
+    [
+        ("taken.nii.gz", "output exists"),
+        ("missing/l.nii.gz", "output folder does not exist"),
+        ("l.png", "unknown volume format"),
+        ("seg.nii.gz", "is --labels"),
+        ("scan.nii.gz", "is the input"),
+        ("iso.nii.gz", "is -o"),
+    ],
+)
+def test_labels_out_is_checked_before_any_work(tmp_path, capsys, labels_out, message):
+    image, labels = _scan_and_labels(tmp_path)
+    (tmp_path / "taken.nii.gz").write_bytes(b"the user's file")
+    out = tmp_path / "iso.nii.gz"
+    argv = ["upsample", str(image), "-o", str(out), "--method", "linear", "--labels", str(labels)]
+    assert main([*argv, "--labels-out", str(tmp_path / labels_out)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and (tmp_path / "taken.nii.gz").read_bytes() == b"the user's file"
+
+
+def test_labels_out_to_tiff_of_an_oblique_scan_is_refused_before_any_work(tmp_path, capsys):
+    affine = make_affine("oblique", (1.0, 1.0, 4.0))
+    image = write_volume(Volume(phantom_array((20, 18, 8)), affine), tmp_path / "scan.nii.gz")
+    labels = write_volume(Volume(np.zeros((20, 18, 8), np.uint8), affine), tmp_path / "s.nii.gz")
+    out = tmp_path / "iso.nii.gz"
+    argv = ["upsample", str(image), "-o", str(out), "--method", "linear", "--labels", str(labels)]
+    assert main([*argv, "--labels-out", str(tmp_path / "l.ome.tif")]) == 1
+    assert "not axis-aligned" in capsys.readouterr().err
+    assert not out.exists()

@@ -88,3 +88,16 @@ def test_smore_baseline_shapes_and_fit_runs():
     scan = Volume(array=phantom_array((40, 36, 8)), affine=make_affine("RAS", (1, 1, 3)))
     network = fit_smore(scan, seconds=2, device=torch.device("cpu"))
     assert network.neighbours == 1 and not network.training
+
+
+def test_untrained_generator_is_exact_bspline_under_autocast():
+    # the base is computed in float32 outside autocast: mixed precision touches the residual only
+    torch.manual_seed(0)
+    generator = MISRGenerator(neighbours=3, num_features=8, num_blocks=1, hidden=8)
+    lr = torch.rand(2, 3, 10, 6) * 1000
+    positions = torch.from_numpy(slab_positions(6, 3.7).astype(np.float32))
+    expected = interpolate_along_axis(lr[:, 1].double().numpy(), positions.numpy(), 2, "bspline")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generator(lr, positions, 3.7)
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out[:, 0].detach().numpy(), expected, rtol=1e-6, atol=1e-4)

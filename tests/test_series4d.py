@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from medsr.cli import main
+from medsr.inference import upsample_volume
 from medsr.io import read_volume, volume_frames
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
@@ -40,9 +41,15 @@ def test_4d_series_round_trips_and_matches_the_3d_command(tmp_path, method, step
     assert image.shape[3] == 3 and image.header["pixdim"][4] == pytest.approx(2.5)
     assert image.header.get_xyzt_units() == ("mm", "sec")
     source = nib.load(series)
+    # runs 1 and 2 are uint16, run 3 int16: the series holds all three as int32, and each of its
+    # frames is upsampled as the 3D command upsamples that frame stored as int32 (clipped to
+    # int32, not to the run's own type)
+    assert source.get_data_dtype() == np.int32 == image.get_data_dtype()
     for index, run in enumerate(runs):
         single = tmp_path / f"run{index}.nii.gz"
-        nib.save(nib.Nifti1Image(run, source.affine), single)
+        frame = np.asarray(source.dataobj[..., index])
+        np.testing.assert_array_equal(frame, run)
+        nib.save(nib.Nifti1Image(frame, source.affine), single)
         expected = tmp_path / f"run{index}_sr.nii.gz"
         assert main(["upsample", str(single), "-o", str(expected), *options]) == 0
         np.testing.assert_array_equal(
@@ -70,3 +77,52 @@ def test_a_series_is_only_written_as_nifti(tmp_path, capsys):
     assert main(["upsample", str(path), "-o", str(tmp_path / "o.nrrd"), "--method", "linear"]) == 1
     assert "write it as NIfTI" in capsys.readouterr().err
     assert not (tmp_path / "o.nrrd").exists()
+
+
+def _bytes_read_from(path: Path, monkeypatch) -> list[int]:
+    """Bytes read from `path` through `open` (nibabel's gzip reader opens files with it)."""
+    import builtins
+
+    counted, real_open = [0], builtins.open
+
+    class Counted:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def read(self, *args):
+            data = self._handle.read(*args)
+            counted[0] += len(data)
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._handle.__exit__(*exc)
+
+    def counting_open(file, *args, **kwargs):
+        handle = real_open(file, *args, **kwargs)
+        return Counted(handle) if str(file) == str(path) else handle
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return counted
+
+
+def test_a_compressed_series_is_decompressed_once(tmp_path, monkeypatch):
+    # frame by frame, a .nii.gz was decompressed from its start for every frame: O(frames^2)
+    frames = 8
+    data = np.random.default_rng(0).integers(0, 4000, (48, 48, 24, frames), dtype=np.int16)
+    path = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0])), path)
+    size = path.stat().st_size
+    counted = _bytes_read_from(path, monkeypatch)
+    out = tmp_path / "out.nii.gz"
+    assert main(["upsample", str(path), "-o", str(out), "--method", "linear", "--quiet"]) == 0
+    monkeypatch.undo()
+    # the data once, plus a header block (one gzip read buffer) per frame
+    assert counted[0] < size + (frames + 4) * 2**17, (counted[0], size)
+    expected = upsample_volume(read_volume(path, frame=5), method="linear")
+    np.testing.assert_array_equal(read_volume(out, frame=5).array, expected.array)

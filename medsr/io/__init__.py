@@ -7,11 +7,12 @@ array, spacing and affine. Writes are atomic: the file appears complete or not a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,7 @@ __all__ = [
     "make_output_folder",
     "default_output_suffix",
     "read_volume",
+    "read_volume_frames",
     "set_spacing",
     "split_volume_name",
     "unit_scale",
@@ -231,13 +233,50 @@ def read_volume(
     path = Path(path)
     if not path.exists():
         raise MedsrError(f"input not found: '{path}'")
-    try:
+    with _one_line_errors(path):
         volume = _read_any(path, spacing, unit, frame, series)
+    return _checked(volume, path)
+
+
+def read_volume_frames(
+    path: str | os.PathLike[str],
+    *,
+    spacing: Sequence[float] | None = None,
+    unit: Unit | None = None,
+) -> Iterator[Volume]:
+    """Every volume of a 4D NIfTI series in order, each as ``read_volume(path, frame=i)`` gives
+    it, with the file read (decompressed) once rather than from its start for every frame; one
+    frame in memory at a time (`medsr.io.nifti.read_nifti_frames`).
+
+    Raises:
+        MedsrError: as `read_volume`.
+    """
+    from medsr.io.nifti import read_nifti_frames
+
+    path = Path(path)
+    if not path.exists():
+        raise MedsrError(f"input not found: '{path}'")
+    frames = read_nifti_frames(path)
+    while True:
+        with _one_line_errors(path):
+            volume = next(frames, None)
+        if volume is None:
+            return
+        yield _checked(volume if spacing is None else set_spacing(volume, spacing, unit), path)
+
+
+@contextlib.contextmanager
+def _one_line_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
     except MedsrError:
         raise
     except Exception as error:  # readers of three libraries raise many types for corrupt files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise MedsrError(f"cannot read '{path}': {reason}") from error
+
+
+def _checked(volume: Volume, path: Path) -> Volume:
     if volume.array.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(volume.array)))
         if bad:

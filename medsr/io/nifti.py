@@ -4,6 +4,7 @@ stored type of scaled integers (scl_slope/scl_inter)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -55,7 +56,7 @@ def _stored_integers(array: np.ndarray, scaling: dict) -> np.ndarray | None:
     return stored
 
 
-def read_nifti(path: Path, frame: int | None = None) -> Volume:
+def read_nifti(path: Path, frame: int | None = None, *, image=None) -> Volume:
     """Read ``.nii``/``.nii.gz`` into a `Volume` (affine in mm, or µm for micron headers).
 
     Colour only for the RGB24 and RGBA32 datatypes (as (X, Y, Z, 3)); any other 4D file is a
@@ -63,8 +64,9 @@ def read_nifti(path: Path, frame: int | None = None) -> Volume:
     and ``meta["time_unit"]`` say what the series was, for writing it back as 4D). Integers
     stored with a slope and intercept come in world units, float32 (not nibabel's float64), with
     ``meta["scaling"]`` to write them back as the same integers (`medsr.io.volume.scaled_values`).
+    `image`: the file already loaded by nibabel (`read_nifti_frames`).
     """
-    image = nib.load(str(path))
+    image = nib.load(str(path)) if image is None else image
     header = image.header
     scaling = _stored_scaling(image)
     frames = nifti_frames(path)
@@ -121,6 +123,23 @@ def _xform_code(meta: dict) -> int:
     if sform_code or qform_code:
         return int(sform_code or qform_code)
     return 1 if sform_code is None and qform_code is None else 2
+
+
+def read_nifti_frames(path: Path) -> Iterator[Volume]:
+    """Every volume of a NIfTI series, in order, each as `read_nifti(path, frame)` gives it, from
+    one open file read forward once.
+
+    Reading frame by frame with `read_nifti` would decompress a ``.nii.gz`` from its start for
+    every frame (quadratic in the number of frames); here the one kept file handle moves forward
+    from one frame's block to the next (frames are the slowest axis), so the file is
+    decompressed once, and only one frame is in memory at a time.
+    """
+    image = nib.load(str(path), keep_file_open=True)
+    try:
+        for frame in range(nifti_frames(path)):
+            yield read_nifti(path, frame, image=image)
+    finally:
+        del image  # the last reference: nibabel's array proxy closes the kept file
 
 
 def write_nifti(volume: Volume, path: Path, frames: list[Volume] | None = None) -> None:

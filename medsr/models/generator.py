@@ -96,7 +96,13 @@ class MISRGenerator(nn.Module):
         return left_proj, right_proj, centre, log_factor
 
     def predict_at(self, encoded: tuple, positions: torch.Tensor) -> torch.Tensor:
-        """The plane at `positions` from `encode`'s output: B-spline value + decoded residual."""
+        """The plane at `positions` from `encode`'s output: B-spline value + decoded residual.
+
+        The B-spline base is computed in float32 (or the input's wider type) outside any
+        autocast region, so it stays exact under mixed precision (fp16 would cost up to 1e-3 of
+        the intensity range); only the residual runs in the autocast type, and it is added to the
+        base in the base's type.
+        """
         left_proj, right_proj, centre, log_factor = encoded
         count = centre.shape[-1]
         positions = positions.to(device=centre.device, dtype=centre.dtype)
@@ -108,4 +114,16 @@ class MISRGenerator(nn.Module):
         query = query.reshape(1, -1, *([1] * (centre.dim() - 3)), query.shape[-1])
         hidden = gather_last_axis(left_proj, left) + gather_last_axis(right_proj, right)
         residual = self.decode(hidden + query.to(hidden.dtype))
-        return bspline_sample_last_axis(centre, positions) + residual
+        return exact_bspline(centre, positions) + residual.to(_exact_dtype(centre.dtype))
+
+
+def _exact_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype == torch.float64 else torch.float32
+
+
+def exact_bspline(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`bspline_sample_last_axis` in float32 (float64 stays) with autocast off, whatever the
+    caller's mixed precision: the base the generator's residual is added to."""
+    dtype = _exact_dtype(x.dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        return bspline_sample_last_axis(x.to(dtype), positions.to(dtype))
