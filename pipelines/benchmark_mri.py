@@ -101,6 +101,16 @@ def representative_cases(volumes: tuple[str, ...] = VOLUMES) -> list[Case]:
     return chosen
 
 
+def covering_cases() -> list[Case]:
+    """Four cases: every test volume once and every condition once (a Latin square)."""
+    return [
+        Case(ICBM, 4.0, 1, "family", "boxcar"),
+        Case(MACAQUE, 5.0, 0, "sinc", "sinc"),
+        Case(B0_1, 4.0, 2, "gap", "boxcar"),
+        Case(B0_2, 3.0, 2, "noise", "boxcar"),
+    ]
+
+
 def quick_cases(volumes: tuple[str, ...]) -> list[Case]:
     """One case per condition, all on the first volume (a smoke test)."""
     volume = volumes[0]
@@ -194,12 +204,42 @@ def benchmark_case(data: Path, case: Case, index: int, options: dict, folder: Pa
     return rows
 
 
-def benchmark(data: Path, cases: list[Case], options: dict, out: Path | None) -> list[dict]:
-    """Run every case; write the rows to `out` (CSV) as they come, so a long run keeps them."""
-    rows: list[dict] = []
+def read_rows(path: Path) -> list[dict]:
+    """Rows of an earlier `--out` CSV, with their numbers as numbers."""
+    rows = []
+    for row in csv.DictReader(path.open(encoding="utf-8")):
+        for key, value in row.items():
+            if key in ("case", "axis", "mask_voxels"):
+                row[key] = int(value)
+            elif key not in ("volume", "condition", "profile", "factor_group", "method"):
+                row[key] = float(value)
+        rows.append(row)
+    return rows
+
+
+def done_cases(rows: list[dict], cases: list[Case]) -> int:
+    """How many leading `cases` `rows` (from `--resume`) hold completely; refuses other cases."""
+    done = sorted({r["case"] for r in rows})
+    if done != list(range(len(done))):
+        raise SystemExit(f"error: cases {done} of the CSV are not a prefix of this run's")
+    for r in rows:
+        case = cases[r["case"]]
+        same = (r["volume"], r["factor"], r["axis"], r["condition"], r["profile"])
+        if same != (case.volume.split(".nii")[0], case.factor, case.axis, case.condition,
+                    case.profile):  # fmt: skip
+            raise SystemExit(f"error: row {r} is not case {r['case']} of this run ({case})")
+    return len(done)
+
+
+def benchmark(
+    data: Path, cases: list[Case], options: dict, out: Path | None, rows: list[dict] | None = None
+) -> list[dict]:
+    """Run every case after those `rows` hold; write all rows to `out` (CSV) after each case, so
+    a long run keeps them (and `--resume` continues it)."""
+    rows = list(rows or [])
     with tempfile.TemporaryDirectory() as folder:
-        for index, case in enumerate(cases):
-            rows += benchmark_case(data, case, index, options, Path(folder))
+        for index in range(done_cases(rows, cases), len(cases)):
+            rows += benchmark_case(data, cases[index], index, options, Path(folder))
             if out is not None:
                 with out.open("w", newline="", encoding="utf-8") as handle:
                     writer = csv.DictWriter(handle, list(rows[0]))
@@ -260,7 +300,8 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mri"))
-    parser.add_argument("--cases", choices=["all", "representative"], default="all")
+    parser.add_argument("--cases", choices=["all", "representative", "cover"], default="all")
+    parser.add_argument("--resume", action="store_true", help="continue the cases of --out")
     parser.add_argument("--quick", action="store_true", help="one case per condition")
     parser.add_argument("--volumes", nargs="+", help="volumes under --data (default: the four)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -278,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         cases = quick_cases(volumes)
     else:
-        cases = all_cases(volumes) if args.cases == "all" else representative_cases(volumes)
+        named = {"all": all_cases, "representative": representative_cases}
+        cases = covering_cases() if args.cases == "cover" else named[args.cases](volumes)
     options = {"methods": args.methods, "fit_steps": args.fit_steps, "threads": args.threads}
     options["in_process"] = args.in_process
-    table = markdown(benchmark(args.data, cases, options, args.out))
+    rows = read_rows(args.out) if args.resume and args.out and args.out.exists() else []
+    table = markdown(benchmark(args.data, cases, options, args.out, rows))
     print("\n" + table)
     if args.markdown:
         args.markdown.write_text(table + "\n", encoding="utf-8")

@@ -116,3 +116,7 @@ def test_quick_benchmark_runs_on_a_tiny_synthetic_volume(tmp_path):
         assert float(row["data_range"]) > 0 and int(row["mask_voxels"]) > 0
     table = (tmp_path / "table.md").read_text()
     assert "| x2-x3.7 | misr_prior |" in table and "| all cases | bspline |" in table
+    # --resume of a finished run runs nothing and rebuilds the same tables from the CSV
+    assert benchmark_mri.main([*argv, "--resume"]) == 0
+    assert (tmp_path / "table.md").read_text() == table
+    assert list(csv.DictReader(out.open())) == rows
