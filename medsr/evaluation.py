@@ -84,9 +84,29 @@ def evaluation_mask(truth: np.ndarray, mask: np.ndarray | None = None) -> np.nda
     return mask
 
 
-def score(pred: np.ndarray, truth: np.ndarray, *, mask: np.ndarray, axis: int) -> dict:
-    """PSNR (dB), SSIM, HFEN and sharpness ratio of `pred` against `truth` inside `mask`."""
-    data_range = float(truth[mask].max() - truth[mask].min()) or 1.0
+def robust_data_range(
+    truth: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)
+) -> float:
+    """Data range for PSNR/SSIM from percentiles of the truth inside `mask` (default 0.5 and
+    99.5), so that a few bright voxels (vessels, artefacts) do not set it; 1 if flat."""
+    low, high = np.percentile(np.asarray(truth)[mask], percentiles)
+    return float(high - low) or 1.0
+
+
+def score(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    *,
+    mask: np.ndarray,
+    axis: int,
+    data_range: float | None = None,
+) -> dict:
+    """PSNR (dB), SSIM, HFEN and sharpness ratio of `pred` against `truth` inside `mask`.
+
+    `data_range` defaults to the truth's max - min inside `mask` (`robust_data_range` is the
+    benchmarks' choice)."""
+    if data_range is None:
+        data_range = float(truth[mask].max() - truth[mask].min()) or 1.0
     return {
         "psnr": psnr(pred, truth, data_range=data_range, mask=mask),
         "ssim": ssim(pred, truth, data_range=data_range, mask=mask),

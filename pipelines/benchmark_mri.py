@@ -1,19 +1,29 @@
-"""MRI benchmark: medsr (default `medsr upsample`, and its shipped prior alone) against linear,
-cubic B-spline and the plain SMORE-style baseline, on thick slices simulated from high-resolution
-volumes that were never used for training (pipelines/configs/default_model_validation.txt).
+"""MRI benchmark on the test volumes of pipelines/configs/split.yaml: medsr (the default
+`medsr upsample`, and its shipped prior alone) against linear and cubic B-spline interpolation.
 
-Each case thickens a high-resolution volume along one array axis (boxcar or Gaussian profile,
-factor 2.5-12, integer and not), writes it as NIfTI, and runs every method as its own process (as
-a user would), so that wall time and peak memory (max RSS of that process) are end to end. The
-SMORE-style ablation gets the same fitting time as misr's adaptation took in that case (misr's
-wall time minus the prior-only run's). Outputs lie on the
-high-resolution grid by construction (docs/geometry.md) and are scored against the truth inside a
-head mask (Otsu, closed, filled): PSNR, 3D SSIM, and an edge-sharpness ratio (mean through-plane
-gradient magnitude of the output over that of the truth, inside the mask; 1 = as sharp as truth)
-and HFEN (relative error of Laplacian-of-Gaussian filtered images; lower is better).
+Each case thickens a high-resolution test volume along one array axis with the project's one
+acquisition model (`medsr.evaluation.simulate_acquisition`), writes it as NIfTI and runs every
+method on it as a user would (its own process by default, so that wall time and peak RSS are end
+to end). Conditions:
 
-Usage: python pipelines/benchmark_mri.py [--data ../shared/data/mri] [--fit-steps N]
-           [--cases all|quick] [--out docs/benchmark_mri.csv]
+- ``family``: boxcar or Gaussian slice profile (FWHM = spacing), the family the prior was trained
+  on, factors 2-10 with non-integer ones;
+- ``sinc``: the 2D multi-slice profile of a truncated sinc RF pulse, with side lobes into the
+  neighbouring slices (`medsr.transforms`, profile ``"sinc"``): never seen in training;
+- ``gap``: boxcar slices 0.6 x the spacing thick (a 40 % gap; training draws 0.8-1.2), the
+  thickness given to medsr as a DICOM header would (``--slice-thickness``);
+- ``noise``: Rician noise (std 3 % of the data range) added to the *thick* slices, after
+  thickening, as a scanner adds it (training adds it to the thin truth before thickening).
+
+Outputs lie on the truth's grid by construction (docs/geometry.md) and are scored with
+`medsr.evaluation.score` inside the truth's foreground (`medsr.evaluation.evaluation_mask`: Otsu,
+closed, largest component, filled), with the data range from the 0.5 and 99.5 percentiles of the
+truth inside that mask (`medsr.evaluation.robust_data_range`): PSNR, 3D SSIM, HFEN (lower is
+better), through-plane sharpness ratio (1 = as sharp as the truth).
+
+Usage (from the repository root):
+    python pipelines/benchmark_mri.py [--cases all|representative] [--quick]
+        [--data ../shared/data/mri] [--out docs/benchmark_mri.csv] [--fit-steps N]
 """
 
 from __future__ import annotations
@@ -26,43 +36,138 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from split import held_out_volumes, read_split
 
-from medsr.evaluation import simulate_acquisition
-from medsr.io import Volume, read_volume, write_volume
-from medsr.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
+from medsr.data import add_rician_noise
+from medsr.evaluation import evaluation_mask, robust_data_range, score, simulate_acquisition
+from medsr.io import read_volume, write_volume
 
-# (volume file, factor, profile, thick array axis)
-CASES = [
-    ("heudiconv_b0_1.5mm_run1.nii.gz", 3.0, "boxcar", 2),
-    ("heudiconv_b0_1.5mm_run1.nii.gz", 2.5, "gaussian", 0),
-    ("heudiconv_b0_1.5mm_run2.nii.gz", 4.0, "gaussian", 1),
-    ("heudiconv_b0_1.5mm_run2.nii.gz", 5.0, "boxcar", 2),
-    ("inia19_macaque_t1_0.5mm.nii.gz", 5.0, "boxcar", 2),
-    ("inia19_macaque_t1_0.5mm.nii.gz", 4.0, "gaussian", 0),
-    ("heudiconv_b0_1.5mm_run1.nii.gz", 8.0, "boxcar", 2),
-    ("heudiconv_b0_1.5mm_run2.nii.gz", 10.0, "gaussian", 1),
-    ("inia19_macaque_t1_0.5mm.nii.gz", 12.0, "boxcar", 0),
-    # 0.5 x 0.5 x 5 mm, the routine clinical case the per-factor heads could not do
-    ("inia19_macaque_t1_0.5mm.nii.gz", 10.0, "boxcar", 2),
-    # non-integer factors, next to the integer ones above
-    ("heudiconv_b0_1.5mm_run1.nii.gz", 3.7, "gaussian", 1),
-    ("inia19_macaque_t1_0.5mm.nii.gz", 6.5, "boxcar", 2),
-]
-METHODS = ("misr", "misr_prior", "smore", "linear", "bspline")
+ICBM = "nilearn_icbm152_2009a_t1_1mm.nii.gz"
+MACAQUE = "inia19_macaque_t1_0.5mm.nii.gz"
+B0_1, B0_2 = "heudiconv_b0_1.5mm_run1.nii.gz", "heudiconv_b0_1.5mm_run2.nii.gz"
+VOLUMES = (ICBM, MACAQUE, B0_1, B0_2)
+METHODS = ("misr", "misr_prior", "linear", "bspline")
+#: slice thickness / spacing of the ``gap`` condition
+GAP_THICKNESS = 0.6
+#: Rician noise std of the ``noise`` condition, as a fraction of the robust data range
+NOISE_FRACTION = 0.03
+FACTOR_GROUPS = ((2.0, 3.9, "x2-x3.7"), (4.0, 6.9, "x4-x6.5"), (7.0, 16.0, "x8-x10"))
 
 
-def thicken(volume: Volume, factor: float, profile: str, axis: int) -> tuple[Volume, np.ndarray]:
-    """Thick volume and the truth cropped to the slabs it covers (a whole number of slices)."""
-    acquisition = simulate_acquisition(volume, factor=factor, axis=axis, profile=profile)
-    return acquisition.thick, acquisition.truth.array
+@dataclass(frozen=True)
+class Case:
+    volume: str
+    factor: float
+    axis: int
+    condition: str  # family, sinc, gap, noise
+    profile: str = "boxcar"
+
+    @property
+    def thickness(self) -> float | None:
+        """Slice thickness in thin slices (None: contiguous, = factor)."""
+        return GAP_THICKNESS * self.factor if self.condition == "gap" else None
 
 
-def run_timed(command: list[str]) -> tuple[float, float]:
-    """Run a command; return (wall seconds, peak RSS in MiB) of that process."""
+def all_cases(volumes: tuple[str, ...] = VOLUMES) -> list[Case]:
+    """Every case: per volume 10 family cases (factors 2-10, boxcar and Gaussian alternating,
+    axes 0/1/2 in turn) and 6 unseen-condition cases (sinc x3, x5; gap x4, x6.5; noise x3, x5)."""
+    cases = []
+    for v, volume in enumerate(volumes):
+        for i, factor in enumerate((2, 2.5, 3, 3.7, 4, 5, 6, 6.5, 8, 10)):
+            profile = ("boxcar", "gaussian")[(i + v) % 2]
+            cases.append(Case(volume, float(factor), (i + v) % 3, "family", profile))
+        unseen = [("sinc", 3.0, "sinc"), ("sinc", 5.0, "sinc"), ("gap", 4.0, "boxcar")]
+        unseen += [("gap", 6.5, "boxcar"), ("noise", 3.0, "boxcar"), ("noise", 5.0, "boxcar")]
+        for i, (condition, factor, profile) in enumerate(unseen):
+            cases.append(Case(volume, factor, (i + v + 1) % 3, condition, profile))
+    return cases
+
+
+def representative_cases(volumes: tuple[str, ...] = VOLUMES) -> list[Case]:
+    """Per volume: family x4 and x6.5, sinc x5, gap x4 and noise x3 (each condition once); plus
+    x10 on the macaque along axis 2 (0.5 x 0.5 x 5 mm) and x2 on the ICBM T1."""
+    wanted = {("family", 4.0), ("family", 6.5), ("sinc", 5.0), ("gap", 4.0), ("noise", 3.0)}
+    chosen = [c for c in all_cases(volumes) if (c.condition, c.factor) in wanted]
+    order = ["family", "sinc", "gap", "noise"]  # round robin over volumes: a partial run
+    chosen.sort(key=lambda c: (order.index(c.condition), c.factor, volumes.index(c.volume)))
+    if MACAQUE in volumes:
+        chosen.append(Case(MACAQUE, 10.0, 2, "family", "boxcar"))
+    if ICBM in volumes:
+        chosen.append(Case(ICBM, 2.0, 0, "family", "gaussian"))
+    return chosen
+
+
+def covering_cases() -> list[Case]:
+    """Four cases: every test volume once and every condition once (a Latin square)."""
+    return [
+        Case(ICBM, 4.0, 1, "family", "boxcar"),
+        Case(MACAQUE, 5.0, 0, "sinc", "sinc"),
+        Case(B0_1, 4.0, 2, "gap", "boxcar"),
+        Case(B0_2, 3.0, 2, "noise", "boxcar"),
+    ]
+
+
+def quick_cases(volumes: tuple[str, ...]) -> list[Case]:
+    """One case per condition, all on the first volume (a smoke test)."""
+    volume = volumes[0]
+    return [
+        Case(volume, 3.0, 2, "family", "boxcar"),
+        Case(volume, 2.5, 0, "sinc", "sinc"),
+        Case(volume, 3.0, 1, "gap", "boxcar"),
+        Case(volume, 2.0, 2, "noise", "boxcar"),
+    ]
+
+
+def factor_group(factor: float) -> str:
+    return next(name for low, high, name in FACTOR_GROUPS if low <= factor <= high)
+
+
+def acquire(volume, case: Case, seed: int):
+    """(thick volume, truth array, mask, data range) of one case."""
+    acquisition = simulate_acquisition(
+        volume, factor=case.factor, axis=case.axis, profile=case.profile, thickness=case.thickness
+    )
+    truth = acquisition.truth.array
+    mask = evaluation_mask(truth)
+    data_range = robust_data_range(truth, mask)
+    thick = acquisition.thick
+    if case.condition == "noise":  # after thickening: the scanner's noise on the thick slices
+        rng = np.random.default_rng(seed)
+        noisy = add_rician_noise(thick.array, NOISE_FRACTION * data_range, rng)
+        thick = thick.with_array(noisy, thick.affine)
+    return thick, truth, mask, data_range
+
+
+def method_argv(method: str, source: Path, output: Path, case: Case, spacing: float, options):
+    """`medsr upsample` arguments of one method."""
+    argv = ["upsample", str(source), "-o", str(output), "--dtype", "float32", "--overwrite"]
+    if options["threads"] is not None:
+        argv += ["--threads", str(options["threads"])]
+    fit_steps = options["fit_steps"]
+    argv += ["--quiet", "--method", "misr" if method.startswith("misr") else method]
+    if method == "misr_prior":
+        argv += ["--fit-steps", "0"]
+    elif method == "misr" and fit_steps is not None:
+        argv += ["--fit-steps", str(fit_steps)]
+    if method.startswith("misr") and case.thickness is not None:
+        argv += ["--slice-thickness", f"{case.thickness * spacing:.6g}"]
+    return argv
+
+
+def run_method(argv: list[str], in_process: bool) -> tuple[float, float]:
+    """Run `medsr` with `argv`; (wall seconds, peak RSS MiB of its process, or nan in-process)."""
     start = time.perf_counter()
+    if in_process:
+        from medsr.cli import main
+
+        if main(argv):
+            raise RuntimeError(f"medsr {' '.join(argv)} failed")
+        return time.perf_counter() - start, float("nan")
+    command = [sys.executable, "-m", "medsr.cli", *argv]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
@@ -71,149 +176,160 @@ def run_timed(command: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
-def method_command(method: str, source: Path, output: Path, options: dict) -> list[str]:
-    if method == "smore":
-        seconds = str(options["smore_seconds"])
-        return [sys.executable, __file__, "--smore", str(source), str(output), "--seconds", seconds]
-    command = [sys.executable, "-m", "medsr.cli", "upsample", str(source), "-o", str(output)]
-    command += ["--method", "misr" if method.startswith("misr") else method]
-    command += ["--dtype", "float32", "--quiet", "--overwrite"]
-    if method == "misr" and options.get("fit_steps") is not None:
-        command += ["--fit-steps", str(options["fit_steps"])]
-    if method == "misr_prior":
-        command += ["--fit-steps", "0"]
-    return command
-
-
-def run_smore(source: Path, output: Path, seconds: float) -> None:
-    """The SMORE-style baseline as one process: fit on the scan, then the same reconstruction
-    path as misr (both orientations, exact resample, fusion), write."""
-    import torch
-
-    from medsr.geometry import plan_output_grid
-    from medsr.reconstruction import reconstruct_volume
-    from medsr.smore import fit_smore
-
-    volume = read_volume(source)
-    grid = plan_output_grid(volume.spatial_shape, volume.affine)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = fit_smore(volume, seconds=seconds, device=device)
-    out = reconstruct_volume(volume, grid, network, device=device)
-    write_volume(volume.with_array(out, grid.affine), output, overwrite=True)
-
-
-def benchmark(data: Path, cases: list, fit_steps: int | None, rows_out: Path | None) -> list[dict]:
+def benchmark_case(data: Path, case: Case, index: int, options: dict, folder: Path) -> list[dict]:
+    """Rows (one per method) of one case."""
+    volume = read_volume(data / case.volume)
+    thick, truth, mask, data_range = acquire(volume, case, seed=index)
+    source = write_volume(thick, folder / "thick.nii.gz", overwrite=True)
+    spacing = float(volume.spacing[case.axis])
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for name, factor, profile, axis in cases:
-            thick, truth = thicken(read_volume(data / name), factor, profile, axis)
-            source = write_volume(thick, Path(folder) / "thick.nii.gz", overwrite=True)
-            mask = foreground_mask(truth)
-            data_range = float(truth.max() - truth.min())
-            options: dict = {"fit_steps": fit_steps}
-            times = {}
-            for method in METHODS:
-                output = Path(folder) / f"{method}.nii.gz"
-                if method == "smore":
-                    options["smore_seconds"] = max(1.0, times["misr"] - times["misr_prior"])
-                seconds, memory = run_timed(method_command(method, source, output, options))
-                times[method] = seconds
-                pred = read_volume(output).array
-                assert pred.shape == truth.shape, (pred.shape, truth.shape)
-                rows.append(
-                    {
-                        "volume": name.split(".nii")[0],
-                        "factor": factor,
-                        "profile": profile,
-                        "axis": axis,
-                        "method": method,
-                        "psnr": psnr(pred, truth, data_range=data_range, mask=mask),
-                        "ssim": ssim(pred, truth, data_range=data_range, mask=mask),
-                        "sharpness": sharpness_ratio(pred, truth, axis=axis, mask=mask),
-                        "hfen": hfen(pred, truth, mask=mask),
-                        "seconds": seconds,
-                        "peak_mib": memory,
-                    }
-                )
-                print(
-                    " ".join(
-                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in rows[-1].items()
-                    ),
-                    flush=True,
-                )
-    if rows_out:
-        with rows_out.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    for method in options["methods"]:
+        output = folder / f"{method}.nii.gz"
+        argv = method_argv(method, source, output, case, spacing, options)
+        seconds, memory = run_method(argv, options["in_process"])
+        pred = read_volume(output).array
+        if pred.shape != truth.shape:
+            raise RuntimeError(f"{method}: output {pred.shape} is not the truth's {truth.shape}")
+        row = {"case": index, **asdict(case), "factor_group": factor_group(case.factor)}
+        row["volume"] = case.volume.split(".nii")[0]
+        row["thickness"] = case.thickness or case.factor
+        row |= {"method": method, "mask_voxels": int(mask.sum()), "data_range": data_range}
+        row |= score(pred, truth, mask=mask, axis=case.axis, data_range=data_range)
+        row |= {"seconds": seconds, "peak_mib": memory}
+        rows.append(row)
+        print(
+            " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
+        sys.stdout.flush()
     return rows
 
 
-def print_markdown(rows: list[dict]) -> None:
-    print(f"\nmachine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores\n")
-    print(
-        "| volume | factor | profile | axis | method | PSNR (dB) | ΔPSNR vs B-spline | SSIM "
-        "| HFEN | sharpness | time (s) | peak RSS (MiB) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    reference = {
-        (r["volume"], r["factor"], r["profile"], r["axis"]): r
-        for r in rows
-        if r["method"] == "bspline"
-    }
-    for r in rows:
-        ref = reference[(r["volume"], r["factor"], r["profile"], r["axis"])]
-        print(
-            f"| {r['volume']} | {r['factor']} | {r['profile']} | {r['axis']} | {r['method']} | "
-            f"{r['psnr']:.2f} | {r['psnr'] - ref['psnr']:+.2f} | {r['ssim']:.4f} | "
-            f"{r['hfen']:.3f} | {r['sharpness']:.3f} | {r['seconds']:.1f} | "
-            f"{r['peak_mib']:.0f} |"
-        )
-    for method in METHODS:
-        mine = [r for r in rows if r["method"] == method]
-        gain = np.mean(
-            [
-                r["psnr"] - reference[(r["volume"], r["factor"], r["profile"], r["axis"])]["psnr"]
-                for r in mine
-            ]
-        )
-        print(
-            f"\n{method}: mean ΔPSNR vs B-spline {gain:+.2f} dB, mean SSIM "
-            f"{np.mean([r['ssim'] for r in mine]):.4f}, max time "
-            f"{max(r['seconds'] for r in mine):.1f} s",
-            end="",
-        )
-    ssim_ref = {k: r["ssim"] for k, r in reference.items()}
-    by_case = {}
-    for r in rows:
-        by_case.setdefault((r["volume"], r["factor"], r["profile"], r["axis"]), {})[r["method"]] = r
-    misr = [case["misr"]["psnr"] - case["smore"]["psnr"] for case in by_case.values()]
-    above = sum(
-        case["misr"]["psnr"] > case["bspline"]["psnr"] and case["misr"]["ssim"] > ssim_ref[key]
-        for key, case in by_case.items()
-    )
-    print(f"\n\nmisr vs SMORE-style (same fitting time): mean {np.mean(misr):+.2f} dB")
-    print(f"misr above B-spline in PSNR and SSIM: {above} of {len(by_case)} cases")
+def read_rows(path: Path) -> list[dict]:
+    """Rows of an earlier `--out` CSV, with their numbers as numbers."""
+    rows = []
+    for row in csv.DictReader(path.open(encoding="utf-8")):
+        for key, value in row.items():
+            if key in ("case", "axis", "mask_voxels"):
+                row[key] = int(value)
+            elif key not in ("volume", "condition", "profile", "factor_group", "method"):
+                row[key] = float(value)
+        rows.append(row)
+    return rows
 
 
-def main() -> None:
+def done_cases(rows: list[dict], cases: list[Case]) -> int:
+    """How many leading `cases` `rows` (from `--resume`) hold completely; refuses other cases."""
+    done = sorted({r["case"] for r in rows})
+    if done != list(range(len(done))):
+        raise SystemExit(f"error: cases {done} of the CSV are not a prefix of this run's")
+    for r in rows:
+        case = cases[r["case"]]
+        same = (r["volume"], r["factor"], r["axis"], r["condition"], r["profile"])
+        if same != (case.volume.split(".nii")[0], case.factor, case.axis, case.condition,
+                    case.profile):  # fmt: skip
+            raise SystemExit(f"error: row {r} is not case {r['case']} of this run ({case})")
+    return len(done)
+
+
+def benchmark(
+    data: Path, cases: list[Case], options: dict, out: Path | None, rows: list[dict] | None = None
+) -> list[dict]:
+    """Run every case after those `rows` hold; write all rows to `out` (CSV) after each case, so
+    a long run keeps them (and `--resume` continues it)."""
+    rows = list(rows or [])
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(done_cases(rows, cases), len(cases)):
+            rows += benchmark_case(data, cases[index], index, options, Path(folder))
+            if out is not None:
+                with out.open("w", newline="", encoding="utf-8") as handle:
+                    writer = csv.DictWriter(handle, list(rows[0]))
+                    writer.writeheader()
+                    writer.writerows(rows)
+    return rows
+
+
+def gains(rows: list[dict]) -> list[dict]:
+    """Rows with ΔPSNR and ΔSSIM against B-spline in the same case."""
+    reference = {r["case"]: r for r in rows if r["method"] == "bspline"}
+    out = []
+    for r in rows:
+        ref = reference[r["case"]]
+        out.append(r | {"dpsnr": r["psnr"] - ref["psnr"], "dssim": r["ssim"] - ref["ssim"]})
+    return out
+
+
+def summary_table(rows: list[dict], key: str) -> list[str]:
+    """Markdown: per value of `key` and method, the means (ΔPSNR, SSIM, ΔSSIM, HFEN)."""
+    header = "| method | cases | mean PSNR | mean ΔPSNR vs B-spline | mean SSIM | mean ΔSSIM "
+    lines = [f"| {key} {header}| mean HFEN | SSIM above B-spline |", "|---" * 9 + "|"]
+    rows = gains(rows)
+    for value in dict.fromkeys(r[key] for r in rows):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r[key] == value and r["method"] == method]
+            above = sum(r["dssim"] > 0 for r in mine)
+            lines.append(
+                f"| {value} | {method} | {len(mine)} | {np.mean([r['psnr'] for r in mine]):.2f} | "
+                f"{np.mean([r['dpsnr'] for r in mine]):+.2f} | "
+                f"{np.mean([r['ssim'] for r in mine]):.4f} | "
+                f"{np.mean([r['dssim'] for r in mine]):+.4f} | "
+                f"{np.mean([r['hfen'] for r in mine]):.3f} | {above} of {len(mine)} |"
+            )
+    return lines
+
+
+def markdown(rows: list[dict]) -> str:
+    """Per-case table, then means per factor group, per condition and over all cases."""
+    lines = [f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores", ""]
+    header = "| case | volume | factor | axis | condition | profile | thickness | method "
+    header += "| PSNR (dB) | ΔPSNR | SSIM | ΔSSIM | HFEN | sharpness | time (s) | peak RSS (MiB) |"
+    lines += [header, "|---" * 16 + "|"]
+    for r in gains(rows):
+        lines.append(
+            f"| {r['case']} | {r['volume']} | {r['factor']:g} | {r['axis']} | {r['condition']} | "
+            f"{r['profile']} | {r['thickness']:.3g} | {r['method']} | {r['psnr']:.2f} | "
+            f"{r['dpsnr']:+.2f} | {r['ssim']:.4f} | {r['dssim']:+.4f} | {r['hfen']:.3f} | "
+            f"{r['sharpness']:.3f} | {r['seconds']:.1f} | {r['peak_mib']:.0f} |"
+        )
+    for key in ("factor_group", "condition"):
+        lines += ["", *summary_table(rows, key)]
+    everything = [r | {"all": "all cases"} for r in rows]
+    lines += ["", *summary_table(everything, "all")]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mri"))
+    parser.add_argument("--cases", choices=["all", "representative", "cover"], default="all")
+    parser.add_argument("--resume", action="store_true", help="continue the cases of --out")
+    parser.add_argument("--quick", action="store_true", help="one case per condition")
+    parser.add_argument("--volumes", nargs="+", help="volumes under --data (default: the four)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--fit-steps", type=int, help="misr adaptation steps (default: medsr's)")
-    parser.add_argument("--seconds", type=float, default=45.0, help=argparse.SUPPRESS)
-    parser.add_argument("--cases", choices=["all", "quick"], default="all")
-    parser.add_argument("--out", type=Path)
-    parser.add_argument(
-        "--smore", nargs=2, type=Path, metavar=("IN", "OUT"), help=argparse.SUPPRESS
-    )
-    args = parser.parse_args()
-    if args.smore:
-        run_smore(*args.smore, args.seconds)
-        return
-    cases = CASES if args.cases == "all" else CASES[:1]
-    print_markdown(benchmark(args.data, cases, args.fit_steps, args.out))
+    parser.add_argument("--threads", type=int, help="CPU threads of medsr (default: torch's)")
+    parser.add_argument("--in-process", action="store_true", help="no subprocess (no RSS)")
+    parser.add_argument("--out", type=Path, help="CSV of every row")
+    parser.add_argument("--markdown", type=Path, help="write the tables here too")
+    args = parser.parse_args(argv)
+    volumes = tuple(args.volumes or VOLUMES)
+    if args.volumes is None:  # the shipped volumes must be test volumes of the split
+        outside = set(volumes) - set(held_out_volumes(read_split()))
+        if outside:
+            raise SystemExit(f"error: {sorted(outside)} are not test volumes in split.yaml")
+    if args.quick:
+        cases = quick_cases(volumes)
+    else:
+        named = {"all": all_cases, "representative": representative_cases}
+        cases = covering_cases() if args.cases == "cover" else named[args.cases](volumes)
+    options = {"methods": args.methods, "fit_steps": args.fit_steps, "threads": args.threads}
+    options["in_process"] = args.in_process
+    rows = read_rows(args.out) if args.resume and args.out and args.out.exists() else []
+    table = markdown(benchmark(args.data, cases, options, args.out, rows))
+    print("\n" + table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n", encoding="utf-8")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

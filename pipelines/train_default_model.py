@@ -10,7 +10,9 @@ It cuts the 2D histology images into a training (left) half and a benchmark (rig
 `medsr train` with `pipelines/configs/default_model.yaml` on the volumes listed in
 `pipelines/configs/default_model_data.txt`, validating on the whole held-out volumes of
 `default_model_validation.txt` (resumable with --resume), then keeps only what inference needs
-(generator weights, config, version, step) in the package file.
+(generator weights, config, version, step) in the package file. Both lists must be exactly the
+train and validation entries of `pipelines/configs/split.yaml` (disjoint by subject from the
+test volumes); the script refuses to train otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from split import SPLIT_FILE, check_lists, read_split
 
 from medsr import __version__
 from medsr.cli import main as medsr_main
@@ -71,9 +74,14 @@ def main() -> None:
     parser.add_argument(
         "--export", type=Path, default=ROOT / "medsr" / "weights" / "misr_default.pt"
     )
+    parser.add_argument("--split", type=Path, default=SPLIT_FILE)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
+    try:
+        check_lists(read_split(args.split), args.data, args.validation)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     histology_halves(args.shared_data, ROOT / "runs" / "default_model" / "histology_train")
     argv = ["train", "--data", str(args.data), "--validation-data", str(args.validation)]
     argv += ["--out", str(args.out), "--config", str(args.config)]

@@ -4,7 +4,12 @@ import torch
 
 from medsr.baselines import interpolate_along_axis
 from medsr.models import MISRGenerator, PlaneDiscriminator
-from medsr.models.blocks import bspline_sample_last_axis, gather_last_axis, slab_positions
+from medsr.models.blocks import (
+    bspline_sample_last_axis,
+    gather_last_axis,
+    gather_layout,
+    slab_positions,
+)
 
 
 @pytest.mark.parametrize("neighbours", [1, 3])
@@ -101,3 +106,36 @@ def test_untrained_generator_is_exact_bspline_under_autocast():
         out = generator(lr, positions, 3.7)
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out[:, 0].detach().numpy(), expected, rtol=1e-6, atol=1e-4)
+
+
+def _old_gather_last_axis(x, index):
+    return x.index_select(-1, index)  # the implementation before the (..., n, W) layout
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 3, 4, 6, 11), (3, 1, 12)])
+@pytest.mark.parametrize("laid_out", [False, True])
+def test_gather_last_axis_equals_the_innermost_index_select(shape, laid_out):
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    index = torch.sort(torch.randint(1, shape[-1] - 1, (13,))).values
+    source = gather_layout(x) if laid_out else x
+    out = gather_last_axis(source, index)
+    expected = _old_gather_last_axis(x, index)
+    assert out.shape == expected.shape and torch.equal(out, expected)
+    weights = torch.randn(expected.shape)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+    assert torch.equal(grad, expected_grad)
+    unsorted = torch.tensor([shape[-1] - 1, 0, 2, 0])
+    assert torch.equal(gather_last_axis(source, unsorted), _old_gather_last_axis(x, unsorted))
+
+
+def test_gather_last_axis_refuses_an_index_outside():
+    with pytest.raises(IndexError):
+        gather_last_axis(torch.zeros(1, 2, 3, 4), torch.tensor([0, 4]))
+
+
+def test_gather_layout_keeps_values_and_lays_rows_out():
+    x = torch.randn(2, 3, 5, 7)
+    laid = gather_layout(x)
+    assert torch.equal(laid, x) and laid.stride(-2) == 1

@@ -23,7 +23,7 @@ def test_boxcar_equals_block_average_for_integer_factors(axis, factor):
     np.testing.assert_allclose(thick, blocks.reshape(shape).mean(axis=axis + 1), atol=1e-4)
 
 
-@pytest.mark.parametrize("profile", ["boxcar", "gaussian"])
+@pytest.mark.parametrize("profile", ["boxcar", "gaussian", "sinc"])
 @pytest.mark.parametrize("factor", [2.5, 3.6, 5.0])
 def test_profiles_preserve_mean_intensity(profile, factor):
     weights = slice_profile_weights(40, factor, profile=profile)
@@ -38,6 +38,39 @@ def test_profiles_preserve_mean_intensity(profile, factor):
     expected = (np.arange(len(centres)) + 0.5) * factor - 0.5
     inner = slice(2, -2)  # the Gaussian tails are cut at the volume's ends
     np.testing.assert_allclose(centres[inner], expected[inner], atol=0.1)
+
+
+@pytest.mark.parametrize("factor", [4.0, 5.5])
+def test_sinc_profile_is_the_truncated_sinc_pulse_with_side_lobes(factor):
+    from scipy.integrate import quad
+    from scipy.special import sici
+
+    from medsr.transforms import SINC_TIME_BANDWIDTH
+
+    count, thickness = 40, factor
+    weights = slice_profile_weights(count, factor, profile="sinc")
+    c = SINC_TIME_BANDWIDTH / thickness
+
+    def profile(z):  # ideal slab convolved with c sinc(c z), written out independently
+        return sici(np.pi * c * (z + thickness / 2))[0] - sici(np.pi * c * (z - thickness / 2))[0]
+
+    row = 3
+    centre = (row + 0.5) * factor - 0.5
+    expected = []
+    for j in range(count):
+        low, high = np.clip([j - 0.5 - centre, j + 0.5 - centre], -thickness, thickness)
+        expected.append(quad(profile, low, high)[0] if high > low else 0.0)
+    expected = np.asarray(expected) / np.sum(expected)
+    np.testing.assert_allclose(weights[row], expected, atol=1e-7)
+    distance = np.abs(np.arange(count) - centre)
+    outside = weights[row][(distance - 0.5 >= thickness / 2 - 1e-9) & (distance < thickness)]
+    assert np.any(outside < -1e-3) and np.any(outside > 1e-3)  # side lobes into the neighbours
+    assert np.all(weights[row][distance > thickness + 0.5] == 0)  # cut at one thickness
+
+
+def test_sinc_profile_is_refused_by_name_only():
+    with pytest.raises(ValueError, match="'sinc'"):
+        slice_profile_weights(10, 2, profile="sync")
 
 
 def test_gap_narrows_the_boxcar():

@@ -1,0 +1,122 @@
+"""The benchmark split (pipelines/configs/split.yaml) and the MRI benchmark's quick path."""
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_affine, phantom_array
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "pipelines"))
+
+import benchmark_mri  # noqa: E402
+from split import CONFIGS, check_lists, held_out_volumes, read_list, read_split  # noqa: E402
+
+from medsr.evaluation import evaluation_mask, robust_data_range  # noqa: E402
+from medsr.io import Volume, write_volume  # noqa: E402
+
+B0_RUNS = [f"heudiconv_b0_1.5mm_run{run}.nii.gz" for run in (1, 2, 3)]
+
+
+def test_split_keeps_the_test_subjects_out_of_training_and_the_lists_follow_it():
+    split = read_split()
+    tests = held_out_volumes(split)
+    assert {"nilearn_icbm152_2009a_t1_1mm.nii.gz", "inia19_macaque_t1_0.5mm.nii.gz"} <= set(tests)
+    assert set(B0_RUNS) <= set(tests)  # one subject, one session: all three runs
+    assert set(benchmark_mri.VOLUMES) <= set(tests)
+    assert [e["path"] for e in split["validation"]] == ["mri/haase_t1_head_1.6mm.nii.gz"]
+    data, validation = CONFIGS / "default_model_data.txt", CONFIGS / "default_model_validation.txt"
+    check_lists(split, data, validation)
+    listed = [line for path in (data, validation) for line in read_list(path)]
+    assert not [line for line in listed if Path(line).name in tests]
+
+
+def test_a_training_list_with_a_test_volume_is_refused(tmp_path):
+    split = read_split()
+    data = tmp_path / "data.txt"
+    lines = (CONFIGS / "default_model_data.txt").read_text().splitlines()
+    data.write_text("\n".join([*lines, "../../../shared/data/mri/" + B0_RUNS[2]]) + "\n")
+    with pytest.raises(ValueError, match="run3"):
+        check_lists(split, data, CONFIGS / "default_model_validation.txt")
+
+
+def test_a_subject_in_two_roles_is_refused(tmp_path):
+    text = (CONFIGS / "split.yaml").read_text()
+    moved = text.replace("validation:\n  - path: mri/haase", "validation:\n  - path: mri/haase_x")
+    moved = moved.replace(
+        "    subject: Haase tfl3d1 T1 head (one adult, not a test subject)",
+        "    subject: ICBM 152 2009a population template",
+    )
+    (tmp_path / "split.yaml").write_text(moved)
+    with pytest.raises(ValueError, match="more than one role"):
+        read_split(tmp_path / "split.yaml")
+
+
+def test_robust_data_range_ignores_a_few_bright_voxels():
+    truth = np.tile(np.linspace(0, 100, 1000, dtype=np.float32), (10, 1))
+    mask = np.ones(truth.shape, bool)
+    spiked = truth.copy()
+    spiked[0, :5] = 5000  # 0.05 % of the voxels
+    assert robust_data_range(spiked, mask) == pytest.approx(robust_data_range(truth, mask), 0.01)
+    assert robust_data_range(truth, mask) == pytest.approx(99.0, abs=0.2)
+
+
+def test_cases_cover_every_volume_condition_and_factor_group():
+    cases = benchmark_mri.all_cases()
+    assert {c.condition for c in cases} == {"family", "sinc", "gap", "noise"}
+    assert {c.axis for c in cases} == {0, 1, 2} and 10.0 in {c.factor for c in cases}
+    assert {c.factor for c in cases} >= {2.0, 2.5, 3.0, 3.7, 4.0, 5.0, 6.0, 6.5, 8.0}
+    subset = benchmark_mri.representative_cases()
+    for volume in benchmark_mri.VOLUMES:
+        assert {c.condition for c in subset if c.volume == volume} == {
+            "family",
+            "sinc",
+            "gap",
+            "noise",
+        }
+    gap = next(c for c in cases if c.condition == "gap")
+    assert gap.thickness == pytest.approx(0.6 * gap.factor)
+
+
+def test_noise_is_added_to_the_thick_slices_after_thickening():
+    volume = Volume(array=phantom_array((24, 22, 30)), affine=make_affine("RAS", (1, 1, 1)))
+    clean = benchmark_mri.Case("v", 3.0, 2, "family", "boxcar")
+    noisy = benchmark_mri.Case("v", 3.0, 2, "noise", "boxcar")
+    thick, truth, mask, data_range = benchmark_mri.acquire(volume, clean, seed=0)
+    thick_noisy, truth_noisy, _, _ = benchmark_mri.acquire(volume, noisy, seed=0)
+    np.testing.assert_array_equal(truth, truth_noisy)  # the truth stays clean
+    assert np.all(mask == evaluation_mask(truth))
+    residual = thick_noisy.array - thick.array
+    expected = benchmark_mri.NOISE_FRACTION * data_range
+    assert 0.5 * expected < residual[thick.array > 0.5 * truth.max()].std() < 1.5 * expected
+
+
+def test_quick_benchmark_runs_on_a_tiny_synthetic_volume(tmp_path):
+    array = phantom_array((20, 18, 18)) + 10
+    write_volume(
+        Volume(array=array, affine=make_affine("RAS", (1, 1, 1))), tmp_path / "tiny.nii.gz"
+    )
+    out = tmp_path / "rows.csv"
+    argv = ["--quick", "--data", str(tmp_path), "--volumes", "tiny.nii.gz", "--in-process"]
+    argv += ["--threads", "1"]  # tiny planes: one thread does the work without waiting
+    argv += ["--fit-steps", "1", "--out", str(out), "--markdown", str(tmp_path / "table.md")]
+    threads = torch.get_num_threads()
+    try:
+        assert benchmark_mri.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)  # the in-process CLI set it for this whole process
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 * len(benchmark_mri.METHODS)
+    assert {r["condition"] for r in rows} == {"family", "sinc", "gap", "noise"}
+    for row in rows:
+        assert np.isfinite(float(row["psnr"])) and 0 < float(row["ssim"]) <= 1
+        assert float(row["data_range"]) > 0 and int(row["mask_voxels"]) > 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| x2-x3.7 | misr_prior |" in table and "| all cases | bspline |" in table
+    # --resume of a finished run runs nothing and rebuilds the same tables from the CSV
+    assert benchmark_mri.main([*argv, "--resume"]) == 0
+    assert (tmp_path / "table.md").read_text() == table
+    assert list(csv.DictReader(out.open())) == rows
