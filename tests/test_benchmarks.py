@@ -37,20 +37,22 @@ def test_split_keeps_the_test_subjects_out_of_training_and_the_lists_follow_it()
 def test_a_training_list_with_a_test_volume_is_refused(tmp_path):
     split = read_split()
     data = tmp_path / "data.txt"
-    lines = (CONFIGS / "default_model_data.txt").read_text().splitlines()
-    data.write_text("\n".join([*lines, "../../../shared/data/mri/" + B0_RUNS[2]]) + "\n")
+    lines = (CONFIGS / "default_model_data.txt").read_text(encoding="utf-8").splitlines()
+    data.write_text(
+        "\n".join([*lines, "../../../shared/data/mri/" + B0_RUNS[2]]) + "\n", encoding="utf-8"
+    )
     with pytest.raises(ValueError, match="run3"):
         check_lists(split, data, CONFIGS / "default_model_validation.txt")
 
 
 def test_a_subject_in_two_roles_is_refused(tmp_path):
-    text = (CONFIGS / "split.yaml").read_text()
+    text = (CONFIGS / "split.yaml").read_text(encoding="utf-8")
     moved = text.replace("validation:\n  - path: mri/haase", "validation:\n  - path: mri/haase_x")
     moved = moved.replace(
         "    subject: Haase tfl3d1 T1 head (one adult, not a test subject)",
         "    subject: ICBM 152 2009a population template",
     )
-    (tmp_path / "split.yaml").write_text(moved)
+    (tmp_path / "split.yaml").write_text(moved, encoding="utf-8")
     with pytest.raises(ValueError, match="more than one role"):
         read_split(tmp_path / "split.yaml")
 
@@ -108,15 +110,15 @@ def test_quick_benchmark_runs_on_a_tiny_synthetic_volume(tmp_path):
         assert benchmark_mri.main(argv) == 0
     finally:
         torch.set_num_threads(threads)  # the in-process CLI set it for this whole process
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert len(rows) == 4 * len(benchmark_mri.METHODS)
     assert {r["condition"] for r in rows} == {"family", "sinc", "gap", "noise"}
     for row in rows:
         assert np.isfinite(float(row["psnr"])) and 0 < float(row["ssim"]) <= 1
         assert float(row["data_range"]) > 0 and int(row["mask_voxels"]) > 0
-    table = (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text(encoding="utf-8")
     assert "| x2-x3.7 | misr_prior |" in table and "| all cases | bspline |" in table
     # --resume of a finished run runs nothing and rebuilds the same tables from the CSV
     assert benchmark_mri.main([*argv, "--resume"]) == 0
-    assert (tmp_path / "table.md").read_text() == table
-    assert list(csv.DictReader(out.open())) == rows
+    assert (tmp_path / "table.md").read_text(encoding="utf-8") == table
+    assert list(csv.DictReader(out.open(encoding="utf-8"))) == rows
