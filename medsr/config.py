@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from medsr.errors import MedsrError
+from medsr.io.atomic import write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -284,5 +285,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML, atomically."""
+    write_text_atomically(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

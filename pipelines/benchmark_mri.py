@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 from split import held_out_volumes, read_split
 
-from medsr.data import add_rician_noise
-from medsr.evaluation import evaluation_mask, robust_data_range, score, simulate_acquisition
+from medsr.degrade import add_rician_noise
+from medsr.evaluate.simulate import evaluation_mask, robust_data_range, score, simulate_acquisition
 from medsr.io import read_volume, write_volume
 
 ICBM = "nilearn_icbm152_2009a_t1_1mm.nii.gz"

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 import benchmark_mri  # noqa: E402
 from split import CONFIGS, check_lists, held_out_volumes, read_list, read_split  # noqa: E402
 
-from medsr.evaluation import evaluation_mask, robust_data_range  # noqa: E402
+from medsr.evaluate.simulate import evaluation_mask, robust_data_range  # noqa: E402
 from medsr.io import Volume, write_volume  # noqa: E402
 
 B0_RUNS = [f"heudiconv_b0_1.5mm_run{run}.nii.gz" for run in (1, 2, 3)]
@@ -114,9 +114,9 @@ def test_quick_benchmark_runs_on_a_tiny_synthetic_volume(tmp_path):
     for row in rows:
         assert np.isfinite(float(row["psnr"])) and 0 < float(row["ssim"]) <= 1
         assert float(row["data_range"]) > 0 and int(row["mask_voxels"]) > 0
-    table = (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text(encoding="utf-8")
     assert "| x2-x3.7 | misr_prior |" in table and "| all cases | bspline |" in table
     # --resume of a finished run runs nothing and rebuilds the same tables from the CSV
     assert benchmark_mri.main([*argv, "--resume"]) == 0
-    assert (tmp_path / "table.md").read_text() == table
+    assert (tmp_path / "table.md").read_text(encoding="utf-8") == table
     assert list(csv.DictReader(out.open())) == rows

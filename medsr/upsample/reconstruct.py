@@ -16,12 +16,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from medsr.data import neighbour_indices, neighbour_offset
-from medsr.geometry import OutputGrid
+from medsr.geometry import OutputGrid, neighbour_indices, neighbour_offset
+from medsr.intensity import intensity_range, normalise_intensity
 from medsr.io import Volume
-from medsr.models import MISRGenerator
+from medsr.nets import MISRGenerator
 from medsr.runtime import autocast
-from medsr.transforms import intensity_range, normalise_intensity
 
 logger = logging.getLogger(__name__)
 

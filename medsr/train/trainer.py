@@ -16,15 +16,17 @@ import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812
 from torch.nn.parallel import DistributedDataParallel
 
-from medsr import __version__
+from medsr._version import __version__
 from medsr.config import Config, config_from_dict, config_to_dict
-from medsr.data import PairSampler
 from medsr.errors import MedsrError
-from medsr.losses import AdversarialLoss, PerceptualLoss, load_vgg_features
-from medsr.metrics import psnr, ssim
-from medsr.models import MISRGenerator, PlaneDiscriminator
-from medsr.models.blocks import bspline_sample_last_axis
+from medsr.evaluate.metrics import psnr, ssim
+from medsr.io.atomic import write_atomically
+from medsr.nets import PlaneDiscriminator
+from medsr.nets.blocks import bspline_sample_last_axis
+from medsr.nets.checkpoint import build_generator
 from medsr.runtime import autocast, distributed_world
+from medsr.train.losses import AdversarialLoss, PerceptualLoss, load_vgg_features
+from medsr.train.pairs import PairSampler
 
 logger = logging.getLogger(__name__)
 
@@ -42,37 +44,6 @@ METRIC_COLUMNS = [
     "val_ssim",
     "val_ssim_bspline",
 ]
-
-
-def build_generator(config: Config) -> MISRGenerator:
-    """The generator described by `config.model`."""
-    model = config.model
-    return MISRGenerator(
-        neighbours=model.neighbours,
-        num_features=model.num_features,
-        num_blocks=model.num_blocks,
-        hidden=model.hidden,
-    )
-
-
-def load_generator(path: str | os.PathLike[str], device: torch.device | str = "cpu"):
-    """Generator and config from a checkpoint (inference needs nothing else).
-
-    Returns:
-        (generator in eval mode on `device`, `Config`).
-    """
-    try:
-        state = torch.load(Path(path), map_location=device, weights_only=True)
-        config = config_from_dict(state["config"])
-        generator = build_generator(config)
-        generator.load_state_dict(state["generator"])
-    except Exception as error:  # unpickling errors, missing keys, shape mismatches
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise MedsrError(
-            f"cannot load model checkpoint '{path}' (not a medsr checkpoint?): "
-            f"{type(error).__name__}: {reason}"
-        ) from error
-    return generator.to(device).eval(), config
 
 
 class Trainer:
@@ -251,16 +222,16 @@ class Trainer:
 
     def _batches(self):
         """Training batches: drawn here with the checkpointed generator, or by `DataLoader`
-        workers (`medsr.monai.TrainingPairs`) when ``data.workers`` > 0."""
+        workers (`medsr.train.pairs.PairStream`) when ``data.workers`` > 0."""
         workers = self.config.data.workers
         if workers == 0:
             while True:
                 yield self.sampler.sample(self.rng)
         from torch.utils.data import DataLoader
 
-        from medsr.monai import TrainingPairs
+        from medsr.train.pairs import PairStream
 
-        stream = TrainingPairs(self.sampler, self.config.train.seed, self.rank, self.step)
+        stream = PairStream(self.sampler, self.config.train.seed, self.rank, self.step)
         loader = DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4)
         yield from loader
 
@@ -293,9 +264,7 @@ class Trainer:
             return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, path)
+        write_atomically(path, lambda staged: torch.save(state, staged))
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restore networks, optimisers, step, schedule and random state from `path`.

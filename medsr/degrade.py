@@ -2,48 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-
-from medsr.io.volume import scaled_values
-
-
-def restore_dtype(
-    array: np.ndarray, dtype: np.dtype | type, scaling: dict[str, Any] | None = None
-) -> np.ndarray:
-    """Bring float results back to the input dtype.
-
-    Integer dtypes are rounded and clipped to their range (interpolation overshoot of a cubic
-    B-spline or a network must not wrap around); float dtypes are cast. An input of integers
-    stored with a slope and intercept (`scaling`, ``Volume.meta["scaling"]``) is rounded and
-    clipped on the grid of its stored integers and stays in world units, so that it is written
-    back as the same integer type with the same scaling.
-
-    Args:
-        array: float result, any shape.
-        dtype: the input's dtype.
-        scaling: the input's stored type, slope and intercept (`medsr.io.volume.scaled_values`).
-
-    Returns:
-        An array of `dtype`.
-    """
-    dtype = np.dtype(dtype)
-    if scaling is not None:
-        slope, inter = float(scaling["slope"]), float(scaling["inter"])
-        stored = np.empty(array.shape, np.dtype(scaling["dtype"]))
-        for row in range(array.shape[0]):  # row by row: no full-size float temporary
-            stored[row] = restore_dtype((array[row] - inter) / slope, stored.dtype)
-        return scaled_values(stored, scaling).astype(dtype, copy=False)
-    if dtype.kind not in "iu":
-        return array.astype(dtype, copy=False)
-    info = np.iinfo(dtype)
-    out = np.empty(array.shape, dtype=dtype)
-    flat_in, flat_out = array.reshape(array.shape[0], -1), out.reshape(out.shape[0], -1)
-    for row in range(flat_in.shape[0]):  # row by row: no full-size float temporary
-        flat_out[row] = np.clip(np.rint(flat_in[row]), info.min, info.max)
-    return out
-
 
 SliceProfile = Literal["boxcar", "gaussian", "sinc"]
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -158,28 +119,21 @@ def thick_slice_affine(affine: np.ndarray, axis: int, factor: float) -> np.ndarr
     return np.asarray(affine, dtype=np.float64) @ resample
 
 
-def intensity_range(array: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple:
-    """Robust (low, high) of a volume, for mapping it to about [0, 1] for the network.
-
-    Low is 0 for non-negative data (MRI magnitudes keep their zero) and the low percentile
-    otherwise; high is the high percentile. A constant volume gets a unit range.
-    """
-    sample = np.asarray(array)[:: max(1, array.shape[0] // 64)]  # subsample big volumes
-    low = 0.0 if float(sample.min()) >= 0 else float(np.percentile(sample, percentiles[0]))
-    high = float(np.percentile(sample, percentiles[1]))
-    if high <= low:
-        high = low + (float(np.abs(sample).max()) or 1.0)
-    return low, high
+def thicken_last_axis(
+    thin: np.ndarray, factor: float, thickness: float, profile: str
+) -> np.ndarray:
+    """Thick slices of a thin patch along its last axis: `simulate_thick_slices`, the one
+    acquisition model of evaluation, the MONAI transforms and training."""
+    return simulate_thick_slices(thin, thin.ndim - 1, factor, thickness=thickness, profile=profile)
 
 
-def normalise_intensity(array: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map [low, high] to [0, 1] (float32, not clipped)."""
-    out = np.array(array, dtype=np.float32)  # the only copy: the rest is in place
-    out -= np.float32(low)
-    out /= np.float32(high - low)
-    return out
+def thin_slices(slices: int, factor: float, length: int) -> int:
+    """Thin slices a patch of `slices` thick slices needs (whole slabs, within `length`)."""
+    return min(int(np.ceil(slices * factor - 1e-6)), length)
 
 
-def restore_intensity(array: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Inverse of `normalise_intensity`: back to the input's units (float32)."""
-    return (np.asarray(array, dtype=np.float32) * (high - low) + low).astype(np.float32)
+def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of the image plus complex Gaussian noise of std `sigma` (MRI magnitude noise)."""
+    real = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    imaginary = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    return np.sqrt(real * real + imaginary * imaginary).astype(np.float32)

@@ -24,17 +24,24 @@ sagittal/coronal plane are round(thick / fine) fine voxels apart, the same physi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from medsr.config import DataConfig
+from medsr.degrade import add_rician_noise, thicken_last_axis, thin_slices
 from medsr.errors import MedsrError
-from medsr.geometry import anisotropy, thick_axis
+from medsr.geometry import (
+    anisotropy,
+    neighbour_indices,
+    neighbour_offset,
+    slab_positions,
+    thick_axis,
+)
+from medsr.intensity import grey_array, intensity_range, normalise_intensity
 from medsr.io import Volume
-from medsr.models.blocks import slab_positions
-from medsr.transforms import intensity_range, normalise_intensity, simulate_thick_slices
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +69,6 @@ def held_out_block(shape: tuple[int, ...], fraction: float) -> tuple[int, ...] |
     used = sum(n > 1 for n in shape)
     side = fraction ** (1 / max(used, 1))
     return tuple(0 if n == 1 else n - min(max(1, round(n * side)), n - 1) for n in shape)
-
-
-def neighbour_offset(thick_spacing: float, plane_spacing: float) -> int:
-    """Planes between neighbours: one thick spacing, in units of the spacing between planes."""
-    return max(1, round(thick_spacing / plane_spacing))
-
-
-def neighbour_indices(centres: np.ndarray, neighbours: int, offset: int, count: int) -> np.ndarray:
-    """(len(centres), neighbours) plane indices around each centre, `offset` apart; planes past
-    the border repeat the edge plane. Training and inference both take neighbours here."""
-    offsets = (np.arange(neighbours) - neighbours // 2) * offset
-    return np.clip(np.asarray(centres)[:, None] + offsets[None, :], 0, count - 1)
 
 
 @dataclass(frozen=True)
@@ -108,7 +103,7 @@ class PlaneSource:
 
 
 def _normalised(volume: Volume) -> np.ndarray:
-    grey = volume.array if volume.num_channels == 1 else volume.array.mean(axis=3)
+    grey = grey_array(volume)
     return normalise_intensity(grey, *intensity_range(grey))
 
 
@@ -163,26 +158,6 @@ def sources_self_supervised(
             PlaneSource(view, (spacing[z], spacing[w], spacing[a]), f"{name}:a{a}", own, 1)
         )
     return sources
-
-
-def thicken_last_axis(
-    thin: np.ndarray, factor: float, thickness: float, profile: str
-) -> np.ndarray:
-    """Thick slices of a thin patch along its last axis: `simulate_thick_slices`, the one
-    acquisition model of evaluation, the MONAI transforms and training."""
-    return simulate_thick_slices(thin, thin.ndim - 1, factor, thickness=thickness, profile=profile)
-
-
-def thin_slices(slices: int, factor: float, length: int) -> int:
-    """Thin slices a patch of `slices` thick slices needs (whole slabs, within `length`)."""
-    return min(int(np.ceil(slices * factor - 1e-6)), length)
-
-
-def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Magnitude of the image plus complex Gaussian noise of std `sigma` (MRI magnitude noise)."""
-    real = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
-    imaginary = rng.normal(0.0, sigma, image.shape).astype(np.float32)
-    return np.sqrt(real * real + imaginary * imaginary).astype(np.float32)
 
 
 class PairSampler:
@@ -375,3 +350,41 @@ def build_sampler(volumes: list[tuple[Volume, str]], config: DataConfig, neighbo
             sources += sources_from_volume(volume, name)
     logger.info("%d plane sources from %d volume(s)", len(sources), len(volumes))
     return PairSampler(sources, config, neighbours)
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """An endless stream of training batches drawn by a `PairSampler`, one stream per worker.
+
+    An `IterableDataset` rather than a map-style dataset: a batch is drawn (source, factor,
+    degradation, patches), not looked up, and one batch shares one factor, so the sampler, not the
+    `DataLoader`, assembles it (use ``batch_size=None``). Each worker draws from its own
+    generator, seeded from (seed, rank, worker, start step), so a run is reproducible for a given
+    number of workers, and a resumed run continues with fresh, seeded streams. The sampler holds
+    views of one normalised copy of each volume; forked workers share those pages. The `Trainer`
+    uses it for ``data.workers`` > 0; `medsr.monai.TrainingPairs` is the same stream as a MONAI
+    dataset.
+
+    Args:
+        sampler: the run's pair sampler.
+        seed: the run's seed.
+        rank: process rank (distributed training).
+        start_step: the step the stream starts at (a resumed run's step).
+    """
+
+    def __init__(self, sampler: PairSampler, seed: int, rank: int = 0, start_step: int = 0):
+        super().__init__()
+        self.sampler, self.seed, self.rank, self.start_step = sampler, seed, rank, start_step
+
+    def __iter__(self) -> Iterator[Batch]:
+        return draw_batches(self.sampler, self.seed, self.rank, self.start_step)
+
+
+def draw_batches(sampler: PairSampler, seed: int, rank: int, start_step: int) -> Iterator[Batch]:
+    """Batches of `sampler`, endlessly, from the generator of (seed, rank, worker, start step)."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    worker = 0 if info is None else info.id
+    rng = np.random.default_rng([seed, rank, worker, start_step])
+    while True:
+        yield sampler.sample(rng)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsr.baselines import interpolation_matrix
+from medsr.interp import interpolation_matrix
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
@@ -43,14 +43,6 @@ class ResidualBlock(nn.Module):
 def _bspline_matrix(count: int, positions: tuple[float, ...]) -> np.ndarray:
     # (M, count): samples -> values at `positions`, exactly `medsr.baselines`' cubic B-spline
     return interpolation_matrix(count, np.asarray(positions)).astype(np.float32)
-
-
-def slab_positions(count: int, factor: float) -> np.ndarray:
-    """Centres of the thin slices of `count` slabs divided by `factor` (slab convention), as
-    continuous indices of the slabs: ``(j + 0.5) / factor - 0.5`` for ``j < floor(count * factor)``.
-    """
-    thin = int(np.floor(count * factor + 1e-6))
-    return (np.arange(thin) + 0.5) / factor - 0.5
 
 
 def bspline_sample_last_axis(x: torch.Tensor, positions: torch.Tensor | np.ndarray) -> torch.Tensor:

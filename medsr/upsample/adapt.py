@@ -25,11 +25,11 @@ from collections.abc import Iterator
 import torch
 
 from medsr.config import Config, DataConfig, LossConfig, TrainConfig
-from medsr.data import PairSampler, sources_self_supervised
 from medsr.errors import MedsrError
 from medsr.io import Volume
-from medsr.models import MISRGenerator
-from medsr.training import Trainer
+from medsr.nets import MISRGenerator
+from medsr.train.pairs import PairSampler, sources_self_supervised
+from medsr.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 

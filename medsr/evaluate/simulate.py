@@ -8,18 +8,15 @@ mask the caller gives) with the data range of the truth inside that mask: PSNR, 
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from medsr.degrade import SliceProfile, simulate_thick_slices, thick_slice_affine
 from medsr.errors import MedsrError
+from medsr.evaluate.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
+from medsr.intensity import grey_mean
 from medsr.io import Volume
-from medsr.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
-from medsr.transforms import SliceProfile, simulate_thick_slices, thick_slice_affine
 
 SCORE_NAMES = ("psnr", "ssim", "hfen", "sharpness")
 
@@ -74,7 +71,7 @@ def evaluation_mask(truth: np.ndarray, mask: np.ndarray | None = None) -> np.nda
     """The given mask (must match and be non-empty) or the truth's foreground; colour truths
     get the foreground of their channel mean, for every channel."""
     if mask is None and truth.ndim == 4:
-        grey = foreground_mask(truth.mean(axis=3))
+        grey = foreground_mask(grey_mean(truth))
         mask = np.repeat(grey[..., None], truth.shape[3], axis=3)
     mask = foreground_mask(truth) if mask is None else np.asarray(mask) > 0
     if mask.shape != truth.shape:
@@ -113,39 +110,3 @@ def score(
         "hfen": hfen(pred, truth, mask=mask),
         "sharpness": sharpness_ratio(pred, truth, axis=axis, mask=mask),
     }
-
-
-def mean_rows(rows: list[dict]) -> list[dict]:
-    """One 'mean' row per method over the volumes (inf PSNR stays inf)."""
-    means = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        row = {"volume": "mean", "method": method}
-        for key in (*SCORE_NAMES, "seconds"):
-            row[key] = float(np.mean([r[key] for r in mine]))
-        means.append(row)
-    return means
-
-
-def _json_value(value):
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"  # JSON has no infinity; the report says so in words too
-    return value
-
-
-def write_tables(rows: list[dict], folder: Path) -> None:
-    """metrics.csv and metrics.json: per-volume rows then per-method means."""
-    all_rows = rows + (mean_rows(rows) if len({r["volume"] for r in rows}) > 1 else [])
-    columns = list(dict.fromkeys(k for r in all_rows for k in r))
-    with (folder / "metrics.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(all_rows)
-    data = [{k: _json_value(v) for k, v in r.items()} for r in all_rows]
-    (folder / "metrics.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def format_score(name: str, value: float) -> str:
-    if math.isinf(value):
-        return "inf (identical)"
-    return f"{value:.2f}" if name == "psnr" else f"{value:.4f}"

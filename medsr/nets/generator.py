@@ -7,12 +7,7 @@ import math
 import torch
 from torch import nn
 
-from medsr.models.blocks import (
-    ResidualBlock,
-    bspline_sample_last_axis,
-    conv_layer,
-    gather_last_axis,
-)
+from medsr.nets.blocks import ResidualBlock, bspline_sample_last_axis, conv_layer, gather_last_axis
 
 
 class MISRGenerator(nn.Module):

@@ -13,9 +13,10 @@ import torch
 
 from medsr.config import Config, config_from_dict
 from medsr.errors import MedsrError
+from medsr.intensity import grey_mean
 from medsr.io import Volume
 from medsr.runtime import distributed_world
-from medsr.training import Trainer
+from medsr.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def read_training_volume(path: Path) -> Volume:
                     raise
                 logger.warning("'%s' has no spacing; training on it as isotropic", path)
                 return read_volume(path, spacing=(1.0, 1.0, 1.0))
-        grey = image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+        grey = grey_mean(image[..., :3] if image.ndim == 3 else image, image.ndim == 3)
         return Volume(np.asarray(grey, np.float32)[:, :, None], np.eye(4))
     return read_volume(path)
 
@@ -148,8 +149,8 @@ def run_training(
     orientation) is held out for validation and never trained on. A volume given in both
     lists (the same path or a copy) is refused before anything is written."""
     from medsr.config import save_config
-    from medsr.data import build_sampler
     from medsr.runtime import close_distributed, init_distributed, resolve_device, seed_everything
+    from medsr.train.pairs import build_sampler
 
     run_dir = Path(run_dir)
     if not resume and (run_dir / "checkpoints" / "latest.pt").exists():

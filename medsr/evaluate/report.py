@@ -11,18 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from medsr.errors import MedsrError
-from medsr.evaluation import (
-    SCORE_NAMES,
-    evaluation_mask,
-    format_score,
-    mean_rows,
-    score,
-    simulate_acquisition,
-    write_tables,
-)
-from medsr.figures import comparison_figure
-from medsr.inference import upsample_volume
+from medsr.evaluate.figures import comparison_figure
+from medsr.evaluate.simulate import SCORE_NAMES, evaluation_mask, score, simulate_acquisition
+from medsr.evaluate.tables import format_score, mean_rows, write_tables
 from medsr.io import make_output_folder, read_volume, split_volume_name, write_atomically
+from medsr.upsample.api import upsample_volume
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medsr.intensity import grey_array
 from medsr.io import Volume, write_atomically
 
 
@@ -27,7 +28,7 @@ def world_plane(volume: Volume, reference: Volume, axis: int, index: int, order:
     mesh = np.meshgrid(*grids, indexing="ij")
     points = np.stack([m.ravel() for m in mesh] + [np.ones(mesh[0].size)])
     voxels = np.linalg.solve(volume.affine, reference.affine @ points)[:3]
-    data = volume.array if volume.num_channels == 1 else volume.array.mean(axis=3)
+    data = grey_array(volume)
     values = ndimage.map_coordinates(data.astype(np.float32), voxels, order=order, mode="nearest")
     return values.reshape([n for i, n in enumerate(shape) if i != axis])
 

@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medsr.intensity import grey_mean
 from medsr.io import Volume
+from medsr.io.atomic import write_text_atomically
 from medsr.io.tiff import border_value
 
 logger = logging.getLogger(__name__)
 
 
 def _grey_image(section: np.ndarray, shrink: int) -> sitk.Image:
-    grey = section.mean(axis=2) if section.ndim == 3 else section
+    grey = grey_mean(section, section.ndim == 3)
     image = sitk.GetImageFromArray(np.ascontiguousarray(grey.T, dtype=np.float32))  # (y, x)
     return sitk.Shrink(image, [shrink, shrink]) if shrink > 1 else image
 
@@ -125,9 +127,9 @@ def align_sections(volume: Volume, *, axis: int = 2, shrink: int = 2) -> tuple[V
 
 
 def save_transforms(records: list[dict], path: str | os.PathLike[str]) -> Path:
-    """Write the per-section transforms as JSON beside the output."""
-    path = Path(path)
-    path.write_text(
+    """Write the per-section transforms as JSON beside the output, atomically."""
+    return write_text_atomically(
+        path,
         json.dumps(
             {
                 "transforms": records,
@@ -140,6 +142,5 @@ def save_transforms(records: list[dict], path: str | os.PathLike[str]) -> Path:
             },
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
-    return path

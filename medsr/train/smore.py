@@ -10,37 +10,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch import nn
 
 from medsr.config import DataConfig
-from medsr.data import PairSampler, sources_self_supervised
 from medsr.io import Volume
-from medsr.models.blocks import bspline_sample_last_axis
+from medsr.nets.smore import SmoreNet
+from medsr.train.pairs import PairSampler, sources_self_supervised
 
 logger = logging.getLogger(__name__)
-
-
-class SmoreNet(nn.Module):
-    """8 convolutions of 32 channels (ReLU between) predicting a residual over the cubic
-    B-spline pre-upsampled plane (on the output grid); the same call signature as
-    `MISRGenerator` (k = 1)."""
-
-    neighbours = 1
-
-    def __init__(self, num_features: int = 32, num_layers: int = 8) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for index in range(num_layers):
-            in_channels = 1 if index == 0 else num_features
-            out_channels = 1 if index == num_layers - 1 else num_features
-            layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))
-            if index < num_layers - 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, lr: torch.Tensor, positions: torch.Tensor, factor: float) -> torch.Tensor:
-        upsampled = bspline_sample_last_axis(lr, positions)
-        return upsampled + self.body(upsampled)
 
 
 def fit_smore(
