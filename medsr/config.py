@@ -58,7 +58,7 @@ class LossConfig:
         adversarial_weight: gamma; 0 trains without the discriminator.
         perceptual_layer: last VGG16 layer whose features are compared.
         vgg_weights: path of the VGG16 feature weights; default from $MEDSR_VGG_WEIGHTS or torch's
-            cache (see `medsr.losses.find_vgg_weights`).
+            cache (see `medsr.train.losses.find_vgg_weights`).
     """
 
     perceptual_weight: float = 0.003
@@ -69,7 +69,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training pairs and the degradations they are drawn with (`medsr.data`).
+    """Training pairs and the degradations they are drawn with (`medsr.train.pairs`).
 
     Attributes:
         self_supervised: pairs from the in-plane slices of anisotropic scans at their own factor

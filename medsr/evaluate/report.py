@@ -1,5 +1,5 @@
-"""`medsr evaluate` and `medsr compare`: the file-level drivers around `medsr.evaluation` and
-`medsr.figures` (read, reconstruct, score, write tables, figures and report.md)."""
+"""`medsr evaluate` and `medsr compare`: the file-level drivers around `medsr.evaluate.simulate` and
+`medsr.evaluate.figures` (read, reconstruct, score, write tables, figures and report.md)."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def scaled_values(stored: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
     """World values of integers stored with a slope and intercept (NIfTI ``scl_slope`` and
     ``scl_inter``: CT in HU from int16 with intercept -1024), ``stored * slope + inter``.
 
-    The one formula of the reader and of `medsr.transforms.restore_dtype`, so the writer can
+    The one formula of the reader and of `medsr.intensity.restore_dtype`, so the writer can
     check that an array is exactly what its stored integers give. float32 for stored types of up
     to 16 bits; float64 for wider ones, which float32 cannot hold exactly.
 

@@ -41,7 +41,7 @@ class ResidualBlock(nn.Module):
 
 @lru_cache(maxsize=64)
 def _bspline_matrix(count: int, positions: tuple[float, ...]) -> np.ndarray:
-    # (M, count): samples -> values at `positions`, exactly `medsr.baselines`' cubic B-spline
+    # (M, count): samples -> values at `positions`, exactly `medsr.interp`' cubic B-spline
     return interpolation_matrix(count, np.asarray(positions)).astype(np.float32)
 
 
@@ -53,7 +53,7 @@ def bspline_sample_last_axis(x: torch.Tensor, positions: torch.Tensor | np.ndarr
         positions: (M,) continuous indices along the last axis (sample `i` at index `i`).
 
     Returns:
-        Tensor (..., M): the values `medsr.baselines` gives at those positions.
+        Tensor (..., M): the values `medsr.interp` gives at those positions.
     """
     if isinstance(positions, torch.Tensor):
         positions = positions.detach().cpu().numpy()

@@ -5,7 +5,7 @@ made thick, `w` the other in-plane axis of each plane, and `p` the axis along wh
 neighbouring planes are taken, one thick spacing apart.
 
 Pairs are made on the fly, one small patch at a time, by the same degradation that describes an
-acquisition (`medsr.transforms.slice_profile_weights`): a factor drawn log-uniformly over the
+acquisition (`medsr.degrade.slice_profile_weights`): a factor drawn log-uniformly over the
 supported range (or the scan's own, for self-supervision), a boxcar or Gaussian profile, a slice
 thickness that leaves a gap or an overlap, Rician noise on the thin truth (thick slices average it
 down, as a thick acquisition's higher SNR does), and intensity and contrast changes.

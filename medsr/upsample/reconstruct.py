@@ -3,9 +3,11 @@
 For a thick axis z and in-plane axes x, y, the planes that contain z are the x-planes (axes y, z)
 and the y-planes (axes x, z). Each orientation is reconstructed plane by plane: the k neighbours of
 plane i are planes i + j * round(thick / fine) (one thick spacing apart, as in training; see
-`medsr.data`), the generator upsamples z by the integer factor R, and an exact cubic B-spline
-resample along z maps the R grid onto the output grid of `medsr.geometry`. Both orientations are
-averaged into one float32 output array, which is the only full-size buffer (plus the input).
+`medsr.geometry.neighbour_indices`), and the arbitrary-scale generator predicts the plane at the
+output grid's own positions along z (``generator(lr, positions, factor)``, any real factor, the
+positions of `medsr.geometry.plan_output_grid`), in chunks of positions within `DECODER_BUDGET`.
+Both orientations are averaged into one float32 output array, which is the only full-size buffer
+(plus the input).
 """
 
 from __future__ import annotations
