@@ -15,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from medsr.errors import MedsrError
+from medsr.io.atomic import write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class LossConfig:
         adversarial_weight: gamma; 0 trains without the discriminator.
         perceptual_layer: last VGG16 layer whose features are compared.
         vgg_weights: path of the VGG16 feature weights; default from $MEDSR_VGG_WEIGHTS or torch's
-            cache (see `medsr.losses.find_vgg_weights`).
+            cache (see `medsr.train.losses.find_vgg_weights`).
     """
 
     perceptual_weight: float = 0.003
@@ -68,7 +69,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Training pairs and the degradations they are drawn with (`medsr.data`).
+    """Training pairs and the degradations they are drawn with (`medsr.train.pairs`).
 
     Attributes:
         self_supervised: pairs from the in-plane slices of anisotropic scans at their own factor
@@ -284,5 +285,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML, atomically."""
+    write_text_atomically(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -137,3 +137,23 @@ def world_extent(shape: tuple[int, ...], affine: np.ndarray, axis: int) -> tuple
         index[axis] = edge
         faces.append(np.asarray(affine)[:3, :3] @ index + np.asarray(affine)[:3, 3])
     return tuple(faces)
+
+
+def neighbour_offset(thick_spacing: float, plane_spacing: float) -> int:
+    """Planes between neighbours: one thick spacing, in units of the spacing between planes."""
+    return max(1, round(thick_spacing / plane_spacing))
+
+
+def neighbour_indices(centres: np.ndarray, neighbours: int, offset: int, count: int) -> np.ndarray:
+    """(len(centres), neighbours) plane indices around each centre, `offset` apart; planes past
+    the border repeat the edge plane. Training and inference both take neighbours here."""
+    offsets = (np.arange(neighbours) - neighbours // 2) * offset
+    return np.clip(np.asarray(centres)[:, None] + offsets[None, :], 0, count - 1)
+
+
+def slab_positions(count: int, factor: float) -> np.ndarray:
+    """Centres of the thin slices of `count` slabs divided by `factor` (slab convention), as
+    continuous indices of the slabs: ``(j + 0.5) / factor - 0.5`` for ``j < floor(count * factor)``.
+    """
+    thin = int(np.floor(count * factor + 1e-6))
+    return (np.arange(thin) + 0.5) / factor - 0.5

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medsr.baselines import interpolate_along_axis, slab_average_matrix
 from medsr.errors import MedsrError
 from medsr.geometry import OutputGrid
+from medsr.interp import interpolate_along_axis, slab_average_matrix
 from medsr.io import Volume
 
 #: more distinct values than this is not a label map (an image given as --labels?)

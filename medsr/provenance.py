@@ -19,6 +19,7 @@ import numpy as np
 
 from medsr.geometry import OutputGrid
 from medsr.io import Volume
+from medsr.io.atomic import write_text_atomically
 
 #: digests known for (resolved path, size, mtime) while a `known_sha256` block runs
 _KNOWN: dict[tuple[str, int, int], str] = {}
@@ -106,7 +107,7 @@ def provenance_record(volume: Volume, grid: OutputGrid, method: str, details: di
     No clock times, so that the same command on the same machine writes the same record."""
     import torch
 
-    from medsr import __version__
+    from medsr._version import __version__
 
     return {
         "medsr_version": __version__,
@@ -136,7 +137,4 @@ def provenance_description(record: dict) -> str:
 def write_provenance(record: dict, output: Path) -> Path:
     """``<output>.json`` beside the output, written atomically."""
     sidecar = output.with_name(output.name + ".json")
-    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, sidecar)
-    return sidecar
+    return write_text_atomically(sidecar, json.dumps(record, indent=2, sort_keys=True) + "\n")

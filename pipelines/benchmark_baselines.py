@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medsr.evaluation import simulate_acquisition
-from medsr.inference import upsample_volume
+from medsr.evaluate.metrics import foreground_mask, psnr, ssim
+from medsr.evaluate.simulate import simulate_acquisition
 from medsr.io import Volume, read_volume
-from medsr.metrics import foreground_mask, psnr, ssim
+from medsr.upsample.api import upsample_volume
 
 
 def _cases(data: Path) -> list[tuple[str, Volume, np.ndarray | None]]:

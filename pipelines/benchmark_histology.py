@@ -33,10 +33,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from medsr.evaluation import simulate_acquisition
-from medsr.inference import upsample_volume
+from medsr.evaluate.metrics import psnr, ssim
+from medsr.evaluate.simulate import simulate_acquisition
 from medsr.io import Volume
-from medsr.metrics import psnr, ssim
+from medsr.upsample.api import upsample_volume
 
 IMAGES = ["stardist_he.jpg", "wsidicom_he_tile.png", "stardist_fluo_nuclei.tif"]
 FACTORS = (4, 8, 12, 16)

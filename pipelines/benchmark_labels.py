@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medsr.degrade import thick_slice_affine
+from medsr.evaluate.metrics import foreground_mask
 from medsr.geometry import plan_output_grid
 from medsr.io import Volume, read_volume
 from medsr.labels import dice, nearest_labels, upsample_labels
-from medsr.metrics import foreground_mask
-from medsr.transforms import thick_slice_affine
 
 VOLUMES = [
     "heudiconv_b0_1.5mm_run1.nii.gz",

@@ -2,24 +2,25 @@
 `medsr upsample`, and its shipped prior alone) against linear and cubic B-spline interpolation.
 
 Each case thickens a high-resolution test volume along one array axis with the project's one
-acquisition model (`medsr.evaluation.simulate_acquisition`), writes it as NIfTI and runs every
-method on it as a user would (its own process by default, so that wall time and peak RSS are end
-to end). Conditions:
+acquisition model (`medsr.evaluate.simulate.simulate_acquisition`), writes it as NIfTI and runs
+every method on it as a user would (its own process by default, so that wall time and peak RSS
+are end to end). Conditions:
 
 - ``family``: boxcar or Gaussian slice profile (FWHM = spacing), the family the prior was trained
   on, factors 2-10 with non-integer ones;
 - ``sinc``: the 2D multi-slice profile of a truncated sinc RF pulse, with side lobes into the
-  neighbouring slices (`medsr.transforms`, profile ``"sinc"``): never seen in training;
+  neighbouring slices (`medsr.degrade`, profile ``"sinc"``): never seen in training;
 - ``gap``: boxcar slices 0.6 x the spacing thick (a 40 % gap; training draws 0.8-1.2), the
   thickness given to medsr as a DICOM header would (``--slice-thickness``);
 - ``noise``: Rician noise (std 3 % of the data range) added to the *thick* slices, after
   thickening, as a scanner adds it (training adds it to the thin truth before thickening).
 
 Outputs lie on the truth's grid by construction (docs/geometry.md) and are scored with
-`medsr.evaluation.score` inside the truth's foreground (`medsr.evaluation.evaluation_mask`: Otsu,
-closed, largest component, filled), with the data range from the 0.5 and 99.5 percentiles of the
-truth inside that mask (`medsr.evaluation.robust_data_range`): PSNR, 3D SSIM, HFEN (lower is
-better), through-plane sharpness ratio (1 = as sharp as the truth).
+`medsr.evaluate.simulate.score` inside the truth's foreground
+(`medsr.evaluate.simulate.evaluation_mask`: Otsu, closed, largest component, filled), with the
+data range from the 0.5 and 99.5 percentiles of the truth inside that mask
+(`medsr.evaluate.simulate.robust_data_range`): PSNR, 3D SSIM, HFEN (lower is better),
+through-plane sharpness ratio (1 = as sharp as the truth).
 
 Usage (from the repository root):
     python pipelines/benchmark_mri.py [--cases all|representative] [--quick]
@@ -42,8 +43,8 @@ from pathlib import Path
 import numpy as np
 from split import held_out_volumes, read_split
 
-from medsr.data import add_rician_noise
-from medsr.evaluation import evaluation_mask, robust_data_range, score, simulate_acquisition
+from medsr.degrade import add_rician_noise
+from medsr.evaluate.simulate import evaluation_mask, robust_data_range, score, simulate_acquisition
 from medsr.io import read_volume, write_volume
 
 ICBM = "nilearn_icbm152_2009a_t1_1mm.nii.gz"

@@ -33,11 +33,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medsr.evaluation import evaluation_mask, robust_data_range, score, simulate_acquisition
-from medsr.inference import default_model_path
+from medsr.evaluate.metrics import psnr
+from medsr.evaluate.simulate import evaluation_mask, robust_data_range, score, simulate_acquisition
 from medsr.io import read_volume
-from medsr.metrics import psnr
-from medsr.training import load_generator
+from medsr.nets.checkpoint import default_model_path, load_generator
 
 #: the reconstruction of docs/benchmarks.md: planes of 256 x 60 low-resolution samples
 PLANE_SHAPE = (256, 60)
@@ -141,7 +140,7 @@ class EncoderInBf16(nn.Module):
 def quality_rows(generator, data: Path, cases) -> list[dict]:
     """PSNR/SSIM of the prior alone in fp32 and two bf16 variants on test volumes."""
     from medsr.geometry import plan_output_grid
-    from medsr.reconstruction import reconstruct_volume
+    from medsr.upsample.reconstruct import reconstruct_volume
 
     rows = []
     cpu = torch.device("cpu")

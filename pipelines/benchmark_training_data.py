@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from medsr.config import Config
-from medsr.data import build_sampler
 from medsr.io import Volume
-from medsr.training import Trainer
+from medsr.train.pairs import build_sampler
+from medsr.train.trainer import Trainer
 
 
 def rss_mib() -> float:

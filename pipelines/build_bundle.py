@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from medsr import __version__
-from medsr.inference import default_model_path
+from medsr.nets.checkpoint import default_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "bundle" / "medsr_through_plane_sr"

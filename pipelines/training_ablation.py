@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from benchmark_mri import thicken
 
-from medsr.inference import upsample_volume
+from medsr.evaluate.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
 from medsr.io import read_volume
-from medsr.losses import PerceptualLoss, load_vgg_features
-from medsr.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
+from medsr.train.losses import PerceptualLoss, load_vgg_features
+from medsr.upsample.api import upsample_volume
 
 # (held-out volume, factor, profile, thick axis)
 CASES = [

@@ -111,7 +111,7 @@ def identity_checkpoint(tmp_path, tiny_config) -> Path:
 
     from medsr import __version__
     from medsr.config import config_to_dict
-    from medsr.training import build_generator
+    from medsr.nets.checkpoint import build_generator
 
     torch.manual_seed(0)
     path = tmp_path / "identity.pt"

@@ -3,9 +3,10 @@ import pytest
 from conftest import make_affine
 from scipy import ndimage
 
-from medsr.baselines import interpolate_along_axis, upsample_baseline
 from medsr.geometry import plan_output_grid
+from medsr.interp import interpolate_along_axis
 from medsr.io import Volume
+from medsr.upsample.baseline import upsample_baseline
 
 
 def _ramp_volume(axis: int, count: int = 30) -> Volume:

@@ -8,8 +8,10 @@ import pytest
 from conftest import write_dicom_series
 from PIL import Image
 
-import medsr.batch
-from medsr.batch import MANIFEST, discover, run_batch
+import medsr.batch.plan
+import medsr.batch.run
+from medsr.batch.plan import MANIFEST, discover
+from medsr.batch.run import run_batch
 from medsr.cli import main
 from medsr.provenance import sha256
 
@@ -69,7 +71,7 @@ def test_one_corrupt_input_does_not_stop_the_others(tree, tmp_path, capsys):
 def test_resume_after_a_killed_run_skips_finished_inputs(tree, tmp_path, monkeypatch):
     out = tmp_path / "out"
     (tree / "site2" / "broken.nii.gz").unlink()
-    real = medsr.batch.process_one
+    real = medsr.batch.run.process_one
     calls = []
 
     def killed_on_second(task, settings):
@@ -78,14 +80,14 @@ def test_resume_after_a_killed_run_skips_finished_inputs(tree, tmp_path, monkeyp
             raise KeyboardInterrupt  # the run dies here
         return real(task, settings)
 
-    monkeypatch.setattr(medsr.batch, "process_one", killed_on_second)
+    monkeypatch.setattr(medsr.batch.run, "process_one", killed_on_second)
     with pytest.raises(KeyboardInterrupt):
         run_batch(tree, out, settings=SETTINGS, workers=1)
     first = calls[0]
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["inputs"]
     assert list(manifest) == [first] and manifest[first]["status"] == "done"
     done_before = Path(manifest[first]["output"]).stat().st_mtime_ns
-    monkeypatch.setattr(medsr.batch, "process_one", real)
+    monkeypatch.setattr(medsr.batch.run, "process_one", real)
     calls.clear()
     entries = run_batch(tree, out, settings=SETTINGS, workers=1)
     assert all(e["status"] == "done" for e in entries.values()) and len(entries) == 3
@@ -366,8 +368,8 @@ def test_dicom_batch_writes_the_series_that_upsample_writes(dicom_tree, tmp_path
     assert patients["exam"] == (str(source.PatientID), str(source.StudyInstanceUID))
     assert manifest["exam"]["dicom_patient_id"] is None  # a DICOM input keeps its patient
     # non-DICOM inputs: a stable anonymous patient each, derived from the relative path
-    assert patients["a.nii.gz"][0] == medsr.batch.batch_patient_id(
-        medsr.batch.Task("", "", "a.nii.gz"), {}
+    assert patients["a.nii.gz"][0] == medsr.batch.plan.batch_patient_id(
+        medsr.batch.plan.Task("", "", "a.nii.gz"), {}
     )
     assert patients["a.nii.gz"][0].startswith("MEDSR-")
     assert patients["a.nii.gz"][0] != patients["site2/b.nii.gz"][0]

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "pipelines"))
 import benchmark_mri  # noqa: E402
 from split import CONFIGS, check_lists, held_out_volumes, read_list, read_split  # noqa: E402
 
-from medsr.evaluation import evaluation_mask, robust_data_range  # noqa: E402
+from medsr.evaluate.simulate import evaluation_mask, robust_data_range  # noqa: E402
 from medsr.io import Volume, write_volume  # noqa: E402
 
 B0_RUNS = [f"heudiconv_b0_1.5mm_run{run}.nii.gz" for run in (1, 2, 3)]

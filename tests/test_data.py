@@ -3,17 +3,16 @@ import pytest
 from conftest import make_affine, phantom_array
 
 from medsr.config import DataConfig
-from medsr.data import (
+from medsr.degrade import add_rician_noise, thicken_last_axis
+from medsr.errors import MedsrError
+from medsr.io import Volume
+from medsr.train.pairs import (
     MIN_PATCH_SLICES,
-    add_rician_noise,
     build_sampler,
     held_out_block,
     sources_from_volume,
     sources_self_supervised,
-    thicken_last_axis,
 )
-from medsr.errors import MedsrError
-from medsr.io import Volume
 
 CLEAN = {"noise_max": 0.0, "gamma_range": (1.0, 1.0), "gain_range": (1.0, 1.0)}
 

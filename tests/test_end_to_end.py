@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from medsr.report import run_evaluation
+from medsr.evaluate.report import run_evaluation
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
 

@@ -7,10 +7,11 @@ import pytest
 from conftest import make_affine, phantom_array
 
 from medsr.cli import main
-from medsr.evaluation import score, simulate_acquisition, write_tables
-from medsr.figures import world_plane
+from medsr.evaluate.figures import world_plane
+from medsr.evaluate.report import _markdown
+from medsr.evaluate.simulate import score, simulate_acquisition
+from medsr.evaluate.tables import write_tables
 from medsr.io import Volume, read_volume, write_volume
-from medsr.report import _markdown
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ def test_bspline_row_equals_what_upsample_writes(tmp_path, hr_files):
         )
         == 0
     )
-    from medsr.evaluation import evaluation_mask
+    from medsr.evaluate.simulate import evaluation_mask
 
     truth = acquisition.truth.array
     expected = score(read_volume(out).array, truth, mask=evaluation_mask(truth), axis=1)
@@ -201,7 +202,7 @@ def test_compare_writes_a_figure(tmp_path, phantom_path):
 
 
 def test_colour_brightfield_truth_gets_a_tissue_mask():
-    from medsr.evaluation import evaluation_mask
+    from medsr.evaluate.simulate import evaluation_mask
 
     rgb = np.full((20, 20, 12, 3), 240, np.uint8)  # white slide
     rgb[5:15, 5:15, 3:9] = (120, 60, 140)  # stained tissue, darker than the background

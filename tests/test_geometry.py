@@ -3,13 +3,7 @@ import pytest
 from conftest import make_affine
 
 from medsr.errors import MedsrError
-from medsr.geometry import (
-    anisotropy,
-    orientation_codes,
-    plan_output_grid,
-    thick_axis,
-    world_extent,
-)
+from medsr.geometry import anisotropy, orientation_codes, plan_output_grid, thick_axis, world_extent
 
 ORIENTATIONS = ["RAS", "LPS", "LIA", "oblique"]
 

@@ -11,9 +11,9 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from medsr.alignment import align_sections
 from medsr.cli import main
 from medsr.errors import MedsrError
+from medsr.histology.alignment import align_sections
 from medsr.io import Volume, read_volume
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,13 +3,13 @@ import pytest
 import torch
 from conftest import make_affine, phantom_array
 
-from medsr.baselines import upsample_baseline
 from medsr.cli import main
 from medsr.geometry import plan_output_grid, world_extent
-from medsr.inference import default_model_path, upsample_volume
 from medsr.io import Volume, read_volume, write_volume
-from medsr.reconstruction import plane_orientations
-from medsr.training import load_generator
+from medsr.nets.checkpoint import default_model_path, load_generator
+from medsr.upsample.api import upsample_volume
+from medsr.upsample.baseline import upsample_baseline
+from medsr.upsample.reconstruct import plane_orientations
 
 
 def _thick_volume(orientation="LPS", axis=2, thick=3.0, fine=1.0, shape=(14, 12, 6)):
@@ -179,12 +179,12 @@ def test_cli_model_round_trip_with_a_trained_checkpoint(tmp_path, hr_volume):
 
 
 def test_ctrl_c_leaves_no_partial_output(tmp_path, identity_checkpoint, monkeypatch, capsys):
-    import medsr.reconstruction
+    import medsr.upsample.reconstruct
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(medsr.reconstruction, "reconstruct", interrupted)
+    monkeypatch.setattr(medsr.upsample.reconstruct, "reconstruct", interrupted)
     scan = write_volume(_thick_volume(), tmp_path / "scan.nii.gz")
     before = sorted(p.name for p in tmp_path.iterdir())
     code = main(
@@ -273,20 +273,20 @@ def test_a_different_seed_gives_a_different_fit(identity_checkpoint):
 
 
 def test_decoding_in_chunks_of_positions_gives_the_same_volume(monkeypatch):
-    import medsr.reconstruction
+    import medsr.upsample.reconstruct
 
     torch.manual_seed(0)
-    generator = __import__("medsr.models", fromlist=["MISRGenerator"]).MISRGenerator(
+    generator = __import__("medsr.nets", fromlist=["MISRGenerator"]).MISRGenerator(
         num_features=8, num_blocks=1, hidden=8
     )
     torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
     volume = _thick_volume(thick=3.5, shape=(12, 10, 6))
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
-    whole = medsr.reconstruction.reconstruct_volume(
+    whole = medsr.upsample.reconstruct.reconstruct_volume(
         volume, grid, generator, device=torch.device("cpu")
     )
-    monkeypatch.setattr(medsr.reconstruction, "DECODER_BUDGET", 1)  # one position per call
-    chunked = medsr.reconstruction.reconstruct_volume(
+    monkeypatch.setattr(medsr.upsample.reconstruct, "DECODER_BUDGET", 1)  # one position per call
+    chunked = medsr.upsample.reconstruct.reconstruct_volume(
         volume, grid, generator, device=torch.device("cpu")
     )
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
@@ -295,7 +295,7 @@ def test_decoding_in_chunks_of_positions_gives_the_same_volume(monkeypatch):
 def _checkpoint(path, config):
     from medsr import __version__
     from medsr.config import config_to_dict
-    from medsr.training import build_generator
+    from medsr.nets.checkpoint import build_generator
 
     torch.manual_seed(0)
     state = {"generator": build_generator(config).state_dict(), "config": config_to_dict(config)}
@@ -331,7 +331,7 @@ def test_the_fit_ignores_the_training_runs_stop_at_and_workers(
 def test_the_fit_config_is_the_fits_own(tiny_config):
     import dataclasses
 
-    from medsr.adaptation import adaptation_config
+    from medsr.upsample.adapt import adaptation_config
 
     trained = dataclasses.replace(
         tiny_config,
@@ -350,7 +350,7 @@ def test_the_fit_config_is_the_fits_own(tiny_config):
 
 
 def _fit_sources(monkeypatch) -> list:
-    import medsr.adaptation
+    import medsr.upsample.adapt
 
     seen = []
 
@@ -358,8 +358,8 @@ def _fit_sources(monkeypatch) -> list:
         seen.extend(sources)
         return sampler(sources, config, neighbours)
 
-    sampler = medsr.adaptation.PairSampler
-    monkeypatch.setattr(medsr.adaptation, "PairSampler", spy)
+    sampler = medsr.upsample.adapt.PairSampler
+    monkeypatch.setattr(medsr.upsample.adapt, "PairSampler", spy)
     return seen
 
 
@@ -402,7 +402,7 @@ def test_deterministic_algorithms_during_a_cuda_fit_only(monkeypatch):
     # the flags are process-wide: set for the fit, then the caller's settings come back
     import os
 
-    from medsr.adaptation import deterministic_algorithms
+    from medsr.upsample.adapt import deterministic_algorithms
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     with deterministic_algorithms(torch.device("cpu")):

@@ -175,7 +175,7 @@ def test_section_folder_natural_order_grey_and_rgb(tmp_path):
 def test_a_dicom_folder_with_a_stray_png_is_dicom_for_every_command(tmp_path, capsys):
     from PIL import Image
 
-    from medsr.batch import discover
+    from medsr.batch.plan import discover
     from medsr.cli import main
     from medsr.io import default_output_suffix
 
@@ -348,7 +348,7 @@ def test_scaled_nifti_keeps_its_stored_type_and_scaling(tmp_path, slope, inter):
 
 def test_scaled_nifti_through_upsample_keeps_stored_type_and_units(tmp_path):
     from medsr.cli import main
-    from medsr.inference import upsample_volume
+    from medsr.upsample.api import upsample_volume
 
     raw = _scaled_ct(tmp_path / "ct.nii.gz")
     out, floats = tmp_path / "iso.nii.gz", tmp_path / "iso_f.nii.gz"

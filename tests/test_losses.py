@@ -4,14 +4,14 @@ import torch.nn.functional as F  # noqa: N812
 from conftest import VGG_WEIGHTS
 
 from medsr.errors import MedsrError
-from medsr.losses import (
+from medsr.nets import PlaneDiscriminator
+from medsr.train.losses import (
     AdversarialLoss,
     PerceptualLoss,
     VGGFeatures,
     find_vgg_weights,
     load_vgg_features,
 )
-from medsr.models import PlaneDiscriminator
 
 
 def _random_vgg_state() -> dict:
@@ -103,8 +103,8 @@ def test_adversarial_loss_runs_in_float32_next_to_cpu_autocast():
 def test_adversarial_training_step_under_cuda_autocast(tmp_path, hr_volume, tiny_config):
     import dataclasses
 
-    from medsr.data import build_sampler
-    from medsr.training import Trainer
+    from medsr.train.pairs import build_sampler
+    from medsr.train.trainer import Trainer
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")

@@ -3,7 +3,7 @@ import pytest
 from conftest import phantom_array
 from scipy import ndimage
 
-from medsr.metrics import foreground_mask, psnr, ssim
+from medsr.evaluate.metrics import foreground_mask, psnr, ssim
 
 
 def test_identical_images_give_infinite_psnr_and_unit_ssim():
@@ -45,7 +45,7 @@ def test_foreground_mask_finds_the_object():
 
 
 def test_hfen_and_sharpness_rank_blur():
-    from medsr.metrics import hfen, sharpness_ratio
+    from medsr.evaluate.metrics import hfen, sharpness_ratio
 
     target = phantom_array((24, 24, 24))
     assert hfen(target, target) == 0.0

@@ -2,14 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from medsr.baselines import interpolate_along_axis
-from medsr.models import MISRGenerator, PlaneDiscriminator
-from medsr.models.blocks import (
-    bspline_sample_last_axis,
-    gather_last_axis,
-    gather_layout,
-    slab_positions,
-)
+from medsr.geometry import slab_positions
+from medsr.interp import interpolate_along_axis
+from medsr.nets import MISRGenerator, PlaneDiscriminator
+from medsr.nets.blocks import bspline_sample_last_axis, gather_last_axis, gather_layout
 
 
 @pytest.mark.parametrize("neighbours", [1, 3])
@@ -86,7 +82,8 @@ def test_smore_baseline_shapes_and_fit_runs():
     from conftest import make_affine, phantom_array
 
     from medsr.io import Volume
-    from medsr.smore import SmoreNet, fit_smore
+    from medsr.nets.smore import SmoreNet
+    from medsr.train.smore import fit_smore
 
     positions = torch.from_numpy(slab_positions(5, 3.0).astype(np.float32))
     assert SmoreNet()(torch.randn(2, 1, 16, 5), positions, 3.0).shape == (2, 1, 16, 15)

@@ -11,11 +11,10 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged
 
 from medsr.cli import main
 from medsr.config import DataConfig
-from medsr.data import build_sampler
-from medsr.evaluation import simulate_acquisition
+from medsr.evaluate.metrics import psnr, ssim
+from medsr.evaluate.simulate import simulate_acquisition
 from medsr.geometry import world_extent
 from medsr.io import Volume, read_volume, write_volume
-from medsr.metrics import psnr, ssim
 from medsr.monai import (
     MedsrReader,
     RandSimulateThickSlicesd,
@@ -25,6 +24,7 @@ from medsr.monai import (
     ThroughPlaneUpsampled,
     TrainingPairs,
 )
+from medsr.train.pairs import build_sampler
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_dataloader_with_two_workers_draws_training_pairs(hr_volume):
 def test_trainer_trains_with_dataloader_workers(tmp_path, hr_volume, tiny_config):
     import dataclasses
 
-    from medsr.training import Trainer
+    from medsr.train.trainer import Trainer
 
     config = dataclasses.replace(
         tiny_config, data=dataclasses.replace(tiny_config.data, workers=2, max_factor=4.0)

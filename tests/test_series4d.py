@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from medsr.cli import main
-from medsr.inference import upsample_volume
 from medsr.io import read_volume, volume_frames
+from medsr.upsample.api import upsample_volume
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
 

@@ -12,11 +12,12 @@ from conftest import make_affine, phantom_array
 
 from medsr.cli import main
 from medsr.config import load_config
-from medsr.data import build_sampler
 from medsr.io import Volume, read_volume, write_volume
+from medsr.nets.checkpoint import load_generator
 from medsr.runtime import seed_everything
-from medsr.training import Trainer, load_generator
-from medsr.training_run import run_training
+from medsr.train.pairs import build_sampler
+from medsr.train.run import run_training
+from medsr.train.trainer import Trainer
 
 
 @pytest.fixture
@@ -255,7 +256,7 @@ def test_resume_with_a_changed_model_is_a_one_line_error(tmp_path, hr_path, caps
 def test_train_data_from_a_list_file_and_two_dimensional_images(tmp_path, hr_path):
     from PIL import Image
 
-    from medsr.training_run import expand_data_paths, read_training_volume
+    from medsr.train.run import expand_data_paths, read_training_volume
 
     image = (np.random.default_rng(0).random((40, 36, 3)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "section.png")
@@ -282,7 +283,7 @@ def test_train_data_from_a_list_file_and_two_dimensional_images(tmp_path, hr_pat
 
 
 def test_a_volume_in_both_data_and_validation_data_is_refused(tmp_path, hr_path, capsys):
-    from medsr.training_run import check_disjoint
+    from medsr.train.run import check_disjoint
 
     copy = tmp_path / "copy" / "renamed.nii.gz"
     copy.parent.mkdir()

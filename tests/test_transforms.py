@@ -2,13 +2,9 @@ import numpy as np
 import pytest
 from conftest import make_affine, phantom_array
 
+from medsr.degrade import simulate_thick_slices, slice_profile_weights, thick_slice_affine
 from medsr.geometry import plan_output_grid
-from medsr.transforms import (
-    restore_dtype,
-    simulate_thick_slices,
-    slice_profile_weights,
-    thick_slice_affine,
-)
+from medsr.intensity import restore_dtype
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -45,7 +41,7 @@ def test_sinc_profile_is_the_truncated_sinc_pulse_with_side_lobes(factor):
     from scipy.integrate import quad
     from scipy.special import sici
 
-    from medsr.transforms import SINC_TIME_BANDWIDTH
+    from medsr.degrade import SINC_TIME_BANDWIDTH
 
     count, thickness = 40, factor
     weights = slice_profile_weights(count, factor, profile="sinc")

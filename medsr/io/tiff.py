@@ -19,19 +19,9 @@ import numpy as np
 import tifffile
 
 from medsr.errors import MedsrError
-from medsr.io.volume import Unit, Volume, unit_scale
+from medsr.io.volume import UNIT_NAMES, Unit, Volume, unit_scale
 
 SECTION_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-_UNIT_NAMES = {
-    "µm": "um",
-    "um": "um",
-    "micron": "um",
-    "microns": "um",
-    "\\u00B5m": "um",
-    "mm": "mm",
-    "millimeter": "mm",
-    "millimetre": "mm",
-}
 _OME_UNITS = {"um": "µm", "mm": "mm"}
 
 logger = logging.getLogger(__name__)
@@ -44,7 +34,7 @@ def natural_key(name: str) -> list[object]:
 
 def parse_unit(name: str) -> Unit:
     """Map a unit string found in TIFF metadata to ``"mm"`` or ``"um"``."""
-    unit = _UNIT_NAMES.get(name.strip())
+    unit = UNIT_NAMES.get(name.strip())
     if unit is None:
         raise MedsrError(f"unsupported length unit '{name}' in TIFF metadata (use µm or mm)")
     return unit  # type: ignore[return-value]
@@ -79,7 +69,7 @@ def _ome_origin(tif: tifffile.TiffFile, unit: Unit) -> list[float] | None:
             origin.append(0.0)
             continue
         name = first.get(f"Position{a}Unit", "reference frame")
-        if name.strip() not in _UNIT_NAMES:
+        if name.strip() not in UNIT_NAMES:
             logger.warning("OME plane position in '%s' is not a length: origin 0 used", name)
             return None
         origin.append(float(first.get(f"Position{a}")) * unit_scale(parse_unit(name), unit))

@@ -67,7 +67,7 @@ def scaled_values(stored: np.ndarray, scaling: dict[str, Any]) -> np.ndarray:
     """World values of integers stored with a slope and intercept (NIfTI ``scl_slope`` and
     ``scl_inter``: CT in HU from int16 with intercept -1024), ``stored * slope + inter``.
 
-    The one formula of the reader and of `medsr.transforms.restore_dtype`, so the writer can
+    The one formula of the reader and of `medsr.intensity.restore_dtype`, so the writer can
     check that an array is exactly what its stored integers give. float32 for stored types of up
     to 16 bits; float64 for wider ones, which float32 cannot hold exactly.
 
@@ -89,7 +89,17 @@ def unit_scale(source: Unit, target: Unit) -> float:
     return to_mm[source] / to_mm[target]
 
 
-_UNIT_NAMES = {"mm": "mm", "um": "um", "µm": "um", "micron": "um", "microns": "um"}
+#: every spelling of a length unit that medsr reads (lengths, TIFF and OME metadata) -> its `Unit`
+UNIT_NAMES: dict[str, Unit] = {
+    "mm": "mm",
+    "millimeter": "mm",
+    "millimetre": "mm",
+    "um": "um",
+    "µm": "um",
+    "\\u00B5m": "um",
+    "micron": "um",
+    "microns": "um",
+}
 
 
 def parse_length(text: str | float) -> tuple[float, Unit | None]:
@@ -106,7 +116,7 @@ def parse_length(text: str | float) -> tuple[float, Unit | None]:
         value, unit = float(text), None
     else:
         match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zµ]*)\s*", str(text))
-        if not match or (match.group(2) and match.group(2) not in _UNIT_NAMES):
+        if not match or (match.group(2) and match.group(2) not in UNIT_NAMES):
             raise ValueError(f"expected a length such as 0.5, 0.5mm or 2um, got {text!r}")
         try:
             value = float(match.group(1))
@@ -114,7 +124,7 @@ def parse_length(text: str | float) -> tuple[float, Unit | None]:
             raise ValueError(
                 f"expected a length such as 0.5, 0.5mm or 2um, got {text!r}"
             ) from error
-        unit = _UNIT_NAMES.get(match.group(2)) if match.group(2) else None
+        unit = UNIT_NAMES.get(match.group(2)) if match.group(2) else None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"a length must be positive, got {text!r}")
     return value, unit  # type: ignore[return-value]

@@ -17,10 +17,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
 
-from medsr.data import add_rician_noise
+from medsr.degrade import SliceProfile, add_rician_noise, simulate_thick_slices, thick_slice_affine
 from medsr.errors import MedsrError
 from medsr.io import Volume
-from medsr.transforms import SliceProfile, simulate_thick_slices, thick_slice_affine
 
 
 def _affine(img: torch.Tensor) -> np.ndarray:
@@ -131,7 +130,7 @@ class ThroughPlaneUpsample(Transform):
         self.slice_thickness = slice_thickness
 
     def _upsample(self, volume: Volume) -> Volume:
-        from medsr.inference import upsample_volume
+        from medsr.upsample.api import upsample_volume
 
         options = self.misr_options if self.method == "misr" else {}
         return upsample_volume(
@@ -146,7 +145,7 @@ class ThroughPlaneUpsample(Transform):
 
     def _input_meta(self, img: torch.Tensor) -> dict:
         """What `upsample_volume` reads from the input's metadata: unit and slice thickness."""
-        from medsr.inference import target_spacing
+        from medsr.upsample.checks import target_spacing
 
         meta = {"unit": _unit(img)}
         given = img.meta.get("slice_thickness") if isinstance(img, MetaTensor) else None

@@ -1,0 +1,171 @@
+"""`medsr batch`: its parser, the command and its dry run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medsr.cli.options import (
+    add_fit_options,
+    add_input_geometry,
+    add_runtime_options,
+    add_target_options,
+    fit_settings,
+    input_geometry,
+)
+
+
+def batch_parser(commands) -> None:
+    batch = commands.add_parser(
+        "batch", help="upsample every scan and section folder under a folder, resumably"
+    )
+    batch.add_argument("input_root", metavar="INPUT_ROOT")
+    batch.add_argument("output_root", metavar="OUTPUT_ROOT")
+    batch.add_argument("--method", choices=["misr", "linear", "bspline"], default="misr")
+    batch.add_argument("--pattern", metavar="GLOB", help="only inputs whose name matches")
+    batch.add_argument(
+        "--output-suffix",
+        metavar="EXT",
+        help="output format, e.g. .nii.gz or .ome.tif (default: like the input; "
+        "section folders give .ome.tif)",
+    )
+    batch.add_argument(
+        "--format",
+        choices=["dicom"],
+        dest="output_format",
+        help="dicom: every output is a DICOM series folder (the output name without a suffix)",
+    )
+    batch.add_argument(
+        "--dicom-patient-id",
+        metavar="ID",
+        help="patient ID of every non-DICOM input's series, each its own study (default: "
+        "MEDSR- and a hash of the input's relative path; DICOM inputs keep their own)",
+    )
+    batch.add_argument(
+        "--dicom-modality",
+        choices=["MR", "CT"],
+        help="modality of the non-DICOM inputs' series (default MR; DICOM inputs keep their own)",
+    )
+    batch.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    batch.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask distributed scheduler (or 'local' for a local cluster)",
+    )
+    add_target_options(batch)
+    add_fit_options(batch)
+    batch.add_argument("--align", action="store_true", help="align sections first")
+    batch.add_argument("--dtype", choices=["input", "float32"], default="input")
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs that this batch's manifest does not own",
+    )
+    batch.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list input -> output pairs and the problems found, write nothing "
+        "(exit 1 if there are problems)",
+    )
+    add_input_geometry(batch, series=False)
+    add_runtime_options(batch)
+
+
+def batch_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from medsr.batch import OutputCollisionError, run_batch
+
+    input_spacing, input_unit = input_geometry(args)
+    settings = {
+        "method": args.method,
+        "spacing": args.spacing,
+        "scale": args.scale,
+        "input_spacing": input_spacing,
+        "input_unit": input_unit,
+        "keep_dtype": args.dtype == "input",
+        "align": args.align,
+        "allow_coarser": args.allow_coarser,
+        "slice_thickness": args.slice_thickness,
+    }
+    if args.method == "misr":
+        settings.update(fit_settings(args), device=args.device, batch_size=args.batch_size)
+    if args.output_format == "dicom":  # only then: older manifests' settings stay the same
+        settings.update(
+            output_format="dicom",
+            dicom_patient_id=args.dicom_patient_id,
+            dicom_modality=args.dicom_modality,
+        )
+    elif args.dicom_patient_id or args.dicom_modality:
+        from medsr.errors import MedsrError
+
+        raise MedsrError("--dicom-patient-id and --dicom-modality need --format dicom")
+    if args.dry_run:
+        return dry_run_batch(args, settings)
+    bar = None
+
+    def start(total: int) -> None:  # the bar appears once there is work: errors come first
+        nonlocal bar
+        bar = tqdm(total=total, disable=args.quiet, unit="input", desc="batch")
+
+    def done(entry: dict) -> None:
+        bar.update(1)
+        if entry["status"] != "done":
+            bar.write(f"failed: {entry['input']}: {entry.get('error', '')}")
+
+    try:
+        entries = run_batch(
+            args.input_root,
+            args.output_root,
+            settings=settings,
+            pattern=args.pattern,
+            suffix=args.output_suffix,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            on_start=start,
+            on_done=done,
+            overwrite=args.overwrite,
+        )
+    except OutputCollisionError as error:  # one line per collision, nothing written
+        for line in error.problems:
+            print(f"medsr: error: {line}", file=sys.stderr)
+        return 1
+    if bar is not None:
+        bar.close()
+    failed = [k for k, e in entries.items() if e["status"] != "done"]
+    if not args.quiet:
+        print(
+            f"{len(entries) - len(failed)} done, {len(failed)} failed; manifest in "
+            f"{Path(args.output_root) / 'medsr_manifest.json'}"
+        )
+    return 1 if failed else 0
+
+
+def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
+    """`medsr batch --dry-run`: every input -> output pair and every problem; writes nothing."""
+    from medsr.batch import plan_batch
+
+    plan = plan_batch(
+        args.input_root,
+        args.output_root,
+        settings=settings,
+        pattern=args.pattern,
+        suffix=args.output_suffix,
+        overwrite=args.overwrite,
+    )
+    action = {t.key: "run" for t in plan.run}
+    action.update({e["input"]: "skip (done)" for e in plan.skip})
+    action.update({e["input"]: "refused" for e in plan.refuse})
+    for task in plan.tasks:
+        if task.key in plan.colliding:
+            action[task.key] = "collides"
+        source = task.source + (f" (series {task.series})" if task.series else "")
+        print(f"{source} -> {task.output}  [{action[task.key]}]")
+    for line in plan.problems:
+        print(f"problem: {line}")
+    print(
+        f"{len(plan.tasks)} inputs: {len(plan.run)} to run, {len(plan.skip)} done, "
+        f"{len(plan.problems)} problem(s); dry run, nothing written"
+    )
+    return 1 if plan.problems else 0

@@ -1,0 +1,146 @@
+"""Option groups shared by the subcommands: input geometry, target, runtime and fit options."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def length(text: str) -> str:
+    """argparse type of a length with an optional unit (``0.5``, ``0.5mm``, ``2um``)."""
+    from medsr.io.volume import parse_length
+
+    try:
+        parse_length(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
+def add_input_geometry(parser: argparse.ArgumentParser, *, series: bool = True) -> None:
+    if series:
+        parser.add_argument(
+            "--series",
+            metavar="ID",
+            help="DICOM series to read from a folder holding several (its number or UID; "
+            "'medsr info FOLDER' lists them)",
+        )
+    parser.add_argument(
+        "--slice-thickness",
+        type=length,
+        metavar="LENGTH",
+        help="slice thickness, overriding the header's (DICOM SliceThickness); below the "
+        "spacing is a gap; the learned method's fit uses it as the slice profile",
+    )
+    parser.add_argument(
+        "--input-spacing",
+        nargs=3,
+        type=length,
+        metavar=("X", "Y", "Z"),
+        help="voxel size of the input, overriding (or supplying) its header; each may carry a "
+        "unit (0.5mm, 2um)",
+    )
+    parser.add_argument(
+        "--input-unit",
+        choices=["mm", "um"],
+        help="unit of bare --input-spacing numbers (default: the file's, µm for TIFF)",
+    )
+
+
+def input_geometry(args: argparse.Namespace) -> tuple[list[float] | None, str | None]:
+    """(--input-spacing as numbers, their unit); one unit for all three values."""
+    from medsr.errors import MedsrError
+    from medsr.io.volume import parse_length
+
+    if not getattr(args, "input_spacing", None):
+        return None, getattr(args, "input_unit", None)
+    parsed = [parse_length(text) for text in args.input_spacing]
+    units = {unit for _, unit in parsed if unit} | ({args.input_unit} if args.input_unit else set())
+    if len(units) > 1:
+        raise MedsrError(f"--input-spacing mixes units {sorted(units)}; use one")
+    return [value for value, _ in parsed], (units.pop() if units else None)
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--spacing",
+        type=length,
+        metavar="LENGTH",
+        help="target thick-axis spacing, e.g. 0.5mm or 2um (a bare number is in the input's "
+        "own unit: mm for medical formats, µm for TIFF and section folders; default: the "
+        "finest in-plane spacing)",
+    )
+    target.add_argument("--scale", type=float, metavar="R", help="upsampling factor")
+    parser.add_argument(
+        "--allow-coarser",
+        action="store_true",
+        help="accept a target coarser than the input (integrated over each slab, not decimated)",
+    )
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    if batch_size:
+        parser.add_argument(
+            "--batch-size", type=int, default=8, metavar="N", help="planes per generator call"
+        )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="print errors only")
+
+
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the learned method, the same for upsample, batch and evaluate."""
+    parser.add_argument(
+        "--model",
+        metavar="CKPT",
+        help="checkpoint from 'medsr train' (default: the shipped weights)",
+    )
+    parser.add_argument(
+        "--fit-steps",
+        type=int,
+        metavar="N",
+        help="steps adapting the model to each scan (default 200, about 25 s for 256x256x60 "
+        "on 2 CPU cores; 0: the shipped prior alone)",
+    )
+    parser.add_argument(
+        "--fit-seconds",
+        type=float,
+        metavar="S",
+        help="optional upper bound on the adaptation's time (the result then depends on the "
+        "machine's speed)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the adaptation (default 0; same seed, same file)",
+    )
+
+
+def fit_settings(args: argparse.Namespace) -> dict:
+    """The learned method's options from parsed arguments (checked before any work)."""
+    from medsr.errors import MedsrError
+    from medsr.runtime import resolve_device
+    from medsr.upsample.checks import DEFAULT_FIT_STEPS
+
+    resolve_device(getattr(args, "device", "auto"))  # an unavailable device: before any work
+    steps = DEFAULT_FIT_STEPS if args.fit_steps is None else args.fit_steps
+    if steps < 0:
+        raise MedsrError(f"--fit-steps must be >= 0, got {steps}")
+    if args.fit_seconds is not None and args.fit_seconds < 0:
+        raise MedsrError(f"--fit-seconds must be >= 0, got {args.fit_seconds}")
+    return {
+        "model": args.model,
+        "fit_steps": steps,
+        "fit_seconds": args.fit_seconds,
+        "seed": args.seed,
+    }
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr (exit 2), pointing at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")

@@ -1,0 +1,2 @@
+"""Evaluation: the simulated acquisition and scores (`simulate`), metrics, score tables, the
+reports of `medsr evaluate` / `medsr compare` (`report`) and their figures."""

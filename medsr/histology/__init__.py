@@ -1,0 +1,1 @@
+"""Serial histology: rigid alignment of consecutive sections (`alignment`)."""

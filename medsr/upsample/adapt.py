@@ -1,0 +1,187 @@
+"""Adapting a trained generator to one scan (self-supervised), a fixed number of steps.
+
+The scan's own slices across the axis to be upsampled (the in-plane slices of a thick-slice scan)
+are degraded by the factor of the upsampling along each of their two axes, and the generator is
+fine-tuned with the pixel loss to undo that, starting from trained weights (SMORE/ECLARE idea,
+warm-started). For the default target of a thick-slice scan (the finest in-plane spacing) that is
+its thick-slice spacing; an isotropic volume upsampled with an explicit --scale or --spacing is
+fitted the same way. Only the pixel loss is used: it is the fastest signal in a short budget, and
+the perceptual/adversarial character comes from the pre-trained weights. On CUDA the fit runs
+with deterministic algorithms.
+
+The fit is a number of steps, not a time: for a given seed and device the same scan gives the
+same adapted weights, so the same command writes the same file. A time limit is an optional upper
+bound on top (then the result depends on the machine's speed, and the steps run are recorded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+import torch
+
+from medsr.config import Config, DataConfig, LossConfig, TrainConfig
+from medsr.errors import MedsrError
+from medsr.io import Volume
+from medsr.nets import MISRGenerator
+from medsr.train.pairs import PairSampler, sources_self_supervised
+from medsr.train.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+#: learning rate of the fine-tuning (constant: short fits gain nothing from a decay)
+ADAPTATION_LEARNING_RATE = 2e-4
+#: the environment variable that fixes cuBLAS's workspace, and the value PyTorch documents for
+#: deterministic results (https://docs.pytorch.org/docs/stable/notes/randomness.html)
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+DETERMINISTIC_WORKSPACE = ":4096:8"
+
+
+def adaptation_config(
+    config: Config, steps: int, seed: int, thickness_ratio: float | None = None
+) -> Config:
+    """The fine-tuning's own config for the model of `config` (a checkpoint's).
+
+    Taken from the checkpoint is only what describes the model and how it learns: its sizes
+    (`config.model`), the slice profiles and thickness ratios it was trained for, its patch and
+    batch sizes, and whether it trains in mixed precision. Everything else is the fit's own:
+    pixel loss only, no intensity or noise augmentation, a constant learning rate, `steps` steps
+    (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
+    drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
+    thickness / spacing), that slice profile only.
+    """
+    trained = config.data
+    ratios = trained.thickness_ratios if thickness_ratio is None else (thickness_ratio,) * 2
+    return Config(
+        model=config.model,
+        loss=LossConfig(perceptual_weight=0.0, adversarial_weight=0.0),
+        data=DataConfig(
+            self_supervised=True,
+            profiles=trained.profiles,
+            thickness_ratios=ratios,
+            patch_width=trained.patch_width,
+            patch_slices=trained.patch_slices,
+            max_thin_slices=trained.max_thin_slices,
+            batch_size=trained.batch_size,
+            noise_max=0.0,
+            gamma_range=(1.0, 1.0),
+            gain_range=(1.0, 1.0),
+            validation_fraction=0.0,
+            workers=0,
+        ),
+        train=TrainConfig(
+            steps=max(1, steps),
+            warmup_steps=0,
+            learning_rate=ADAPTATION_LEARNING_RATE,
+            lr_schedule="constant",
+            validate_every=10**9,
+            checkpoint_every=10**9,
+            seed=seed,
+            mixed_precision=config.train.mixed_precision,
+        ),
+    )
+
+
+def check_fit_extent(shape: tuple[int, ...], axis: int, factor: float, name: str) -> None:
+    """Before any work: the fit's thick patches hold whole slabs of `factor` voxels, so both axes
+    other than `axis` need at least one.
+
+    Raises:
+        MedsrError: in the user's terms: the file (`name`), the axis, and the flags that fix it.
+    """
+    for other in (a for a in range(3) if a != axis):
+        if shape[other] < factor:
+            raise MedsrError(
+                f"{name} is too small to adapt the model to: axis {other} has {shape[other]} "
+                f"voxels, less than one slab of x{factor:.3g}; give --fit-steps 0 (the trained "
+                "model alone) or a smaller --scale"
+            )
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """On CUDA, deterministic kernels for the duration of the fit, then the caller's settings.
+
+    cuBLAS is deterministic only with a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``); a value the
+    user set is kept, and the variable is removed again if it was set here. Kernels without a
+    deterministic version warn instead of failing (``warn_only``). A no-op on the CPU, whose
+    kernels are deterministic for a given thread count.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    workspace = os.environ.get(CUBLAS_WORKSPACE)
+    if workspace is None:
+        os.environ[CUBLAS_WORKSPACE] = DETERMINISTIC_WORKSPACE
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+        if workspace is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)
+
+
+def adapt_to_scan(
+    generator: MISRGenerator,
+    config: Config,
+    volume: Volume,
+    *,
+    axis: int,
+    factor: float,
+    steps: int,
+    device: torch.device,
+    seed: int = 0,
+    seconds: float | None = None,
+    thickness_ratio: float | None = None,
+    progress: bool = False,
+) -> tuple[MISRGenerator, int]:
+    """Fine-tune a copy of `generator` on `volume`'s slices across `axis`.
+
+    Args:
+        generator: trained generator (left unchanged).
+        config: its config (the checkpoint's; see `adaptation_config`).
+        volume: the grey scan to be reconstructed (anisotropic, or isotropic with an explicit
+            target).
+        axis: the array axis that will be upsampled: the fit's in-plane slices are those across
+            it, and their two axes are made thick.
+        factor: the factor of the upsampling (input spacing along `axis` / output spacing), the
+            one the fit degrades the in-plane axes by.
+        steps: optimisation steps (0: return the generator as it is).
+        device: torch device.
+        seed: seed of the patch sampling.
+        seconds: optional wall-clock upper bound on the fit.
+        thickness_ratio: the scan's slice thickness / slice spacing, if known (below 1: a gap);
+            default: the range the model was trained with.
+        progress: show a progress bar.
+
+    Returns:
+        (the adapted generator in eval mode, the number of steps run).
+    """
+    if steps <= 0:
+        return generator.eval(), 0
+    adapt_config = adaptation_config(config, steps, seed, thickness_ratio)
+    sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
+    sampler = PairSampler(sources, adapt_config.data, generator.neighbours)
+    start = time.perf_counter()
+    deadline = None if seconds is None else start + seconds
+    with deterministic_algorithms(device):
+        trainer = Trainer(adapt_config, sampler, device, validation=[])
+        trainer.generator.load_state_dict(generator.state_dict())
+        trainer.fit(progress=progress, deadline=deadline, description="adapting to the scan")
+    logger.info(
+        "adapted to the scan: %d steps in %.1f s", trainer.step, time.perf_counter() - start
+    )
+    return trainer.generator.eval(), trainer.step

@@ -1,0 +1,175 @@
+"""Checks made before any upsampling work: input slices and isotropy, label grids, output
+paths, the learned model's factor range and the fit's extent; target lengths."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medsr.errors import MedsrError
+from medsr.geometry import ISOTROPY_TOLERANCE, OutputGrid, anisotropy
+from medsr.io.paths import default_output_suffix, split_volume_name
+from medsr.io.volume import Unit, Volume
+from medsr.io.write import check_output_path
+from medsr.nets.checkpoint import default_model_path
+
+logger = logging.getLogger(__name__)
+
+#: default number of adaptation steps: about 25 s on 2 CPU cores for a 256x256x60 scan, which
+#: keeps it under 60 s end to end with the 30 s reconstruction (docs/benchmarks.md)
+DEFAULT_FIT_STEPS = 200
+
+
+#: seed of the adaptation's patch sampling
+DEFAULT_SEED = 0
+
+
+#: fewest slices along the thick axis that a reconstruction needs
+MIN_SLICES = 4
+
+
+def learned_factor_limit(config) -> float:
+    """Largest factor a model covers: the top of the factor range it was trained on."""
+    return float(config.data.max_factor)
+
+
+def covers_factor(factor: float, limit: float) -> bool:
+    """Whether a model trained up to `limit` covers `factor` (with float tolerance)."""
+    return factor <= limit * (1 + 1e-6)
+
+
+def check_learned_factor(factor: float, limit: float, unit_spacing: float, unit: str) -> None:
+    """One-line error, with a target spacing that is reachable, above the learned range."""
+    if not covers_factor(factor, limit):
+        reachable = unit_spacing / limit
+        raise MedsrError(
+            f"factor {factor:.3g} is above the learned method's range (up to x{limit:.3g}); "
+            f"use --spacing {reachable:.4g} ({unit}) or coarser, or --method bspline"
+        )
+
+
+def learned_coverage(factor: float, model: str | os.PathLike[str] | None = None) -> str:
+    """One line: whether the learned method covers `factor` with `model` (default: shipped)."""
+    from medsr.nets.checkpoint import load_generator
+
+    _, config = load_generator(model or default_model_path())
+    limit = learned_factor_limit(config)
+    if covers_factor(factor, limit):
+        return f"covered (misr works up to x{limit:.3g})"
+    return f"not covered: x{factor:.3g} is above misr's x{limit:.3g}; use --spacing or bspline"
+
+
+def check_fit(volume: Volume, grid: OutputGrid, options: dict, name: str) -> None:
+    """The per-scan fit (``options["fit_steps"]`` > 0) can draw its patches from `volume`."""
+    if options.get("fit_steps", DEFAULT_FIT_STEPS) > 0:
+        from medsr.upsample.adapt import check_fit_extent
+
+        factor = float(volume.spacing[grid.axis] / grid.spacing)
+        check_fit_extent(volume.spatial_shape, grid.axis, factor, name)
+
+
+def load_model(volume: Volume, grid: OutputGrid, options: dict) -> tuple:
+    """(generator on the CPU, config) of ``options["model"]`` (default: shipped), after checking
+    that the model covers the factor from `volume` to `grid`."""
+    from medsr.nets.checkpoint import load_generator
+
+    generator, config = load_generator(options.get("model") or default_model_path())
+    factor = float(volume.spacing[grid.axis] / grid.spacing)
+    check_learned_factor(
+        factor, learned_factor_limit(config), volume.spacing[grid.axis], volume.unit
+    )
+    return generator, config
+
+
+def target_spacing(
+    spacing: float | str | None, unit: Unit, option: str = "--spacing"
+) -> float | None:
+    """A length (``0.5``, ``"0.5mm"``, ``"2um"``) in the volume's `unit`; a bare number is
+    already in that unit."""
+    from medsr.io.volume import parse_length, unit_scale
+
+    if spacing is None:
+        return None
+    try:
+        value, given = parse_length(spacing)
+    except ValueError as error:
+        raise MedsrError(f"{option}: {error}") from error
+    value = value * unit_scale(given, unit) if given else value
+    logger.debug("%s: %.4g %s", option.lstrip("-").replace("-", " "), value, unit)
+    return value
+
+
+def default_output_path(input_path: Path, method: str) -> Path:
+    """``scan.nii.gz`` -> ``scan_misr.nii.gz`` beside it (format: `default_output_suffix`); a
+    folder's output goes beside the folder, never inside it (``.`` included)."""
+    input_path = Path(input_path).resolve() if Path(input_path).exists() else Path(input_path)
+    stem, _ = split_volume_name(input_path)
+    return input_path.parent / f"{stem}_{method}{default_output_suffix(input_path)}"
+
+
+def labels_output_path(output: Path, labels_output: str | os.PathLike[str] | None) -> Path:
+    """Where the label map of ``--labels`` goes: `labels_output`, default
+    ``<output stem>_labels<suffix>`` beside `output`."""
+    if labels_output is not None:
+        return Path(labels_output)
+    stem, suffix = split_volume_name(Path(output))
+    suffix = suffix or ".nii.gz"  # beside a DICOM series folder
+    return Path(output).with_name(f"{stem}_labels{suffix}")
+
+
+def check_labels_output(labels_output: Path, input_path: Path, labels, output: Path, overwrite):
+    """The label output gets the main output's checks, and is none of the other files."""
+    for other, what in ((input_path, "the input"), (Path(labels), "--labels"), (output, "-o")):
+        if labels_output.absolute() == other.absolute() or (
+            labels_output.exists() and other.exists() and labels_output.samefile(other)
+        ):
+            raise MedsrError(f"--labels-out '{labels_output}' is {what}; choose another path")
+    check_output_path(labels_output, overwrite=overwrite)
+
+
+def check_outputs(
+    output: Path,
+    labels_path: Path | None,
+    volume: Volume,
+    overwrite: bool,
+    output_format: str | None = None,
+) -> None:
+    """The outputs' checks that need the volume (TIFF holds no orientation), before any work."""
+    check_output_path(output, overwrite=overwrite, affine=volume.affine, fmt=output_format)
+    if labels_path is not None:
+        check_output_path(labels_path, overwrite=overwrite, affine=volume.affine)
+
+
+def check_same_grid(label_map: Volume, volume: Volume, path) -> None:
+    """A label map must lie on its image's voxel grid (same shape and affine)."""
+    tolerance = 1e-3 * max(1.0, float(np.abs(volume.affine).max()))
+    if label_map.spatial_shape != volume.spatial_shape or not np.allclose(
+        label_map.affine, volume.affine, atol=tolerance
+    ):
+        raise MedsrError(
+            f"label map '{path}' ({' x '.join(map(str, label_map.spatial_shape))}) does not lie "
+            "on the image's voxel grid (shape and affine must match)"
+        )
+
+
+def check_input(volume: Volume, path: Path, axis: int | None, *, explicit: bool) -> None:
+    """Before any work: at least `MIN_SLICES` slices along the thick axis, and an anisotropic
+    volume unless the target is explicit (--spacing or --scale)."""
+    from medsr.geometry import thick_axis
+
+    thick = thick_axis(volume.affine) if axis is None else axis
+    count = volume.spatial_shape[thick]
+    if count < MIN_SLICES:
+        raise MedsrError(
+            f"'{path}' has {count} slice(s) along its thick axis {thick}; at least {MIN_SLICES} "
+            "are needed to reconstruct between them"
+        )
+    if anisotropy(volume.affine) < ISOTROPY_TOLERANCE and not explicit:
+        spacing_text = " x ".join(f"{s:.4g}" for s in volume.spacing)
+        raise MedsrError(
+            f"'{path}' is already isotropic ({spacing_text} {volume.unit}); "
+            "nothing written (give --spacing or --scale to resample anyway)"
+        )

@@ -1,0 +1,198 @@
+"""File-level upsampling (`upsample_file`): read, check, upsample (each frame of a 4D series),
+labels, and write the outputs with their provenance atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from medsr.errors import MedsrError
+from medsr.geometry import plan_output_grid
+from medsr.io.paths import split_volume_name, volume_format
+from medsr.io.read import read_volume, read_volume_frames, volume_frames
+from medsr.io.volume import Unit, Volume
+from medsr.io.write import check_output_path, write_volume
+from medsr.provenance import sha256, write_provenance
+from medsr.upsample.api import Method, upsample_volume
+from medsr.upsample.checks import (
+    check_fit,
+    check_input,
+    check_labels_output,
+    check_outputs,
+    check_same_grid,
+    default_output_path,
+    labels_output_path,
+    load_model,
+    target_spacing,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def upsample_file(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str] | None = None,
+    *,
+    method: Method = "misr",
+    spacing: float | str | None = None,
+    scale: float | None = None,
+    axis: int | None = None,
+    input_spacing: Sequence[float] | None = None,
+    input_unit: Unit | None = None,
+    keep_dtype: bool = True,
+    overwrite: bool = False,
+    align: bool = False,
+    series: str | None = None,
+    slice_thickness: float | str | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    labels_output: str | os.PathLike[str] | None = None,
+    allow_coarser: bool = False,
+    output_format: Literal["dicom"] | None = None,
+    dicom_patient_id: str | None = None,
+    dicom_modality: str | None = None,
+    **misr_options,
+) -> Path:
+    """Read, upsample and write one volume; the input file is never modified.
+
+    With `align`, consecutive sections (slices along the thick axis) are first aligned rigidly
+    (`medsr.histology.alignment`) and the transforms are written beside the output
+    (``<output>.transforms.json``). `series` picks a DICOM series of a folder;
+    `slice_thickness` (a length, as `spacing`) overrides the header's (DICOM's SliceThickness)
+    and becomes the slice profile of the learned method's fit. `labels`, a label map on the
+    input's grid (a segmentation drawn on the thick slices), is written on the output's grid
+    too (at `labels_output`, default `labels_output_path`), by shape-based interpolation.
+    `output_format` ``"dicom"`` writes a DICOM series folder (default ``<input stem>_<method>``
+    beside the input; `medsr.io.dicom`; labels then go to NIfTI). A 4D NIfTI series is read
+    once, and each of its volumes is upsampled as the 3D command would.
+
+    Raises:
+        MedsrError: bad input, an isotropic input without an explicit target, an output (or
+            label output) that exists (without `overwrite`), cannot be written, or is an input.
+    """
+    input_path = Path(input_path)
+    output = _checked_output(input_path, output_path, method, output_format, overwrite)
+    label_map, labels_path = None, None
+    if labels is not None:
+        labels_path = labels_output_path(output, labels_output)
+        check_labels_output(labels_path, input_path, labels, output, overwrite)
+        label_map = read_volume(labels)
+    frames, volumes = _read_frames(
+        input_path, output, output_format, input_spacing, input_unit, series
+    )
+    results, records = [], None
+    for frame, volume in enumerate(volumes):  # a 4D series: each as the 3D command does it
+        volume = _with_thickness(volume, slice_thickness)
+        if frame == 0:  # every check before any work
+            check_outputs(output, labels_path, volume, overwrite, output_format)
+            if output_format == "dicom":
+                from medsr.io.dicom_tags import check_dicom_input
+
+                check_dicom_input(volume, patient_id=dicom_patient_id, modality=dicom_modality)
+            spacing = target_spacing(spacing, volume.unit)
+            check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
+            if label_map is not None:
+                check_same_grid(label_map, volume, labels)
+            misr_options = _loaded_model(
+                volume, input_path, method, spacing, scale, axis, misr_options
+            )
+        if align:
+            volume, records = _aligned(volume, axis)
+        options = dict(spacing=spacing, scale=scale, axis=axis, keep_dtype=keep_dtype)
+        options.update(allow_coarser=allow_coarser, **misr_options)
+        results.append(upsample_volume(volume, method=method, **options))
+        if frames > 1:
+            logger.info("volume %d of %d done", frame + 1, frames)
+    # the label map is computed before writing anything: both outputs or neither
+    label_result = (
+        None if label_map is None else _labels_on_grid(label_map, results[0], allow_coarser)
+    )
+    written = write_volume(
+        results[0],
+        output,
+        overwrite=overwrite,
+        frames=results if frames > 1 else None,
+        fmt=output_format,
+        patient_id=dicom_patient_id,
+        modality=dicom_modality,
+    )
+    if label_result is not None:
+        labels_written = write_volume(label_result, labels_path, overwrite=overwrite)
+        _write_record(label_result, labels, labels_written)
+    _write_record(results[0], input_path, written, frames=frames)
+    if records is not None:
+        from medsr.histology.alignment import save_transforms
+
+        save_transforms(records, written.with_name(written.name + ".transforms.json"))
+    return written
+
+
+def _checked_output(input_path: Path, output_path, method: str, output_format, overwrite) -> Path:
+    """The output path (default: beside the input), checked before anything is read."""
+    output = Path(output_path) if output_path else default_output_path(input_path, method)
+    if output_format == "dicom" and not output_path:  # a series folder, not a file
+        output = output.with_name(split_volume_name(output)[0])
+    if output.exists() and input_path.exists() and output.resolve() == input_path.resolve():
+        raise MedsrError(f"output '{output}' is the input; choose another output path")
+    check_output_path(output, overwrite=overwrite, fmt=output_format)  # before reading: fail fast
+    return output
+
+
+def _read_frames(input_path: Path, output: Path, output_format, spacing, unit, series):
+    """(number of frames, the volumes): one for a 3D input, each frame of a 4D NIfTI series."""
+    frames = volume_frames(input_path) if input_path.is_file() else 1
+    if frames > 1 and (output_format or volume_format(output)) != "nifti":
+        raise MedsrError(f"'{input_path}' holds {frames} volumes; write it as NIfTI (.nii.gz)")
+    if frames > 1:
+        return frames, read_volume_frames(input_path, spacing=spacing, unit=unit)
+    return frames, [read_volume(input_path, spacing=spacing, unit=unit, series=series)]
+
+
+def _with_thickness(volume: Volume, slice_thickness: float | str | None) -> Volume:
+    """`volume` with ``meta["slice_thickness"]`` set from the option (a length), if given."""
+    if slice_thickness is None:
+        return volume
+    thickness = target_spacing(slice_thickness, volume.unit, "--slice-thickness")
+    return Volume(volume.array, volume.affine, {**volume.meta, "slice_thickness": thickness})
+
+
+def _loaded_model(volume, input_path, method, spacing, scale, axis, misr_options) -> dict:
+    """The output grid is planned (its errors come before any work); for the learned method,
+    `misr_options` with the model loaded, after checking its range, then the fit's extent."""
+    grid = plan_output_grid(
+        volume.spatial_shape, volume.affine, spacing=spacing, scale=scale, axis=axis
+    )
+    if method != "misr" or grid.step > 1 + 1e-6:  # no model (a coarser target: slab average)
+        return misr_options
+    misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
+    check_fit(volume, grid, misr_options, f"'{input_path}'")
+    return misr_options
+
+
+def _aligned(volume: Volume, axis: int | None) -> tuple[Volume, list[dict]]:
+    """The sections along the thick axis aligned rigidly, and their transforms."""
+    from medsr.geometry import thick_axis
+    from medsr.histology.alignment import align_sections
+
+    return align_sections(volume, axis=thick_axis(volume.affine) if axis is None else axis)
+
+
+def _labels_on_grid(label_map: Volume, result: Volume, allow_coarser: bool) -> Volume:
+    """The label map on the grid of the upsampled image (shape-based interpolation)."""
+    grid_record = result.meta["provenance"]
+    return upsample_volume(
+        label_map,
+        method="labels",
+        spacing=grid_record["output_spacing"],
+        axis=grid_record["thick_axis"],
+        allow_coarser=allow_coarser,
+    )
+
+
+def _write_record(result: Volume, source, written: Path, **extra) -> None:
+    """The provenance sidecar of `written`: what produced it, from `source` (and its sha256)."""
+    record = dict(result.meta["provenance"], input=str(source), **extra)
+    record["input_sha256"] = sha256(source)
+    write_provenance(record, written)

@@ -1,0 +1,137 @@
+"""Apply a trained generator to every through-plane plane of a volume and fuse orientations.
+
+For a thick axis z and in-plane axes x, y, the planes that contain z are the x-planes (axes y, z)
+and the y-planes (axes x, z). Each orientation is reconstructed plane by plane: the k neighbours of
+plane i are planes i + j * round(thick / fine) (one thick spacing apart, as in training; see
+`medsr.geometry.neighbour_indices`), and the arbitrary-scale generator predicts the plane at the
+output grid's own positions along z (``generator(lr, positions, factor)``, any real factor, the
+positions of `medsr.geometry.plan_output_grid`), in chunks of positions within `DECODER_BUDGET`.
+Both orientations are averaged into one float32 output array, which is the only full-size buffer
+(plus the input).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from medsr.geometry import OutputGrid, neighbour_indices, neighbour_offset
+from medsr.intensity import intensity_range, normalise_intensity
+from medsr.io import Volume
+from medsr.nets import MISRGenerator
+from medsr.runtime import autocast
+
+logger = logging.getLogger(__name__)
+
+
+#: memory for the decoder's per-output temporaries of one call (bytes)
+DECODER_BUDGET = 32 * 2**20
+
+
+def position_chunk(generator, planes: int, width: int, count: int) -> int:
+    """Output positions decoded per call: all of them, fewer when the decoder's temporaries
+    (about five float32 tensors of hidden x width per position and plane) would pass
+    `DECODER_BUDGET`."""
+    hidden = getattr(getattr(generator, "query", None), "out_features", 1)
+    per_position = 5 * 4 * hidden * width * planes
+    return max(1, min(count, DECODER_BUDGET // max(per_position, 1)))
+
+
+def plane_orientations(axis: int, spacing: np.ndarray) -> list[tuple[int, int, int]]:
+    """(p, w, offset) for both through-plane orientations: planes stacked along p, in-plane w,
+    neighbours `offset` planes apart (one thick spacing)."""
+    others = [a for a in range(3) if a != axis]
+    return [(p, 3 - axis - p, neighbour_offset(spacing[axis], spacing[p])) for p in others]
+
+
+@torch.no_grad()
+def reconstruct(
+    normalised: np.ndarray,
+    grid: OutputGrid,
+    spacing: np.ndarray,
+    generator: MISRGenerator,
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Reconstruct a normalised grey volume on `grid` with `generator`.
+
+    Args:
+        normalised: input intensities mapped to about [0, 1], shape (X, Y, Z) in file order.
+        grid: output grid (its `axis` is the thick axis).
+        spacing: input voxel spacing per array axis.
+        generator: trained generator, called as ``generator(lr, positions, factor)``.
+        device: where the generator runs.
+        batch_size: planes per generator call.
+        on_batch: called with the number of planes done after each batch (progress).
+
+    Returns:
+        float32 array of `grid.shape`, normalised units, mean of both orientations.
+    """
+    generator = generator.to(device).eval()
+    k = generator.neighbours
+    factor = float(spacing[grid.axis] / grid.spacing)
+    positions = torch.from_numpy(np.asarray(grid.positions, np.float32)).to(device)
+    output = np.zeros(grid.shape, dtype=np.float32)
+    orientations = plane_orientations(grid.axis, spacing)
+    for p, w, offset in orientations:
+        planes = np.transpose(normalised, (p, w, grid.axis))  # view (P, W, n)
+        target = np.transpose(output, (p, w, grid.axis))  # view (P, W, M)
+        total = planes.shape[0]
+        for start in range(0, total, batch_size):
+            centres = np.arange(start, min(start + batch_size, total))
+            index = neighbour_indices(centres, k, offset, total)
+            lr = torch.from_numpy(np.ascontiguousarray(planes[index], dtype=np.float32))
+            with autocast(device):
+                if hasattr(generator, "encode"):  # decode large outputs in chunks
+                    encoded = generator.encode(lr.to(device), factor)
+                    chunk = position_chunk(generator, len(centres), planes.shape[1], len(positions))
+                    for first in range(0, len(positions), chunk):
+                        part = slice(first, first + chunk)
+                        sr = generator.predict_at(encoded, positions[part])[:, 0].float()
+                        target[centres, :, part] += sr.cpu().numpy()
+                else:
+                    sr = generator(lr.to(device), positions, factor)[:, 0].float()  # (B, W, M)
+                    target[centres] += sr.cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(centres))
+    output /= len(orientations)
+    return output
+
+
+def reconstruct_volume(
+    volume: Volume,
+    grid: OutputGrid,
+    generator: MISRGenerator,
+    *,
+    device: torch.device,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """`reconstruct` for a volume in its own units: one intensity scaling shared by all channels
+    (RGB keeps its hues), each channel through the same network, back to input units.
+
+    Returns:
+        float32 array of `grid.shape` (plus the channel axis for RGB), in the input's units.
+    """
+    low, high = intensity_range(volume.array)
+    channels = [volume.array] if volume.num_channels == 1 else list(np.moveaxis(volume.array, 3, 0))
+    results = []
+    for channel in channels:
+        out = reconstruct(
+            normalise_intensity(channel, low, high),
+            grid,
+            volume.spacing,
+            generator,
+            device=device,
+            batch_size=batch_size,
+            on_batch=on_batch,
+        )
+        out *= high - low  # back to input units in place: the output is the largest buffer
+        out += low
+        results.append(out)
+    return results[0] if len(results) == 1 else np.stack(results, axis=3)
