@@ -27,7 +27,7 @@ from split import SPLIT_FILE, check_lists, read_split
 
 from medsr import __version__
 from medsr.cli import main as medsr_main
-from medsr.io.tiff import read_section
+from medsr.io.sections import read_section
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "pipelines" / "configs"

@@ -11,7 +11,7 @@ from conftest import make_affine, phantom_array, write_dicom_series
 
 from medsr.errors import MedsrError
 from medsr.io import Volume, read_volume, write_volume
-from medsr.io.tiff import natural_key
+from medsr.io.sections import natural_key
 
 
 def _assert_same_geometry(a: Volume, b: Volume, atol: float = 1e-5) -> None:

@@ -41,9 +41,7 @@ from medsr.batch.plan import (
     plan_batch,
 )
 from medsr.errors import MedsrError
-from medsr.io import (
-    make_output_folder,
-)
+from medsr.io import make_output_folder
 from medsr.io.atomic import write_text_atomically
 from medsr.provenance import input_stat, known_sha256, sha256
 
@@ -132,7 +130,6 @@ def run_batch(
     make_output_folder(output_root)
     manifest_path = output_root / MANIFEST
     entries = plan.entries
-    settings_key = json.dumps(settings, sort_keys=True)
     if on_start:
         on_start(len(plan.tasks))
     for entry in plan.skip + plan.refuse:
@@ -140,7 +137,20 @@ def run_batch(
         entries[entry["input"]] = entry
         if on_done:
             on_done(entry)
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    record = _recorder(entries, manifest_path, settings, on_done)
+    _run_tasks(
+        plan.run, _job_settings(settings, len(plan.run), workers), scheduler, workers, record
+    )
+    _save_manifest(manifest_path, entries, settings)
+    return entries
+
+
+def _recorder(
+    entries: dict, manifest_path: Path, settings: dict, on_done: Callable[[dict], None] | None
+) -> Callable[[dict], None]:
+    """What settles each finished input: its entry, the manifest saved (so that a stopped batch
+    resumes), `on_done`."""
+    settings_key = json.dumps(settings, sort_keys=True)
 
     def record(result: dict) -> None:
         previous = entries.get(result["input"]) or {}
@@ -155,25 +165,35 @@ def run_batch(
         if on_done:
             on_done(result)
 
-    todo = plan.run
-    job_settings = [
-        dict(settings, threads=threads, **worker_device(settings, index))
-        for index in range(len(todo))
-    ]
+    return record
+
+
+def _job_settings(settings: dict, count: int, workers: int) -> list[dict]:
+    """The settings of each of `count` jobs: the CPU threads shared out, GPUs spread over."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    return [dict(settings, threads=threads, **worker_device(settings, i)) for i in range(count)]
+
+
+def _run_tasks(
+    tasks: list[Task],
+    job_settings: list[dict],
+    scheduler: str | None,
+    workers: int,
+    record: Callable[[dict], None],
+) -> None:
+    """Every task through `process_one`: on Dask, in this process, or in worker processes."""
     if scheduler:
-        _run_on_dask(todo, job_settings, scheduler, workers, record)
+        _run_on_dask(tasks, job_settings, scheduler, workers, record)
     elif workers <= 1:
-        for task, options in zip(todo, job_settings, strict=True):
+        for task, options in zip(tasks, job_settings, strict=True):
             record(process_one(task, options))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [
-                pool.submit(process_one, t, o) for t, o in zip(todo, job_settings, strict=True)
+                pool.submit(process_one, t, o) for t, o in zip(tasks, job_settings, strict=True)
             ]
             for future in as_completed(futures):
                 record(future.result())
-    _save_manifest(manifest_path, entries, settings)
-    return entries
 
 
 def worker_device(settings: dict, index: int) -> dict:

@@ -73,10 +73,41 @@ def batch_parser(commands) -> None:
 
 
 def batch_command(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from medsr.batch import OutputCollisionError, run_batch
 
+    settings = batch_settings(args)
+    if args.dry_run:
+        return dry_run_batch(args, settings)
+    progress = _Progress(args.quiet)
+    try:
+        entries = run_batch(
+            args.input_root,
+            args.output_root,
+            settings=settings,
+            pattern=args.pattern,
+            suffix=args.output_suffix,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            on_start=progress.start,
+            on_done=progress.done,
+            overwrite=args.overwrite,
+        )
+    except OutputCollisionError as error:  # one line per collision, nothing written
+        for line in error.problems:
+            print(f"medsr: error: {line}", file=sys.stderr)
+        return 1
+    progress.close()
+    failed = [k for k, e in entries.items() if e["status"] != "done"]
+    if not args.quiet:
+        print(
+            f"{len(entries) - len(failed)} done, {len(failed)} failed; manifest in "
+            f"{Path(args.output_root) / 'medsr_manifest.json'}"
+        )
+    return 1 if failed else 0
+
+
+def batch_settings(args: argparse.Namespace) -> dict:
+    """The settings of every input's `upsample_file`, as the manifest records them."""
     input_spacing, input_unit = input_geometry(args)
     settings = {
         "method": args.method,
@@ -101,45 +132,30 @@ def batch_command(args: argparse.Namespace) -> int:
         from medsr.errors import MedsrError
 
         raise MedsrError("--dicom-patient-id and --dicom-modality need --format dicom")
-    if args.dry_run:
-        return dry_run_batch(args, settings)
-    bar = None
+    return settings
 
-    def start(total: int) -> None:  # the bar appears once there is work: errors come first
-        nonlocal bar
-        bar = tqdm(total=total, disable=args.quiet, unit="input", desc="batch")
 
-    def done(entry: dict) -> None:
-        bar.update(1)
+class _Progress:
+    """The batch's progress bar, shown once there is work (errors found first come first), and
+    a line for every failed input."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, disable=self.quiet, unit="input", desc="batch")
+
+    def done(self, entry: dict) -> None:
+        self.bar.update(1)
         if entry["status"] != "done":
-            bar.write(f"failed: {entry['input']}: {entry.get('error', '')}")
+            self.bar.write(f"failed: {entry['input']}: {entry.get('error', '')}")
 
-    try:
-        entries = run_batch(
-            args.input_root,
-            args.output_root,
-            settings=settings,
-            pattern=args.pattern,
-            suffix=args.output_suffix,
-            workers=args.workers,
-            scheduler=args.scheduler,
-            on_start=start,
-            on_done=done,
-            overwrite=args.overwrite,
-        )
-    except OutputCollisionError as error:  # one line per collision, nothing written
-        for line in error.problems:
-            print(f"medsr: error: {line}", file=sys.stderr)
-        return 1
-    if bar is not None:
-        bar.close()
-    failed = [k for k, e in entries.items() if e["status"] != "done"]
-    if not args.quiet:
-        print(
-            f"{len(entries) - len(failed)} done, {len(failed)} failed; manifest in "
-            f"{Path(args.output_root) / 'medsr_manifest.json'}"
-        )
-    return 1 if failed else 0
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:

@@ -17,29 +17,12 @@ def info_parser(commands) -> None:
 
 
 def info_command(args: argparse.Namespace) -> int:
-    from medsr.geometry import (
-        ISOTROPY_TOLERANCE,
-        anisotropy,
-        orientation_codes,
-        plan_output_grid,
-        thick_axis,
-    )
-    from medsr.io import read_volume
+    from medsr.io import read_volume, volume_frames
 
-    input_spacing, input_unit = input_geometry(args)
+    input_spacing, input_unit = input_geometry(args)  # a bad --input-spacing is found first
     path = Path(args.input)
-    if path.is_dir() and args.series is None:
-        from medsr.io import folder_kind
-        from medsr.io.itk import list_dicom_series
-
-        found = list_dicom_series(path) if folder_kind(path) == "dicom" else []
-        if len(found) > 1:
-            print(f"folder:      {args.input} ({len(found)} DICOM series; pick one with --series)")
-            for item in found:
-                print(f"  {item.summary()}")
-            return 0
-    from medsr.io import volume_frames
-
+    if path.is_dir() and args.series is None and _listed_dicom_series(path, args.input):
+        return 0
     frames = volume_frames(path) if path.is_file() else 1
     volume = read_volume(
         path,
@@ -48,9 +31,31 @@ def info_command(args: argparse.Namespace) -> int:
         series=args.series,
         frame=0 if frames > 1 else None,
     )
+    _print_geometry(volume, args.input, frames)
+    _print_output_grid(volume)
+    return 0
+
+
+def _listed_dicom_series(path: Path, name: str) -> bool:
+    """A folder of several DICOM series: list them (the user picks one with --series)."""
+    from medsr.io import folder_kind
+    from medsr.io.itk import list_dicom_series
+
+    found = list_dicom_series(path) if folder_kind(path) == "dicom" else []
+    if len(found) <= 1:
+        return False
+    print(f"folder:      {name} ({len(found)} DICOM series; pick one with --series)")
+    for item in found:
+        print(f"  {item.summary()}")
+    return True
+
+
+def _print_geometry(volume, name: str, frames: int) -> None:
+    from medsr.geometry import anisotropy, orientation_codes, thick_axis
+
     spacing = " x ".join(f"{s:.4g}" for s in volume.spacing)
     channels = "RGB" if volume.num_channels == 3 else "grey"
-    print(f"file:        {args.input} ({volume.meta.get('format', '?')})")
+    print(f"file:        {name} ({volume.meta.get('format', '?')})")
     print(
         f"shape:       {' x '.join(map(str, volume.spatial_shape))} ({channels}, "
         f"{volume.array.dtype})"
@@ -65,14 +70,19 @@ def info_command(args: argparse.Namespace) -> int:
         print(f"series:      {volume.meta['series_uid']}")
     if "slice_thickness" in volume.meta:
         print(f"thickness:   {volume.meta['slice_thickness']:.4g} {volume.unit} slices")
-    if anisotropy(volume.affine) >= ISOTROPY_TOLERANCE:
-        from medsr.upsample.checks import learned_coverage
 
-        grid = plan_output_grid(volume.spatial_shape, volume.affine)
-        factor = volume.spacing[grid.axis] / grid.spacing
-        print(
-            f"output grid: {' x '.join(map(str, grid.shape))}, {grid.spacing:.4g} {volume.unit} "
-            f"along axis {grid.axis} (factor {factor:.3g}, default upsample)"
-        )
-        print(f"learned:     {learned_coverage(factor)}")
-    return 0
+
+def _print_output_grid(volume) -> None:
+    """What the default upsample would make of an anisotropic volume (nothing if isotropic)."""
+    from medsr.geometry import ISOTROPY_TOLERANCE, anisotropy, plan_output_grid
+    from medsr.upsample.checks import learned_coverage
+
+    if anisotropy(volume.affine) < ISOTROPY_TOLERANCE:
+        return
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    factor = volume.spacing[grid.axis] / grid.spacing
+    print(
+        f"output grid: {' x '.join(map(str, grid.shape))}, {grid.spacing:.4g} {volume.unit} "
+        f"along axis {grid.axis} (factor {factor:.3g}, default upsample)"
+    )
+    print(f"learned:     {learned_coverage(factor)}")

@@ -7,6 +7,7 @@ sampled with nearest neighbour (its slabs stay visible), reconstructions linearl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,76 +100,124 @@ def comparison_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spacing = reference.spacing
     normals = [a for a in range(3) if a != axis]
     names = list(panels)
     rows_per_plane = 3 if truth_name else 2
-    shapes = [
-        [n * spacing[a] for a, n in enumerate(reference.spatial_shape) if a != normal]
-        for normal in normals
-    ]
-    aspect = max(h / w for w, h in shapes)
-    figure, axes = plt.subplots(
-        len(normals) * rows_per_plane,
-        len(names),
-        squeeze=False,
-        layout="constrained",
-        figsize=(
-            2.3 * len(names) + 0.8,
-            2.3 * len(normals) * (1 + aspect + (aspect if truth_name else 0)),
-        ),
-    )
+    figure, axes = _figure_grid(plt, reference, normals, len(names), bool(truth_name))
     for plane_index, normal in enumerate(normals):
-        centre = reference.spatial_shape[normal] // 2
-        images = {
-            n: world_plane(v, reference, normal, centre, 0 if n in nearest else 1)
-            for n, v in panels.items()
-        }
-        plane_spacing = [spacing[a] for a in range(3) if a != normal]
-        low, high = np.percentile(images[truth_name or names[0]], [0.5, 99.5])
-        base = images[truth_name] if truth_name else np.mean(list(images.values()), axis=0)
-        errors = {n: np.abs(images[n] - base) for n in names if n != truth_name}
-        error_max = max(float(np.percentile(e, 99.5)) for e in errors.values()) or 1.0
-        size = max(8, min(images[names[0]].shape) // 3)
-        window = _worst_window(sum(errors.values()), size)
+        plane = _sample_plane(panels, reference, normal, truth_name, nearest)
         row = plane_index * rows_per_plane
         for column, name in enumerate(names):
-            ax = axes[row, column]
-            _show(ax, images[name], plane_spacing, low, high)
-            ax.set_title(name, fontsize=9)
-            x0, y0 = (w * s for w, s in zip(window, plane_spacing, strict=True))
-            ax.add_patch(
-                plt.Rectangle(
-                    (x0, y0),
-                    size * plane_spacing[0],
-                    size * plane_spacing[1],
-                    fill=False,
-                    edgecolor="cyan",
-                    linewidth=1,
-                )
-            )
-            if column == 0:
-                ax.set_ylabel(f"plane normal to axis {normal}", fontsize=8)
-                _scale_bar(ax, images[name].shape[0] * plane_spacing[0], reference.unit)
-            crop = images[name][window[0] : window[0] + size, window[1] : window[1] + size]
-            _show(axes[row + 1, column], crop, plane_spacing, low, high)
-            axes[row + 1, column].set_title("zoom", fontsize=7)
-            if truth_name:
-                ax_error = axes[row + 2, column]
-                if name == truth_name:
-                    ax_error.axis("off")
-                    continue
-                handle = _show(ax_error, errors[name], plane_spacing, 0, error_max, cmap="magma")
-                ax_error.set_title(f"|{name} - {truth_name}|", fontsize=8)
+            axes[row, column].set_title(name, fontsize=9)
+            _draw_panel(plt, axes[row, column], axes[row + 1, column], plane, name, column == 0)
         if truth_name:
-            figure.colorbar(
-                handle,
-                ax=list(axes[row + 2]),
-                fraction=0.03,
-                pad=0.01,
-                label="absolute error (input units)",
-            )
+            _draw_errors(figure, axes[row + 2], plane, names, truth_name)
     figure.suptitle(title, fontsize=10)
     path = write_atomically(path, lambda staged: figure.savefig(staged, dpi=110))
     plt.close(figure)
     return path
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """One plane of every panel on the reference grid, and what its three rows share."""
+
+    normal: int
+    spacing: list[float]  # of the plane's two axes, in increasing axis order
+    unit: str
+    images: dict[str, np.ndarray]
+    errors: dict[str, np.ndarray]  # against the truth, or the panels' mean without one
+    window: tuple[int, int]  # top-left corner of the zoom, where the errors are largest
+    size: int  # of the zoom window, in pixels
+    low: float  # the grey scale of the images
+    high: float
+    error_max: float  # the one colour scale of every error image
+
+
+def _sample_plane(
+    panels: dict[str, Volume],
+    reference: Volume,
+    normal: int,
+    truth_name: str | None,
+    nearest: tuple[str, ...],
+) -> _Plane:
+    names = list(panels)
+    centre = reference.spatial_shape[normal] // 2
+    images = {
+        n: world_plane(v, reference, normal, centre, 0 if n in nearest else 1)
+        for n, v in panels.items()
+    }
+    low, high = np.percentile(images[truth_name or names[0]], [0.5, 99.5])
+    base = images[truth_name] if truth_name else np.mean(list(images.values()), axis=0)
+    errors = {n: np.abs(images[n] - base) for n in names if n != truth_name}
+    size = max(8, min(images[names[0]].shape) // 3)
+    return _Plane(
+        normal=normal,
+        spacing=[reference.spacing[a] for a in range(3) if a != normal],
+        unit=reference.unit,
+        images=images,
+        errors=errors,
+        window=_worst_window(sum(errors.values()), size),
+        size=size,
+        low=low,
+        high=high,
+        error_max=max(float(np.percentile(e, 99.5)) for e in errors.values()) or 1.0,
+    )
+
+
+def _figure_grid(plt, reference: Volume, normals: list[int], columns: int, with_errors: bool):
+    """The figure and its axes: per plane, a row of images, of zooms and (with a truth) of
+    errors; each row as tall as its plane's aspect asks."""
+    shapes = [
+        [n * reference.spacing[a] for a, n in enumerate(reference.spatial_shape) if a != normal]
+        for normal in normals
+    ]
+    aspect = max(h / w for w, h in shapes)
+    return plt.subplots(
+        len(normals) * (3 if with_errors else 2),
+        columns,
+        squeeze=False,
+        layout="constrained",
+        figsize=(
+            2.3 * columns + 0.8,
+            2.3 * len(normals) * (1 + aspect + (aspect if with_errors else 0)),
+        ),
+    )
+
+
+def _draw_panel(plt, ax, ax_zoom, plane: _Plane, name: str, first: bool) -> None:
+    """One panel's image, with the zoom window marked in cyan, and its zoom below it."""
+    image = plane.images[name]
+    _show(ax, image, plane.spacing, plane.low, plane.high)
+    x0, y0 = (w * s for w, s in zip(plane.window, plane.spacing, strict=True))
+    ax.add_patch(
+        plt.Rectangle(
+            (x0, y0),
+            plane.size * plane.spacing[0],
+            plane.size * plane.spacing[1],
+            fill=False,
+            edgecolor="cyan",
+            linewidth=1,
+        )
+    )
+    if first:
+        ax.set_ylabel(f"plane normal to axis {plane.normal}", fontsize=8)
+        _scale_bar(ax, image.shape[0] * plane.spacing[0], plane.unit)
+    top, left = plane.window
+    crop = image[top : top + plane.size, left : left + plane.size]
+    _show(ax_zoom, crop, plane.spacing, plane.low, plane.high)
+    ax_zoom.set_title("zoom", fontsize=7)
+
+
+def _draw_errors(figure, row, plane: _Plane, names: list[str], truth_name: str) -> None:
+    """The row of absolute errors on one colour scale, with its colour bar."""
+    handle = None
+    for ax, name in zip(row, names, strict=True):
+        if name == truth_name:
+            ax.axis("off")
+            continue
+        handle = _show(ax, plane.errors[name], plane.spacing, 0, plane.error_max, cmap="magma")
+        ax.set_title(f"|{name} - {truth_name}|", fontsize=8)
+    figure.colorbar(
+        handle, ax=list(row), fraction=0.03, pad=0.01, label="absolute error (input units)"
+    )

@@ -6,15 +6,22 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medsr.errors import MedsrError
 from medsr.evaluate.figures import comparison_figure
-from medsr.evaluate.simulate import SCORE_NAMES, evaluation_mask, score, simulate_acquisition
+from medsr.evaluate.simulate import (
+    SCORE_NAMES,
+    Acquisition,
+    evaluation_mask,
+    score,
+    simulate_acquisition,
+)
 from medsr.evaluate.tables import format_score, mean_rows, write_tables
-from medsr.io import make_output_folder, read_volume, split_volume_name, write_atomically
+from medsr.io import Volume, make_output_folder, read_volume, split_volume_name, write_atomically
 from medsr.upsample.api import upsample_volume
 
 logger = logging.getLogger(__name__)
@@ -42,6 +49,17 @@ def _markdown(rows: list[dict], notes: list[str], figures: list[str]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What every volume of one evaluation shares."""
+
+    factor: float
+    axis: int
+    profile: str
+    methods: tuple[str, ...]
+    misr_options: dict
+
+
 def run_evaluation(
     paths: list[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -63,6 +81,40 @@ def run_evaluation(
     """
     from tqdm import tqdm
 
+    _check_evaluation(paths, methods, factor, mask_path)
+    out = Path(out_dir)
+    check_report_outputs(out, [_volume_name(Path(p)) for p in paths], overwrite=overwrite)
+    make_output_folder(out)
+    settings = _Settings(factor, axis, profile, tuple(methods), misr_options or {})
+    rows, figures, notes = [], [], []
+    bar = tqdm(total=len(paths) * len(methods), disable=not progress, unit="run")
+    for path in map(Path, paths):
+        acquisition = simulate_acquisition(
+            read_volume(path), factor=factor, axis=axis, profile=profile
+        )
+        mask = _mask(acquisition.truth, mask_path, axis)
+        notes.append(_volume_note(_volume_name(path), acquisition.truth, mask, mask_path, settings))
+        outputs = {}
+        for method in methods:
+            outputs[method], row = _run_method(acquisition, method, mask, settings)
+            rows.append({"volume": _volume_name(path), **row})
+            bar.update(1)
+        figures.append(str(_volume_figure(acquisition, outputs, out, _volume_name(path), settings)))
+    bar.close()
+    notes.append(
+        "- PSNR/SSIM/HFEN/sharpness: higher PSNR and SSIM are better, lower HFEN is "
+        "better, sharpness 1 means as sharp across slices as the truth."
+    )
+    _write_report(out, rows, notes, figures)
+    return rows
+
+
+def _check_evaluation(
+    paths: list[str | os.PathLike[str]],
+    methods: tuple[str, ...],
+    factor: float,
+    mask_path: str | None,
+) -> None:
     unknown = set(methods) - {"misr", "linear", "bspline"}
     if unknown or not methods:
         raise MedsrError(f"unknown method(s) {sorted(unknown)}; use misr, linear, bspline")
@@ -71,83 +123,81 @@ def run_evaluation(
     for path in [*paths, *([mask_path] if mask_path else [])]:
         if not Path(path).exists():
             raise MedsrError(f"input not found: '{path}'")
-    out = Path(out_dir)
-    check_report_outputs(out, [_volume_name(Path(p)) for p in paths], overwrite=overwrite)
-    make_output_folder(out)
-    rows, figures, notes = [], [], []
-    bar = tqdm(total=len(paths) * len(methods), disable=not progress, unit="run")
-    for path in map(Path, paths):
-        acquisition = simulate_acquisition(
-            read_volume(path), factor=factor, axis=axis, profile=profile
+
+
+def _mask(truth: Volume, mask_path: str | None, axis: int) -> np.ndarray:
+    """The scoring mask: the given one, cropped to the truth's slabs, or the truth's foreground."""
+    external = None
+    if mask_path is not None:
+        external = np.take(
+            read_volume(mask_path).array, np.arange(truth.spatial_shape[axis]), axis=axis
         )
-        truth = acquisition.truth
-        external = None
-        if mask_path is not None:
-            external = np.take(
-                read_volume(mask_path).array, np.arange(truth.spatial_shape[axis]), axis=axis
-            )
-        mask = evaluation_mask(truth.array, external)
-        data_range = float(truth.array[mask].max() - truth.array[mask].min())
-        name = _volume_name(path)
-        notes.append(
-            f"- `{name}`: truth {' x '.join(map(str, truth.spatial_shape))} voxels of "
-            f"{' x '.join(f'{s:.3g}' for s in truth.spacing)} {truth.unit}, thickened x{factor:g} "
-            f"along array axis {axis} ({profile} profile); scored inside "
-            f"{'the given mask' if mask_path else 'an Otsu foreground mask'} of "
-            f"{int(mask.sum())} voxels ({100 * mask.mean():.1f} %), data range "
-            f"{data_range:.4g} (truth max - min inside the mask)."
-        )
-        outputs = {}
-        for method in methods:
-            start = time.perf_counter()
-            options = (misr_options or {}) if method == "misr" else {}
-            result = upsample_volume(
-                acquisition.thick,
-                method=method,
-                keep_dtype=False,
-                spacing=float(truth.spacing[axis]),
-                axis=axis,
-                **options,
-            )
-            seconds = time.perf_counter() - start
-            if result.spatial_shape != truth.spatial_shape:
-                raise MedsrError(
-                    f"{method} gave {result.spatial_shape}, truth is {truth.spatial_shape}"
-                )
-            outputs[method] = result
-            rows.append(
-                {
-                    "volume": name,
-                    "method": method,
-                    "factor": factor,
-                    "axis": axis,
-                    "profile": profile,
-                    **score(result.array, truth.array, mask=mask, axis=axis),
-                    "seconds": seconds,
-                }
-            )
-            bar.update(1)
-        panels = {"input": acquisition.thick, "truth": truth, **outputs}
-        figure = comparison_figure(
-            panels,
-            truth,
-            axis,
-            out / f"{name}_planes.png",
-            truth_name="truth",
-            nearest=("input",),
-            title=f"{name}: x{factor:g} {profile}, axis {axis}",
-        )
-        figures.append(str(figure))
-    bar.close()
-    notes.append(
-        "- PSNR/SSIM/HFEN/sharpness: higher PSNR and SSIM are better, lower HFEN is "
-        "better, sharpness 1 means as sharp across slices as the truth."
+    return evaluation_mask(truth.array, external)
+
+
+def _volume_note(
+    name: str, truth: Volume, mask: np.ndarray, mask_path: str | None, settings: _Settings
+) -> str:
+    """The report's line on one volume: its grid, the thickening and the mask."""
+    data_range = float(truth.array[mask].max() - truth.array[mask].min())
+    return (
+        f"- `{name}`: truth {' x '.join(map(str, truth.spatial_shape))} voxels of "
+        f"{' x '.join(f'{s:.3g}' for s in truth.spacing)} {truth.unit}, thickened "
+        f"x{settings.factor:g} along array axis {settings.axis} ({settings.profile} profile); "
+        f"scored inside {'the given mask' if mask_path else 'an Otsu foreground mask'} of "
+        f"{int(mask.sum())} voxels ({100 * mask.mean():.1f} %), data range "
+        f"{data_range:.4g} (truth max - min inside the mask)."
     )
+
+
+def _run_method(
+    acquisition: Acquisition, method: str, mask: np.ndarray, settings: _Settings
+) -> tuple[Volume, dict]:
+    """Reconstruct the thick acquisition on the truth's grid with `method`, timed and scored."""
+    truth, axis = acquisition.truth, settings.axis
+    start = time.perf_counter()
+    result = upsample_volume(
+        acquisition.thick,
+        method=method,
+        keep_dtype=False,
+        spacing=float(truth.spacing[axis]),
+        axis=axis,
+        **(settings.misr_options if method == "misr" else {}),
+    )
+    seconds = time.perf_counter() - start
+    if result.spatial_shape != truth.spatial_shape:
+        raise MedsrError(f"{method} gave {result.spatial_shape}, truth is {truth.spatial_shape}")
+    row = {
+        "method": method,
+        "factor": settings.factor,
+        "axis": axis,
+        "profile": settings.profile,
+        **score(result.array, truth.array, mask=mask, axis=axis),
+        "seconds": seconds,
+    }
+    return result, row
+
+
+def _volume_figure(
+    acquisition: Acquisition, outputs: dict[str, Volume], out: Path, name: str, settings: _Settings
+) -> Path:
+    """``<name>_planes.png``: the input, the truth and every reconstruction, with their errors."""
+    return comparison_figure(
+        {"input": acquisition.thick, "truth": acquisition.truth, **outputs},
+        acquisition.truth,
+        settings.axis,
+        out / f"{name}_planes.png",
+        truth_name="truth",
+        nearest=("input",),
+        title=f"{name}: x{settings.factor:g} {settings.profile}, axis {settings.axis}",
+    )
+
+
+def _write_report(out: Path, rows: list[dict], notes: list[str], figures: list[str]) -> None:
     # metrics.csv and metrics.json staged together, then moved into place
     write_atomically(out / "metrics.json", lambda staged: write_tables(rows, staged.parent))
     text = _markdown(rows, notes, figures)
     write_atomically(out / "report.md", lambda staged: staged.write_text(text, encoding="utf-8"))
-    return rows
 
 
 def check_report_outputs(out: Path, names: list[str], *, overwrite: bool) -> None:

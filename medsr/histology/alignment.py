@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from medsr.intensity import grey_mean
 from medsr.io import Volume
 from medsr.io.atomic import write_text_atomically
-from medsr.io.tiff import border_value
+from medsr.io.sections import border_value
 
 logger = logging.getLogger(__name__)
 

@@ -63,6 +63,12 @@ def is_2d_image(path: Path) -> bool:
 
 FolderKind = Literal["sections", "dicom"]
 
+#: image files of a section folder (`medsr.io.sections`)
+SECTION_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: a section folder's order (one file name per line) and its spacing sidecar
+ORDER_FILE = "order.txt"
+SERIES_FILE = "series.json"
+
 
 def folder_kind(folder: str | os.PathLike[str]) -> FolderKind | None:
     """What a folder holds: ``"sections"``, ``"dicom"`` or None (neither; for `medsr batch` a
@@ -75,11 +81,9 @@ def folder_kind(folder: str | os.PathLike[str]) -> FolderKind | None:
     only (at least two, and no volume files). 3D TIFF stacks, NIfTI and the like are never
     sections.
     """
-    from medsr.io.tiff import ORDER_FILE, SECTION_SUFFIXES
-
     folder = Path(folder)
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if (folder / "series.json").exists() or (folder / ORDER_FILE).exists():
+    if (folder / SERIES_FILE).exists() or (folder / ORDER_FILE).exists():
         return "sections"
     if any(p.suffix.lower() == ".dcm" or (not p.suffix and is_dicom_file(p)) for p in files):
         return "dicom"

@@ -49,8 +49,9 @@ def _read_any(
     frame: int | None = None,
     series: str | None = None,
 ) -> Volume:
-    from medsr.io import itk, nifti, tiff
+    from medsr.io import itk, nifti, sections, tiff
 
+    listed = None if spacing is None else list(spacing)  # the TIFF readers take a list
     if path.is_dir():
         kind = folder_kind(path)
         if kind is None:
@@ -59,12 +60,12 @@ def _read_any(
                 "or a series.json / order.txt beside them)"
             )
         if kind == "sections":
-            return tiff.read_section_folder(path, None if spacing is None else list(spacing), unit)
+            return sections.read_section_folder(path, listed, unit)
         volume = itk.read_dicom_series(path, series)
         return volume if spacing is None else set_spacing(volume, spacing, unit)
     fmt = volume_format(path)
     if fmt == "tiff":
-        return tiff.read_tiff(path, None if spacing is None else list(spacing), unit)
+        return tiff.read_tiff(path, listed, unit)
     volume = nifti.read_nifti(path, frame) if fmt == "nifti" else itk.read_itk(path)
     return volume if spacing is None else set_spacing(volume, spacing, unit)
 

@@ -1,4 +1,4 @@
-"""TIFF stacks (multi-page, OME or ImageJ) and folders of 2D section images.
+"""TIFF stacks (multi-page, OME or ImageJ); folders of 2D sections are `medsr.io.sections`.
 
 TIFF carries no orientation, so a stack is placed on a diagonal affine: array axis x runs along
 image columns, y along rows, z along pages/sections, all with positive spacing. Spacing comes, in
@@ -9,9 +9,7 @@ the first voxel) is the OME position of the first plane (``Plane PositionX/Y/Z``
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,15 +19,9 @@ import tifffile
 from medsr.errors import MedsrError
 from medsr.io.volume import UNIT_NAMES, Unit, Volume, unit_scale
 
-SECTION_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _OME_UNITS = {"um": "µm", "mm": "mm"}
 
 logger = logging.getLogger(__name__)
-
-
-def natural_key(name: str) -> list[object]:
-    """Sort key that orders ``s2`` before ``s10`` (digits compared as numbers)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 def parse_unit(name: str) -> Unit:
@@ -88,7 +80,7 @@ def _imagej_spacing(tif: tifffile.TiffFile) -> tuple[list[float], Unit] | None:
     return [*in_plane, float(meta["spacing"])], parse_unit(meta.get("unit", "micron"))
 
 
-def _stack_to_volume(
+def stack_to_volume(
     stack: np.ndarray, spacing: list[float], unit: Unit, fmt: str, origin: list[float] | None = None
 ) -> Volume:
     """(Z, Y, X[, 3]) stack -> `Volume` with array (X, Y, Z[, 3]) and a diagonal affine."""
@@ -101,7 +93,7 @@ def _stack_to_volume(
     return Volume(array=array, affine=affine, meta={"format": fmt, "unit": unit})
 
 
-def _check_stack(stack: np.ndarray, source: Path) -> np.ndarray:
+def check_stack(stack: np.ndarray, source: Path) -> np.ndarray:
     if stack.ndim == 4 and stack.shape[-1] in (3, 4):
         return stack[..., :3]  # drop alpha
     if stack.ndim != 3:
@@ -121,119 +113,27 @@ def read_tiff(path: Path, spacing: list[float] | None = None, unit: Unit | None 
         if spacing is None and found is not None:
             spacing, unit = found[0], unit or found[1]
         origin = _ome_origin(tif, unit or "um") if tif.is_ome else None
-    stack = _check_stack(np.squeeze(stack), path)
+    stack = check_stack(np.squeeze(stack), path)
     if spacing is None:
         raise MedsrError(
             f"no spacing in the TIFF metadata of '{path}'; give it with --input-spacing X Y Z"
         )
-    return _stack_to_volume(stack, list(spacing), unit or "um", "tiff", origin)
+    return stack_to_volume(stack, list(spacing), unit or "um", "tiff", origin)
 
 
-def read_section(path: Path) -> np.ndarray:
-    """One 2D section image (TIFF via tifffile, PNG/JPEG via Pillow; RGB or grey)."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return tifffile.imread(str(path))
-        from PIL import Image
+def check_tiff_orientation(affine: np.ndarray, path: Path) -> None:
+    """TIFF stores no orientation: only an axis-aligned affine with positive spacing (a diagonal
+    3x3 part) can be written as TIFF. The one check of `check_output_path` and `write_ome_tiff`.
 
-        with Image.open(path) as image:
-            image.load()
-            return np.asarray(image.convert("RGB") if image.mode not in ("L", "I;16") else image)
-    except Exception as error:  # any decoder failure names the section
-        raise MedsrError(f"cannot read section '{path}': {error}") from error
-
-
-ORDER_FILE = "order.txt"
-#: names medsr gives its outputs (``<name>_misr.ome.tif``...): never read back as sections
-MEDSR_OUTPUT = re.compile(r"_(misr|bspline|linear|labels)(\.ome)?\.tiff?$", re.IGNORECASE)
-
-
-def list_sections(directory: Path) -> list[Path]:
-    """Section image files in `directory`: in the order of ``order.txt`` (one file name per line,
-    ``#`` comments) when present, else in natural sort order."""
-    order = directory / ORDER_FILE
-    if order.exists():
-        names = [line.strip() for line in order.read_text(encoding="utf-8").splitlines()]
-        files = [directory / name for name in names if name and not name.startswith("#")]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise MedsrError(f"section(s) listed in '{order}' are missing: {', '.join(missing)}")
-        return files
-    files = [
-        p
-        for p in directory.iterdir()
-        if p.suffix.lower() in SECTION_SUFFIXES and not MEDSR_OUTPUT.search(p.name)
-    ]
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
-def border_value(section: np.ndarray) -> np.ndarray:
-    """Median of the outermost pixels: the slide background (white for H&E, dark for
-    fluorescence), used to pad smaller sections so that padding looks like empty glass."""
-    border = np.concatenate([section[0], section[-1], section[:, 0], section[:, -1]])
-    return np.median(border, axis=0).astype(section.dtype)
-
-
-def pad_sections(sections: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
-    """Centre every section on the largest height and width, padding with its background."""
-    height = max(s.shape[0] for s in sections)
-    width = max(s.shape[1] for s in sections)
-    padded, changed = [], []
-    for name, section in zip(names, sections, strict=True):
-        if section.shape[:2] == (height, width):
-            padded.append(section)
-            continue
-        top, left = (height - section.shape[0]) // 2, (width - section.shape[1]) // 2
-        canvas = np.empty((height, width, *section.shape[2:]), dtype=section.dtype)
-        canvas[...] = border_value(section)
-        canvas[top : top + section.shape[0], left : left + section.shape[1]] = section
-        padded.append(canvas)
-        changed.append(name)
-    if changed:
-        logger.warning(
-            "padded %d of %d sections to %dx%d with their background: %s",
-            len(changed),
-            len(sections),
-            height,
-            width,
-            ", ".join(changed),
-        )
-    return padded
-
-
-def read_section_folder(
-    directory: Path, spacing: list[float] | None = None, unit: Unit | None = None
-) -> Volume:
-    """Read a folder of 2D section images as one stack.
-
-    Order: ``order.txt`` or natural sort. Sections of unequal size are centred and padded with
-    their background (a warning says which). Spacing comes from `spacing` or from ``series.json``
-    (``{"spacing": [x, y, z], "unit": "um", "thickness": t}``); the optional section
-    ``thickness`` (same unit; thin sections far apart have t well below z) becomes
-    ``meta["slice_thickness"]``, the slice profile of the learned method's fit.
+    Raises:
+        MedsrError: `affine` is oblique or flipped.
     """
-    files = list_sections(directory)
-    if not files:
-        raise MedsrError(f"no section images ({', '.join(SECTION_SUFFIXES)}) in '{directory}'")
-    sections = [read_section(path) for path in files]
-    kinds = {(s.ndim, s.shape[2] if s.ndim == 3 else 1) for s in sections}
-    if len(kinds) > 1:
-        raise MedsrError(f"sections in '{directory}' mix grey and colour images")
-    sections = pad_sections(sections, [f.name for f in files])
-    sidecar = directory / "series.json"
-    info = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
-    if spacing is None and info:
-        spacing, unit = info["spacing"], unit or parse_unit(info.get("unit", "um"))
-    if spacing is None:
+    linear = np.asarray(affine)[:3, :3]
+    if not np.allclose(linear, np.diag(np.diag(linear))) or np.any(np.diag(linear) <= 0):
         raise MedsrError(
-            f"no spacing for the sections in '{directory}'; give --input-spacing "
-            "X Y Z or a series.json sidecar"
+            f"'{path}': TIFF stores no orientation and this volume is not axis-aligned "
+            "(oblique or flipped); write NIfTI or NRRD instead"
         )
-    stack = _check_stack(np.stack(sections), directory)
-    volume = _stack_to_volume(stack, list(spacing), unit or "um", "sections")
-    if "thickness" in info:
-        volume.meta["slice_thickness"] = float(info["thickness"])
-    return volume
 
 
 def write_ome_tiff(volume: Volume, path: Path) -> None:
@@ -242,12 +142,7 @@ def write_ome_tiff(volume: Volume, path: Path) -> None:
     Each plane's ``PositionX/Y/Z`` (with units) is the world position of its first voxel's
     centre, so the origin of the grid (-9.75 µm for 20 µm sections upsampled to 0.5 µm) is kept.
     """
-    linear = volume.affine[:3, :3]
-    if not np.allclose(linear, np.diag(np.diag(linear))) or np.any(np.diag(linear) <= 0):
-        raise MedsrError(
-            "TIFF stores no orientation: only axis-aligned volumes with positive "
-            "spacing can be written as TIFF; write NIfTI or NRRD instead"
-        )
+    check_tiff_orientation(volume.affine, path)
     is_rgb = volume.num_channels == 3
     stack = np.transpose(volume.array, (2, 1, 0, 3) if is_rgb else (2, 1, 0))
     unit = _OME_UNITS[volume.unit]

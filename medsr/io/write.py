@@ -50,12 +50,9 @@ def check_output_path(
                 "(or a DICOM series folder with --format dicom)"
             )
         if kind == "tiff" and affine is not None:
-            linear = np.asarray(affine)[:3, :3]
-            if not np.allclose(linear, np.diag(np.diag(linear))) or np.any(np.diag(linear) <= 0):
-                raise MedsrError(
-                    f"'{path}': TIFF stores no orientation and this volume is not axis-aligned "
-                    "(oblique or flipped); write NIfTI or NRRD instead"
-                )
+            from medsr.io.tiff import check_tiff_orientation
+
+            check_tiff_orientation(affine, path)
     folder = path.parent
     if not folder.is_dir():
         raise MedsrError(f"output folder does not exist: '{folder}'")

@@ -95,7 +95,7 @@ def read_training_volume(path: Path) -> Volume:
     """A volume for training: `read_volume`, or a single 2D image (PNG/JPEG, or a TIFF of one
     plane) as a volume of one slice with unit pixels. Colour becomes its grey mean."""
     from medsr.io import read_volume
-    from medsr.io.tiff import read_section
+    from medsr.io.sections import read_section
 
     is_tiff = path.suffix.lower() in (".tif", ".tiff")
     if path.suffix.lower() in IMAGE_SUFFIXES or is_tiff:
