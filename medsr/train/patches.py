@@ -7,10 +7,9 @@ fit's guard planes, `medsr.upsample.adapt`). No training patch touches either, a
 as a neighbour.
 
 With foreground sampling, most patches are centred on a voxel drawn uniformly from the source's
-foreground (`foreground_voxels`: `medsr.evaluate.metrics.foreground_mask`, computed once per
-source), so that background and empty glass, which dominate uniform patches of many scans, do
-not take most of a short fit; a share `BACKGROUND_SHARE` of the patches stays uniform, so the
-background is still seen.
+foreground (`foreground_voxels`: an Otsu threshold, computed once per source), so that background
+and empty glass, which dominate uniform patches of many scans, do not take most of a short fit; a
+share `BACKGROUND_SHARE` of the patches stays uniform, so the background is still seen.
 """
 
 from __future__ import annotations
@@ -27,10 +26,16 @@ Starts = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def foreground_voxels(array: np.ndarray) -> np.ndarray:
-    """Flat indices of the foreground voxels of `array` (all voxels if it has none)."""
-    from medsr.evaluate.metrics import foreground_mask
+    """Flat indices of the foreground voxels of `array` (all voxels if it has none): the side of
+    its Otsu threshold that the border does not mostly lie on (dark background for MRI, CT and
+    fluorescence, bright for brightfield histology), as `medsr.evaluate.metrics.foreground_mask`
+    decides it, without its closing and component analysis (seconds on a 256 x 256 x 60 scan)."""
+    from medsr.evaluate.metrics import otsu_threshold
 
-    index = np.flatnonzero(foreground_mask(np.asarray(array, np.float32)))
+    threshold = otsu_threshold(array)
+    border = np.concatenate([np.take(array, [0, -1], axis=a).ravel() for a in range(array.ndim)])
+    dark = np.mean(border > threshold) > 0.5
+    index = np.flatnonzero(array < threshold if dark else array > threshold)
     return index if index.size else np.arange(array.size)
 
 
