@@ -91,6 +91,9 @@ class DataConfig:
             voxels for all of the volume's orientations; never trained on); 0: none.
         workers: `DataLoader` worker processes drawing training pairs (0: in the training
             process, which also makes a resumed run continue bit for bit).
+        foreground_sampling: centre 90 % of the patches on a voxel of the source's foreground
+            (`medsr.train.patches`; the rest uniform); off for training runs by default, on in
+            the per-scan fit (`medsr.upsample.adapt`).
     """
 
     self_supervised: bool = False
@@ -107,6 +110,7 @@ class DataConfig:
     batch_size: int = 16
     validation_fraction: float = 0.1
     workers: int = 0
+    foreground_sampling: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -143,7 +147,13 @@ class TrainConfig:
         warmup_steps: MSE-only steps before the perceptual and adversarial losses start.
         learning_rate: Adam learning rate of the generator.
         discriminator_learning_rate: Adam learning rate of the discriminator.
-        lr_schedule: ``"cosine"`` decays both rates to 0 at `steps`; ``"constant"`` keeps them.
+        discriminator_warmup_steps: steps over which the discriminator's rate rises linearly to
+            `discriminator_learning_rate`, counted from the start of the adversarial phase
+            (`warmup_steps`): the discriminator is created fresh there.
+        lr_schedule: ``"cosine"`` decays the generator's rate to 0 at `steps` from step 0, and
+            the discriminator's from the end of its warm-up to `steps` (its own horizon, so a
+            fresh discriminator is not trained at a few per cent of its rate); ``"constant"``
+            keeps both (the discriminator's warm-up stays).
         checkpoint_every: steps between checkpoints (a killed run loses at most this many).
         validate_every: steps between validations.
         seed: seed of every random choice of the run.
@@ -156,6 +166,7 @@ class TrainConfig:
     warmup_steps: int = 500
     learning_rate: float = 5e-4
     discriminator_learning_rate: float = 2e-4
+    discriminator_warmup_steps: int = 100
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     checkpoint_every: int = 250
     validate_every: int = 250
@@ -168,8 +179,11 @@ class TrainConfig:
             raise MedsrError(f"config train.steps must be >= 1, got {self.steps}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
             raise MedsrError(f"config train.stop_at must be in [1, steps], got {self.stop_at}")
-        for name in ("warmup_steps", "checkpoint_every", "validate_every"):
-            if getattr(self, name) < (0 if name == "warmup_steps" else 1):
+        for name in ("warmup_steps", "discriminator_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise MedsrError(f"config train.{name} is out of range: {getattr(self, name)}")
+        for name in ("checkpoint_every", "validate_every"):
+            if getattr(self, name) < 1:
                 raise MedsrError(f"config train.{name} is out of range: {getattr(self, name)}")
         if self.learning_rate <= 0 or self.discriminator_learning_rate <= 0:
             raise MedsrError("config train: learning rates must be positive")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +39,45 @@ def autocast(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 arithmetic (AVX-512-BF16 or AMX), so that CPU autocast
+    to bf16 is faster than float32 rather than emulated."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The reconstruction's arithmetic: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA's).
+
+    ``"auto"``: on CUDA fp16 autocast (as always); on a CPU with native bf16
+    (`cpu_supports_bf16`) bf16 autocast of the encoder's convolutions; float32 otherwise.
+    ``"bf16"`` and ``"fp32"`` are taken as asked.
+
+    Raises:
+        MedsrError: an unknown value.
+    """
+    if precision not in PRECISIONS:
+        raise MedsrError(f"unknown precision '{precision}' (use {', '.join(PRECISIONS)})")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
+
+
+def precision_autocast(device: torch.device, precision: str):
+    """Autocast for a resolved precision (`resolve_precision`); float32: a no-op context."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def distributed_world() -> tuple[int, int, int]:

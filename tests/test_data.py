@@ -167,3 +167,45 @@ def test_config_ranges_are_checked():
         DataConfig(validation_fraction=1.5)
     with pytest.raises(MedsrError, match="thickness_ratios"):
         DataConfig(thickness_ratios=(1.2, 0.8))
+
+
+def _mostly_empty_scan() -> Volume:
+    """A small object in a large empty field: 8 % of the in-plane area, thick axis 2."""
+    array = np.zeros((64, 64, 12), np.float32)
+    array[24:42, 24:42] = 100.0 + np.random.default_rng(0).normal(0, 1, (18, 18, 12))
+    return Volume(array=array, affine=np.diag([1.0, 1.0, 4.0, 1.0]))
+
+
+def _foreground_share(foreground_sampling: bool) -> float:
+    import dataclasses
+
+    from medsr.config import DataConfig
+    from medsr.train.pairs import PairSampler, sources_self_supervised
+
+    config = DataConfig(
+        self_supervised=True, patch_width=8, patch_slices=4, batch_size=16, validation_fraction=0.0
+    )
+    config = dataclasses.replace(config, foreground_sampling=foreground_sampling)
+    volume = _mostly_empty_scan()
+    sampler = PairSampler(sources_self_supervised(volume, "scan", axis=2, factor=4.0), config, 3)
+    rng = np.random.default_rng(0)
+    shares = []
+    for _ in range(20):
+        _, hr, _, _ = sampler.sample(rng)
+        shares.append(np.mean(hr.numpy().max(axis=(1, 2, 3)) > 0.5))  # patch touches the object
+    return float(np.mean(shares))
+
+
+def test_foreground_sampling_puts_most_patches_on_the_object():
+    uniform, weighted = _foreground_share(False), _foreground_share(True)
+    assert uniform < 0.4  # uniform patches mostly see the empty field
+    assert weighted > 0.8 and weighted > uniform + 0.4
+    assert weighted < 1.0  # a few background patches remain
+
+
+def test_the_fit_samples_the_foreground():
+    from medsr.config import Config
+    from medsr.upsample.adapt import adaptation_config
+
+    assert adaptation_config(Config(), 10, 0).data.foreground_sampling
+    assert not Config().data.foreground_sampling  # training runs: off unless asked

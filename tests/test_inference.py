@@ -419,3 +419,148 @@ def test_deterministic_algorithms_during_a_cuda_fit_only(monkeypatch):
         raise KeyboardInterrupt
     assert not torch.are_deterministic_algorithms_enabled()
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def _shipped_fp32_and_bf16(volume):
+    options = {"method": "misr", "fit_steps": 0, "keep_dtype": False, "device": "cpu"}
+    fp32 = upsample_volume(volume, precision="fp32", **options)
+    bf16 = upsample_volume(volume, precision="bf16", **options)
+    return fp32, bf16
+
+
+def test_bf16_stays_close_to_fp32_and_the_provenance_says_which(monkeypatch):
+    """The shipped prior on a phantom: bf16 of the encoder's convolutions stays within 1 % of
+    the data range of float32 (PSNR between them above 40 dB), and each records its precision."""
+    volume = _thick_volume(thick=4.0, shape=(24, 22, 8))
+    fp32, bf16 = _shipped_fp32_and_bf16(volume)
+    span = float(volume.array.max() - volume.array.min())
+    difference = np.abs(fp32.array - bf16.array)
+    assert 0 < difference.max() < 0.01 * span  # bf16 did run, and stayed close
+    assert 10 * np.log10(span**2 / np.mean(difference**2)) > 40
+    assert fp32.meta["provenance"]["precision"] == "fp32"
+    assert bf16.meta["provenance"]["precision"] == "bf16"
+    import medsr.runtime
+
+    monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: False)
+    auto = upsample_volume(volume, method="misr", fit_steps=0, keep_dtype=False, device="cpu")
+    assert auto.meta["provenance"]["precision"] == "fp32"  # auto on a CPU without native bf16
+    np.testing.assert_array_equal(auto.array, fp32.array)
+    monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: True)
+    auto = upsample_volume(volume, method="misr", fit_steps=0, keep_dtype=False, device="cpu")
+    assert auto.meta["provenance"]["precision"] == "bf16"
+    np.testing.assert_array_equal(auto.array, bf16.array)
+
+
+def test_fp32_reconstruction_equals_the_plain_forward():
+    """`precision="fp32"` is float32 throughout: the volume equals the generator's own forward,
+    plane by plane, outside any autocast (bf16 differs by about 1e-3 of the range)."""
+    from medsr.geometry import neighbour_indices
+    from medsr.upsample.reconstruct import reconstruct
+
+    generator, _ = load_generator(default_model_path())
+    volume = _thick_volume(thick=4.0, shape=(10, 9, 6))
+    normalised = (volume.array - volume.array.min()) / np.ptp(volume.array)
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    factor = float(volume.spacing[grid.axis] / grid.spacing)
+    device = torch.device("cpu")
+    out = reconstruct(normalised, grid, volume.spacing, generator, device=device, precision="fp32")
+    expected = np.zeros(grid.shape, np.float32)
+    positions = torch.from_numpy(np.asarray(grid.positions, np.float32))
+    for p, w, offset in plane_orientations(grid.axis, volume.spacing):
+        planes = np.transpose(normalised, (p, w, grid.axis))
+        centres = np.arange(planes.shape[0])
+        index = neighbour_indices(centres, generator.neighbours, offset, len(centres))
+        lr = torch.from_numpy(np.ascontiguousarray(planes[index], np.float32))
+        with torch.no_grad():
+            sr = generator.eval()(lr, positions, factor)[:, 0].numpy()
+        np.transpose(expected, (p, w, grid.axis))[:] += sr
+    expected /= 2
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+def test_a_bad_precision_is_a_usage_error(phantom_path, capsys):
+    assert main_exit(["upsample", str(phantom_path), "--precision", "fp8"]) == 2
+    assert "--precision" in capsys.readouterr().err
+
+
+def main_exit(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as error:
+        return int(error.code)
+
+
+def _guard_scan(tmp_path):
+    return write_volume(_thick_volume(shape=(30, 28, 16)), tmp_path / "scan.nii.gz")
+
+
+def test_the_fit_guard_falls_back_when_the_fit_makes_the_scan_worse(
+    tmp_path, identity_checkpoint, monkeypatch, capsys
+):
+    """A fit that breaks the model: the guard scores it below B-spline on the held-back slices
+    and falls back (the identity prior *is* B-spline, so B-spline itself), in one log line and
+    in the provenance; the output is then the B-spline upsampling."""
+    import json
+
+    from medsr.train.trainer import Trainer
+
+    def worse_fit(self, *args, **kwargs):
+        self.step = self.config.train.steps
+        with torch.no_grad():
+            torch.nn.init.normal_(self.generator.decode[-1].weight, std=5.0)
+            self.generator.decode[-1].bias.fill_(0.3)
+        return {}
+
+    monkeypatch.setattr(Trainer, "fit", worse_fit)
+    scan = _guard_scan(tmp_path)
+    out = tmp_path / "out.nii.gz"
+    argv = ["upsample", str(scan), "-o", str(out), "--model", str(identity_checkpoint)]
+    assert main(argv + ["--fit-steps", "3", "--device", "cpu", "--dtype", "float32"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "fit guard" in line]
+    assert len(lines) == 1 and "below B-spline" in lines[0] and "cubic B-spline" in lines[0]
+    record = json.loads((tmp_path / "out.nii.gz.json").read_text(encoding="utf-8"))["fit_guard"]
+    assert record["choice"] == "bspline" and record["psnr_adapted"] < record["psnr_bspline"]
+    assert record["planes"] == 2 and record["psnr_prior"] == pytest.approx(record["psnr_bspline"])
+    volume = read_volume(scan)
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    expected = upsample_baseline(volume, grid, "bspline", keep_dtype=False).array
+    np.testing.assert_allclose(read_volume(out).array, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_the_fit_guard_keeps_a_good_fit_and_the_fit_stays_deterministic(
+    tmp_path, identity_checkpoint
+):
+    import hashlib
+    import json
+
+    scan = _guard_scan(tmp_path)
+    digests, records = [], []
+    for name in ("a.nii.gz", "b.nii.gz"):
+        argv = ["upsample", str(scan), "-o", str(tmp_path / name), "--quiet", "--device", "cpu"]
+        assert main(argv + ["--model", str(identity_checkpoint), "--fit-steps", "6"]) == 0
+        digests.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
+        records.append(json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8")))
+    assert digests[0] == digests[1] and records[0] == records[1]
+    guard = records[0]["fit_guard"]
+    assert guard["planes"] == 2 and guard["choice"] in ("adapted", "prior", "bspline")
+    assert set(guard) >= {"psnr_adapted", "psnr_prior", "psnr_bspline"}
+
+
+def test_the_fit_never_trains_on_the_guard_slices(monkeypatch, identity_checkpoint):
+    import medsr.train.pairs as pairs
+
+    seen = []
+    original = pairs.PairSampler._patch_starts
+
+    def spy(self, source, rng, width, thin, offset):
+        starts = original(self, source, rng, width, thin, offset)
+        seen.append((self.held_out_planes, starts[0].copy()))
+        return starts
+
+    monkeypatch.setattr(pairs.PairSampler, "_patch_starts", spy)
+    volume = _thick_volume(shape=(30, 28, 16))
+    upsample_volume(volume, method="misr", model=identity_checkpoint, fit_steps=20)
+    assert seen and all(slab is not None for slab, _ in seen)
+    slab = seen[0][0]
+    centres = np.concatenate([c for _, c in seen])
+    assert not np.any((centres + 1 >= slab[0]) & (centres - 1 < slab[1]))

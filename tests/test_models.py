@@ -136,3 +136,25 @@ def test_gather_layout_keeps_values_and_lays_rows_out():
     x = torch.randn(2, 3, 5, 7)
     laid = gather_layout(x)
     assert torch.equal(laid, x) and laid.stride(-2) == 1
+
+
+def test_encode_lays_the_projections_out_for_the_gather():
+    """`encode` hands the decoder projections in the (..., n, W) layout (whole rows per gather);
+    the decoded values are those of the plain layout."""
+
+    torch.manual_seed(0)
+    generator = MISRGenerator(num_features=8, num_blocks=1, hidden=8).eval()
+    torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
+    lr = torch.rand(2, 3, 12, 7)
+    positions = torch.linspace(-0.4, 6.4, 23)
+    left, right, centre, log_factor = generator.encode(lr, 3.3)
+    assert left.stride(-2) == 1 and right.stride(-2) == 1
+    plain = (left.contiguous(), right.contiguous(), centre, log_factor)
+    assert plain[0].stride(-1) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            generator.predict_at((left, right, centre, log_factor), positions),
+            generator.predict_at(plain, positions),
+            rtol=0,
+            atol=1e-6,
+        )

@@ -302,3 +302,46 @@ def test_a_volume_in_both_data_and_validation_data_is_refused(tmp_path, hr_path,
         tmp_path / "other.nii.gz",
     )
     check_disjoint([hr_path], [other])  # a different volume of the same size is fine
+
+
+def test_the_discriminator_has_its_own_warm_up_and_cosine(hr_path, tiny_config):
+    """A fresh discriminator reaches its full rate after its warm-up from the adversarial
+    phase's start and decays over its own horizon; the generator's schedule is unchanged."""
+    train = dataclasses.replace(
+        tiny_config.train,
+        steps=40,
+        warmup_steps=20,
+        discriminator_warmup_steps=4,
+        lr_schedule="cosine",
+        discriminator_learning_rate=3e-4,
+    )
+    config = dataclasses.replace(tiny_config, train=train)
+    sampler = build_sampler([(read_volume(hr_path), "hr")], config.data, 3)
+    trainer = Trainer(config, sampler, torch.device("cpu"), validation=[])
+    rates = {}
+    for step in (20, 21, 23, 24, 39):
+        trainer.step = step
+        trainer._set_learning_rates()
+        rates[step] = (trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"])
+    assert rates[20][1] == pytest.approx(3e-4 / 4)  # the first adversarial step: warming up
+    assert rates[23][1] == pytest.approx(3e-4)  # after its warm-up: the full rate
+    assert rates[24][1] == pytest.approx(3e-4)  # its cosine starts there, not at step 0
+    assert rates[39][1] == pytest.approx(3e-4 * 0.5 * (1 + np.cos(np.pi * 15 / 16)))
+    for step, (rate_g, _) in rates.items():  # the generator: one cosine from step 0, as before
+        assert rate_g == pytest.approx(train.learning_rate * 0.5 * (1 + np.cos(np.pi * step / 40)))
+    # without a warm-up the first adversarial step trains D at its full rate
+    no_warm = dataclasses.replace(train, discriminator_warmup_steps=0)
+    trainer = Trainer(
+        dataclasses.replace(config, train=no_warm), sampler, torch.device("cpu"), validation=[]
+    )
+    trainer.step = 20
+    trainer._set_learning_rates()
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(3e-4)
+
+
+def test_discriminator_warm_up_must_not_be_negative():
+    from medsr.config import TrainConfig
+    from medsr.errors import MedsrError
+
+    with pytest.raises(MedsrError, match="discriminator_warmup_steps"):
+        TrainConfig(discriminator_warmup_steps=-1)

@@ -122,6 +122,8 @@ def batch_settings(args: argparse.Namespace) -> dict:
     }
     if args.method == "misr":
         settings.update(fit_settings(args), device=args.device, batch_size=args.batch_size)
+        if args.precision != "auto":  # only then: older manifests' settings stay the same
+            settings.update(precision=args.precision)
     if args.output_format == "dicom":  # only then: older manifests' settings stay the same
         settings.update(
             output_format="dicom",

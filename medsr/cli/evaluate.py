@@ -49,6 +49,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     misr = {
         **fit_settings(args),
         "device": args.device,
+        "precision": args.precision,
         "progress": not args.quiet,
     }
     run_evaluation(

@@ -87,6 +87,14 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = T
     parser.add_argument(
         "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)"
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="arithmetic of the learned reconstruction: auto (default) = bf16 for the encoder's "
+        "convolutions on a CPU with native bf16 (at most 0.011 dB PSNR from fp32 on the MRI "
+        "test cases), fp16 on CUDA, fp32 otherwise; fp32: float32 throughout",
+    )
     parser.add_argument("--quiet", action="store_true", help="print errors only")
 
 

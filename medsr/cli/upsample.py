@@ -83,6 +83,7 @@ def upsample_command(args: argparse.Namespace) -> int:
             **fit_settings(args),
             "device": args.device,
             "batch_size": args.batch_size,
+            "precision": args.precision,
             "progress": not args.quiet,
         }
     elif args.model or args.fit_seconds is not None or args.fit_steps is not None:

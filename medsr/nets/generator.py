@@ -7,7 +7,13 @@ import math
 import torch
 from torch import nn
 
-from medsr.nets.blocks import ResidualBlock, bspline_sample_last_axis, conv_layer, gather_last_axis
+from medsr.nets.blocks import (
+    ResidualBlock,
+    bspline_sample_last_axis,
+    conv_layer,
+    gather_last_axis,
+    gather_layout,
+)
 
 
 class MISRGenerator(nn.Module):
@@ -81,12 +87,14 @@ class MISRGenerator(nn.Module):
 
     def encode(self, lr: torch.Tensor, factor: float) -> tuple:
         """The low-resolution part: (left and right projections, centre plane, log-factor).
-        Split from `predict_at` so that large outputs can be decoded in chunks of positions."""
+        Split from `predict_at` so that large outputs can be decoded in chunks of positions.
+        The projections are laid out once for the decoder's gather (`gather_layout`): the same
+        values, read as whole rows by every chunk."""
         log_factor = math.log(max(float(factor), 1.0))
         code = torch.full_like(lr[:, :1], log_factor)
         features = self.head(torch.cat([lr, code], dim=1))
         features = features + self.body(features)
-        left_proj, right_proj = self.project(features).chunk(2, dim=1)
+        left_proj, right_proj = map(gather_layout, self.project(features).chunk(2, dim=1))
         centre = lr[:, self.neighbours // 2 : self.neighbours // 2 + 1]
         return left_proj, right_proj, centre, log_factor
 

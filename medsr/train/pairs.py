@@ -42,6 +42,13 @@ from medsr.geometry import (
 )
 from medsr.intensity import grey_array, intensity_range, normalise_intensity
 from medsr.io import Volume
+from medsr.train.patches import (
+    PlaneSlab,
+    foreground_starts,
+    foreground_voxels,
+    outside,
+    uniform_starts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +184,9 @@ class PairSampler:
         if not sources:
             raise MedsrError("no training data")
         self.sources, self.config, self.neighbours = sources, config, neighbours
+        #: planes [start, stop) along p of every source that no patch touches (the fit's guard)
+        self.held_out_planes: PlaneSlab | None = None
+        self._foreground: dict[int, np.ndarray] = {}  # foreground voxels, once per source
 
     def held_out(self, source: PlaneSource) -> tuple[int, ...] | None:
         """First (p, w, a) index of `source`'s validation block, or None (nothing held out)."""
@@ -251,43 +261,32 @@ class PairSampler:
         self, source: PlaneSource, rng: np.random.Generator, width: int, thin: int, offset: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(centre plane, start along w, start along a) of each patch of a batch, uniform over
-        the patches that do not overlap the held-out block; None if no patch avoids it."""
-        size = self.config.batch_size
+        the patches that touch neither the held-out block nor `held_out_planes`, or centred on
+        the foreground (``config.foreground_sampling``); None if no patch avoids them."""
         count, width_all, length = source.array.shape
         spans = np.array([count, width_all - width + 1, length - thin + 1])
         block = self.held_out(source)
-        if block is None:
-            centres, starts_w, starts_a = (rng.integers(0, n, size=size) for n in spans)
-            return centres, starts_w, starts_a
-        # a patch overlaps the block when it reaches into it along all three axes: from these
-        # starts on (the farthest neighbour, the last column, the last thin slice)
-        reach = (self.neighbours - 1 - self.neighbours // 2) * offset
-        lows = np.minimum(spans, np.maximum(0, np.array(block) - [reach, width - 1, thin - 1]))
-        # the starts that avoid it, in three disjoint boxes: before the block along p; inside
-        # along p, before along w; inside along p and w, before along a
-        rest = spans - lows
-        boxes = np.array(
-            [
-                [[0, lows[0]], [0, spans[1]], [0, spans[2]]],
-                [[lows[0], spans[0]], [0, lows[1]], [0, spans[2]]],
-                [[lows[0], spans[0]], [lows[1], spans[1]], [0, lows[2]]],
-            ]
+        # a patch reaches its farthest neighbours, its last column and its last thin slice
+        reach = (
+            (self.neighbours // 2) * offset,
+            (self.neighbours - 1 - self.neighbours // 2) * offset,
         )
-        volumes = np.array(
-            [
-                lows[0] * spans[1] * spans[2],
-                rest[0] * lows[1] * spans[2],
-                rest[0] * rest[1] * lows[2],
-            ],
-            dtype=np.float64,
+        lows = None
+        if block is not None:
+            lows = np.minimum(
+                spans, np.maximum(0, np.array(block) - [reach[1], width - 1, thin - 1])
+            )
+        args = (lows, self.held_out_planes, reach)
+        starts = uniform_starts(spans, *args, self.config.batch_size, rng)
+        if starts is None or not self.config.foreground_sampling:
+            return starts
+        if id(source) not in self._foreground:
+            self._foreground[id(source)] = foreground_voxels(source.array)
+        voxels = self._foreground[id(source)]
+        allowed = lambda candidate: outside(candidate, *args)  # noqa: E731
+        return foreground_starts(
+            starts, voxels, source.array.shape, (width, thin), spans, allowed, rng
         )
-        if volumes.sum() == 0:
-            return None
-        chosen = boxes[rng.choice(3, size=size, p=volumes / volumes.sum())]
-        centres, starts_w, starts_a = (
-            rng.integers(chosen[:, axis, 0], chosen[:, axis, 1]) for axis in range(3)
-        )
-        return centres, starts_w, starts_a
 
     def _intensity_change(self, patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         # contrast (gamma) and gain, the same for input and target: the content varies, the

@@ -101,9 +101,10 @@ class Trainer:
         self.amp = train.mixed_precision and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
-        #: cosine schedule as (start step, start factor, end step); a resume with a new
-        #: `train.steps` continues from the current rate instead of jumping
+        #: cosine schedules (start step, start factor, end step) of G and of D (from the end of
+        #: its warm-up); a resume with a new `train.steps` continues from today's rates
         self.schedule = (0, 1.0, train.steps)
+        self.d_schedule = (train.warmup_steps + train.discriminator_warmup_steps, 1.0, train.steps)
         self.rng = np.random.default_rng([train.seed, self.rank])
         self.g_net, self.d_net = self.generator, self.discriminator
         if self.world > 1:  # heads of unused factors get no gradient in a step
@@ -141,21 +142,28 @@ class Trainer:
         """True once the MSE-only warm-up is over."""
         return self.step >= self.config.train.warmup_steps
 
-    def schedule_factor(self, step: int) -> float:
+    def schedule_factor(self, step: int, schedule: tuple | None = None) -> float:
         """Learning-rate factor at `step` (derived from the step alone: resumes are exact)."""
         if self.config.train.lr_schedule != "cosine":
             return 1.0
-        start, start_factor, end = self.schedule
+        start, start_factor, end = schedule or self.schedule
         progress = min(max(step - start, 0), end - start) / max(end - start, 1)
         return start_factor * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def _set_learning_rates(self) -> None:
-        factor = self.schedule_factor(self.step)
+    def discriminator_factor(self, step: int) -> float:
+        """D's factor: linear up to 1 over its warm-up, then its own cosine (`d_schedule`)."""
         train = self.config.train
+        since, warm = step - train.warmup_steps, train.discriminator_warmup_steps
+        if since < warm:
+            return max(since + 1, 0) / warm
+        return self.schedule_factor(step, self.d_schedule)
+
+    def _set_learning_rates(self) -> None:
+        factor, train = self.schedule_factor(self.step), self.config.train
         for group in self.opt_g.param_groups:
             group["lr"] = train.learning_rate * factor
         for group in self.opt_d.param_groups if self.opt_d is not None else []:
-            group["lr"] = train.discriminator_learning_rate * factor
+            group["lr"] = train.discriminator_learning_rate * self.discriminator_factor(self.step)
 
     def train_step(
         self, lr: torch.Tensor, hr: torch.Tensor, positions: torch.Tensor, factor: float
@@ -251,6 +259,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "schedule": list(self.schedule),
+            "d_schedule": list(self.d_schedule),
             "config": config_to_dict(self.config),
             "version": __version__,
             "rng": rng_states,
@@ -293,8 +302,11 @@ class Trainer:
         self.step = int(state["step"])
         start, start_factor, end = state.get("schedule", (0, 1.0, self.config.train.steps))
         self.schedule = (int(start), float(start_factor), int(end))
-        if int(end) != self.config.train.steps:  # a new horizon: continue from today's rate
-            self.schedule = (self.step, self.schedule_factor(self.step), self.config.train.steps)
+        self.d_schedule = tuple(state.get("d_schedule", self.d_schedule))
+        if int(end) != self.config.train.steps:  # a new horizon: continue from today's rates
+            steps, d_start = self.config.train.steps, max(self.step, self.d_schedule[0])
+            self.schedule = (self.step, self.schedule_factor(self.step), steps)
+            self.d_schedule = (d_start, self.schedule_factor(d_start, self.d_schedule), steps)
         states = state["rng"]
         self.rng.bit_generator.state = states[self.rank] if self.rank < len(states) else states[0]
         torch.set_rng_state(state["torch_rng"].cpu())

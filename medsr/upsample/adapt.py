@@ -9,6 +9,14 @@ fitted the same way. Only the pixel loss is used: it is the fastest signal in a 
 the perceptual/adversarial character comes from the pre-trained weights. On CUDA the fit runs
 with deterministic algorithms.
 
+Patches are centred on the scan's foreground (`medsr.train.patches`), so that background and
+empty glass do not take most of the fit. A guard keeps the fit from making a scan worse: a slab of
+in-plane slices in the middle of the upsampled axis is held back (never part of a patch), and
+after the fit the adapted model, the prior and cubic B-spline are scored (PSNR) on its middle
+slice, thickened the way the fit thickens. If the adapted model scores below B-spline, the prior
+is used if it beats B-spline, else B-spline itself (the generator with its last layer zeroed is
+exactly cubic B-spline); one log line says so and the provenance records it (`fit_guard`).
+
 The fit is a number of steps, not a time: for a given seed and device the same scan gives the
 same adapted weights, so the same command writes the same file. A time limit is an optional upper
 bound on top (then the result depends on the machine's speed, and the steps run are recorded).
@@ -17,18 +25,24 @@ bound on top (then the result depends on the machine's speed, and the steps run 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from medsr.config import Config, DataConfig, LossConfig, TrainConfig
+from medsr.degrade import thicken_last_axis, thin_slices
 from medsr.errors import MedsrError
+from medsr.evaluate.metrics import psnr
+from medsr.geometry import neighbour_indices, slab_positions
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
-from medsr.train.pairs import PairSampler, sources_self_supervised
+from medsr.nets.generator import exact_bspline
+from medsr.train.pairs import MIN_PATCH_SLICES, PairSampler, PlaneSource, sources_self_supervised
 from medsr.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -49,7 +63,8 @@ def adaptation_config(
     Taken from the checkpoint is only what describes the model and how it learns: its sizes
     (`config.model`), the slice profiles and thickness ratios it was trained for, its patch and
     batch sizes, and whether it trains in mixed precision. Everything else is the fit's own:
-    pixel loss only, no intensity or noise augmentation, a constant learning rate, `steps` steps
+    pixel loss only, no intensity or noise augmentation, patches centred on the foreground, a
+    constant learning rate, `steps` steps
     (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that slice profile only.
@@ -72,6 +87,7 @@ def adaptation_config(
             gain_range=(1.0, 1.0),
             validation_fraction=0.0,
             workers=0,
+            foreground_sampling=True,
         ),
         train=TrainConfig(
             steps=max(1, steps),
@@ -134,6 +150,86 @@ def deterministic_algorithms(device: torch.device) -> Iterator[None]:
             os.environ.pop(CUBLAS_WORKSPACE, None)
 
 
+def guard_slab(count: int, neighbours: int) -> tuple[int, int] | None:
+    """The planes [start, stop) along the upsampled axis held back from the fit: the `neighbours`
+    slices around its middle; None when the axis is too short to spare them (fewer than four
+    slabs' worth of patch centres would be left on either side)."""
+    if count < 2 * neighbours + 2 * MIN_PATCH_SLICES:
+        return None
+    start = count // 2 - neighbours // 2
+    return start, start + neighbours
+
+
+def guard_planes(
+    sources: list[PlaneSource], slab: tuple[int, int], neighbours: int, ratio: float | None
+) -> list[tuple]:
+    """(lr, hr, positions, factor) of the slab's middle slice of every source, thickened along
+    its `a` axis as the fit thickens (boxcar, the scan's thickness ratio if known)."""
+    planes = []
+    for source in sources:
+        count, length, factor = source.array.shape[0], source.array.shape[2], source.factor
+        slices = int(np.floor(length / factor))
+        if slices < MIN_PATCH_SLICES:
+            continue
+        index = neighbour_indices(np.array([(slab[0] + slab[1]) // 2]), neighbours, 1, count)[0]
+        patch = np.ascontiguousarray(source.array[index, :, : thin_slices(slices, factor, length)])
+        lr = thicken_last_axis(patch, factor, factor * (ratio or 1.0), "boxcar")
+        positions = slab_positions(slices, factor)
+        hr = patch[neighbours // 2][..., : len(positions)]
+        planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
+    return planes
+
+
+@torch.no_grad()
+def guard_score(generator: MISRGenerator | None, planes: list[tuple], device) -> float:
+    """Mean PSNR (normalised units, range 1) on the guard planes; None: cubic B-spline."""
+    scores = []
+    for lr, hr, positions, factor in planes:
+        lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
+        if generator is None:
+            k = lr.shape[1]
+            pred = exact_bspline(lr[:, k // 2 : k // 2 + 1], positions)
+        else:
+            pred = generator.eval()(lr, positions, factor)
+        scores.append(psnr(pred[0, 0].float().cpu().numpy(), hr, data_range=1.0))
+    return float(np.mean(scores))
+
+
+def as_bspline(generator: MISRGenerator) -> MISRGenerator:
+    """A copy of `generator` whose decoder's last layer is zero: exactly cubic B-spline."""
+    bspline = copy.deepcopy(generator)
+    torch.nn.init.zeros_(bspline.decode[-1].weight)
+    torch.nn.init.zeros_(bspline.decode[-1].bias)
+    return bspline.eval()
+
+
+def apply_guard(adapted, prior, planes, device) -> tuple[MISRGenerator, dict]:
+    """The adapted model unless it scores below B-spline on the guard planes; then the prior if
+    it beats B-spline, else B-spline. Returns (the model to use, the record)."""
+    scores = {
+        name: guard_score(model, planes, device)
+        for name, model in (("adapted", adapted), ("prior", prior), ("bspline", None))
+    }
+    choice = "adapted"
+    if scores["adapted"] < scores["bspline"]:
+        choice = "prior" if scores["prior"] > scores["bspline"] else "bspline"
+    record = {"psnr_" + name: round(value, 4) for name, value in scores.items()}
+    record.update(choice=choice, planes=len(planes))
+    text = ", ".join(f"{name} {value:.2f} dB" for name, value in scores.items())
+    if choice == "adapted":
+        logger.info("fit guard: kept the adapted model (held-back slices: %s)", text)
+    else:
+        logger.warning(
+            "fit guard: the adapted model scored below B-spline on held-back slices (%s); "
+            "using %s instead",
+            text,
+            "the prior" if choice == "prior" else "cubic B-spline",
+        )
+    if choice == "adapted":
+        return adapted.eval(), record
+    return (prior if choice == "prior" else as_bspline(prior)).eval(), record
+
+
 def adapt_to_scan(
     generator: MISRGenerator,
     config: Config,
@@ -147,6 +243,7 @@ def adapt_to_scan(
     seconds: float | None = None,
     thickness_ratio: float | None = None,
     progress: bool = False,
+    guard: dict | None = None,
 ) -> tuple[MISRGenerator, int]:
     """Fine-tune a copy of `generator` on `volume`'s slices across `axis`.
 
@@ -166,6 +263,8 @@ def adapt_to_scan(
         thickness_ratio: the scan's slice thickness / slice spacing, if known (below 1: a gap);
             default: the range the model was trained with.
         progress: show a progress bar.
+        guard: a dict that receives the fit guard's record (scores of the adapted model, the
+            prior and B-spline on the held-back slices, the choice; or why there was none).
 
     Returns:
         (the adapted generator in eval mode, the number of steps run).
@@ -175,6 +274,11 @@ def adapt_to_scan(
     adapt_config = adaptation_config(config, steps, seed, thickness_ratio)
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
     sampler = PairSampler(sources, adapt_config.data, generator.neighbours)
+    slab = guard_slab(sources[0].array.shape[0], generator.neighbours)
+    planes = (
+        [] if slab is None else guard_planes(sources, slab, generator.neighbours, thickness_ratio)
+    )
+    sampler.held_out_planes = slab if planes else None
     start = time.perf_counter()
     deadline = None if seconds is None else start + seconds
     with deterministic_algorithms(device):
@@ -184,4 +288,11 @@ def adapt_to_scan(
     logger.info(
         "adapted to the scan: %d steps in %.1f s", trainer.step, time.perf_counter() - start
     )
-    return trainer.generator.eval(), trainer.step
+    adapted, record = trainer.generator.eval(), {"choice": "adapted", "planes": 0}
+    if planes:
+        adapted, record = apply_guard(adapted, generator.to(device), planes, device)
+    else:
+        record["reason"] = "the upsampled axis is too short to hold slices back"
+    if guard is not None:
+        guard.update(record)
+    return adapted, trainer.step

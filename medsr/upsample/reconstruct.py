@@ -12,6 +12,7 @@ Both orientations are averaged into one float32 output array, which is the only 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 
@@ -22,10 +23,14 @@ from medsr.geometry import OutputGrid, neighbour_indices, neighbour_offset
 from medsr.intensity import intensity_range, normalise_intensity
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
-from medsr.runtime import autocast
+from medsr.runtime import precision_autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
+
+#: whether the encoder's input and weights are laid out channels-last, per resolved precision
+#: (chosen by the end-to-end measurement of docs/benchmarks.md)
+CHANNELS_LAST = {"bf16": True, "fp16": False, "fp32": False}
 
 #: memory for the decoder's per-output temporaries of one call (bytes)
 DECODER_BUDGET = 32 * 2**20
@@ -47,6 +52,19 @@ def plane_orientations(axis: int, spacing: np.ndarray) -> list[tuple[int, int, i
     return [(p, 3 - axis - p, neighbour_offset(spacing[axis], spacing[p])) for p in others]
 
 
+def encode_planes(generator, lr: torch.Tensor, factor: float, precision: str) -> tuple:
+    """`generator.encode` under the precision's autocast. On the CPU only the encoder's
+    convolutions run in bf16: the projections come back in float32, so the decoder and the
+    B-spline base stay float32 (on CUDA the decoder runs under the same autocast, as always)."""
+    if CHANNELS_LAST.get(precision, False) and lr.dim() == 4:
+        lr = lr.contiguous(memory_format=torch.channels_last)
+    with precision_autocast(lr.device, precision):
+        encoded = generator.encode(lr, factor)
+    if lr.device.type == "cpu" and precision != "fp32":
+        encoded = (encoded[0].float(), encoded[1].float(), *encoded[2:])
+    return encoded
+
+
 @torch.no_grad()
 def reconstruct(
     normalised: np.ndarray,
@@ -57,6 +75,7 @@ def reconstruct(
     device: torch.device,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Reconstruct a normalised grey volume on `grid` with `generator`.
 
@@ -68,11 +87,16 @@ def reconstruct(
         device: where the generator runs.
         batch_size: planes per generator call.
         on_batch: called with the number of planes done after each batch (progress).
+        precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (`medsr.runtime.resolve_precision`).
 
     Returns:
         float32 array of `grid.shape`, normalised units, mean of both orientations.
     """
+    precision = resolve_precision(precision, device)
     generator = generator.to(device).eval()
+    if CHANNELS_LAST.get(precision, False):
+        # a copy: the caller's model keeps its layout (and so its float32 results)
+        generator = copy.deepcopy(generator).to(memory_format=torch.channels_last)
     k = generator.neighbours
     factor = float(spacing[grid.axis] / grid.spacing)
     positions = torch.from_numpy(np.asarray(grid.positions, np.float32)).to(device)
@@ -86,9 +110,9 @@ def reconstruct(
             centres = np.arange(start, min(start + batch_size, total))
             index = neighbour_indices(centres, k, offset, total)
             lr = torch.from_numpy(np.ascontiguousarray(planes[index], dtype=np.float32))
-            with autocast(device):
+            with precision_autocast(device, precision if device.type == "cuda" else "fp32"):
                 if hasattr(generator, "encode"):  # decode large outputs in chunks
-                    encoded = generator.encode(lr.to(device), factor)
+                    encoded = encode_planes(generator, lr.to(device), factor, precision)
                     chunk = position_chunk(generator, len(centres), planes.shape[1], len(positions))
                     for first in range(0, len(positions), chunk):
                         part = slice(first, first + chunk)
@@ -111,6 +135,7 @@ def reconstruct_volume(
     device: torch.device,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """`reconstruct` for a volume in its own units: one intensity scaling shared by all channels
     (RGB keeps its hues), each channel through the same network, back to input units.
@@ -130,6 +155,7 @@ def reconstruct_volume(
             device=device,
             batch_size=batch_size,
             on_batch=on_batch,
+            precision=precision,
         )
         out *= high - low  # back to input units in place: the output is the largest buffer
         out += low
