@@ -26,6 +26,8 @@ import torch
 
 from medsr.config import Config, DataConfig, LossConfig, TrainConfig
 from medsr.errors import MedsrError
+from medsr.geometry import OutputGrid
+from medsr.intensity import grey_array
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.train.pairs import PairSampler, sources_self_supervised
@@ -185,3 +187,40 @@ def adapt_to_scan(
         "adapted to the scan: %d steps in %.1f s", trainer.step, time.perf_counter() - start
     )
     return trainer.generator.eval(), trainer.step
+
+
+def thickness_ratio(volume: Volume, axis: int) -> float | None:
+    """The scan's slice thickness / spacing along `axis` (``meta["slice_thickness"]``), if known."""
+    thickness = volume.meta.get("slice_thickness")
+    return None if thickness is None else float(thickness / volume.spacing[axis])
+
+
+def adapt_to_grid(
+    generator: MISRGenerator,
+    config: Config,
+    volume: Volume,
+    grid: OutputGrid,
+    *,
+    steps: int,
+    device: torch.device,
+    seed: int = 0,
+    seconds: float | None = None,
+    progress: bool = False,
+) -> tuple[MISRGenerator, int]:
+    """`adapt_to_scan` for upsampling `volume` onto `grid`: the fit of the learned method (its
+    grey values, the grid's axis and factor, the scan's `thickness_ratio`); `generator` is
+    already on `device`. One fit serves every frame of a 4D series (`medsr.upsample.series4d`).
+    """
+    return adapt_to_scan(
+        generator,
+        config,
+        volume.with_array(grey_array(volume)),
+        axis=grid.axis,
+        factor=float(volume.spacing[grid.axis] / grid.spacing),
+        steps=steps,
+        seconds=seconds,
+        seed=seed,
+        thickness_ratio=thickness_ratio(volume, grid.axis),
+        device=device,
+        progress=progress,
+    )
