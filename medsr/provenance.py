@@ -103,8 +103,10 @@ def machine_record(device: str) -> dict:
 
 def provenance_record(volume: Volume, grid: OutputGrid, method: str, details: dict) -> dict:
     """What produced an output: medsr and torch versions, the machine (`machine_record`),
-    method, factor, output grid, and the learned method's model, its sha256, fit steps and seed.
-    No clock times, so that the same command on the same machine writes the same record."""
+    method, factor, output grid, and the learned method's model, its sha256, fit steps and seed
+    (a 4D series adds ``fit_mode``: ``"mean"``, ``"frame N"`` or ``"per-frame"``,
+    `medsr.upsample.series4d`). No clock times, so that the same command on the same machine
+    writes the same record."""
     import torch
 
     from medsr._version import __version__
@@ -131,6 +133,8 @@ def provenance_description(record: dict) -> str:
     text = f"medsr {record['medsr_version']} {record['method']} x{record['factor']:.3g}"
     if "model_sha256" in record:
         text += f" m{record['model_sha256'][:8]} s{record['fit_steps_run']} r{record['seed']}"
+    if "fit_mode" in record:  # a 4D series: "mean", "frame N" or "per-frame"
+        text += f" fit:{record['fit_mode'].replace(' ', '')}"
     return text
 
 

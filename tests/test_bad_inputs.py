@@ -93,6 +93,23 @@ CASES = {
     "output is the input": ("upsample {scan} -o {scan} --overwrite", 1, "is the input"),
     "oblique to TIFF": ("upsample {oblique} -o {tmp}/o.ome.tif", 1, "TIFF stores no orientation"),
     "4D to NRRD": ("upsample {root}/dwi.nii.gz -o {tmp}/o.nrrd", 1, "write it as NIfTI"),
+    "4D fit frame out of range": ("upsample {root}/dwi.nii.gz --fit-frame 2", 1, "out of range"),
+    "fit frame of a 3D input": ("upsample {scan} --fit-frame 0", 1, "applies to a 4D series"),
+    "fit frame and per frame": (
+        "upsample {root}/dwi.nii.gz --fit-frame 0 --fit-per-frame",
+        1,
+        "exclude each other",
+    ),
+    "fit per frame without misr": (
+        "upsample {root}/dwi.nii.gz --method bspline --fit-per-frame",
+        1,
+        "--fit-per-frame applies to --method misr only",
+    ),
+    "fit frame without misr": (
+        "upsample {root}/dwi.nii.gz --method linear --fit-frame 1",
+        1,
+        "--fit-frame applies to --method misr only",
+    ),
     # upsample: options
     "spacing with a bad unit": ("upsample {scan} --spacing 3furlongs", 2, "expected a length"),
     "negative spacing": ("upsample {scan} --spacing -1", 2, "must be positive"),
@@ -190,7 +207,7 @@ def test_there_are_at_least_35_cases_over_every_subcommand():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_one_line_no_output_input_untouched(case, files, tmp_path, capsys):
     template, code, text = CASES[case]
-    if case == "4D to NRRD":
+    if "{root}/dwi.nii.gz" in template:
         _nifti(files["root"] / "dwi.nii.gz", np.zeros((6, 6, 5, 2), np.float32))
     out = tmp_path / "outputs"
     out.mkdir()

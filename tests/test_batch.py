@@ -463,3 +463,47 @@ def test_dicom_batch_bad_options_are_one_line_before_work(dicom_tree, tmp_path, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_a_rerun_finishes_a_half_done_4d_series_and_hidden_names_are_no_inputs(
+    tmp_path, monkeypatch
+):
+    import medsr.upsample.series4d
+    from medsr.upsample.series4d import partial_folder
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    _nifti(root / "a.nii.gz", 0)
+    data = np.random.default_rng(2).random((6, 5, 4, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 3.0, 1.0])), root / "dwi.nii.gz")
+    hidden = root / ".dwi.nii.gz.medsr-partial"  # a series left half done beside its input
+    hidden.mkdir()
+    _nifti(hidden / "frame.nii.gz", 3)
+    _nifti(root / ".hidden.nii.gz", 4)
+    assert sorted(t.key for t in discover(root, out, None, None)) == ["a.nii.gz", "dwi.nii.gz"]
+    kept, real = [], medsr.upsample.series4d._keep_frame
+
+    def killed_after_two(folder, index, result, fit_record):
+        if len(kept) == 2:
+            raise KeyboardInterrupt  # the run dies in the middle of the series
+        kept.append(index)
+        real(folder, index, result, fit_record)
+
+    monkeypatch.setattr(medsr.upsample.series4d, "_keep_frame", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(root, out, settings=SETTINGS, workers=1)
+    monkeypatch.undo()
+    output = out / "dwi.nii.gz"
+    assert not output.exists() and len(list(partial_folder(output).glob("frame_*.npy"))) == 2
+    calls, real_upsample = [], medsr.upsample.series4d.upsample_volume
+    monkeypatch.setattr(
+        medsr.upsample.series4d,
+        "upsample_volume",
+        lambda *a, **k: calls.append(1) or real_upsample(*a, **k),
+    )
+    entries = run_batch(root, out, settings=SETTINGS, workers=1)
+    assert all(e["status"] == "done" for e in entries.values()) and len(entries) == 2
+    assert len(calls) == 1  # only the frame the killed run had not finished
+    assert not partial_folder(output).exists()
+    whole = tmp_path / "whole.nii.gz"
+    assert main(["upsample", str(root / "dwi.nii.gz"), "-o", str(whole), "--method", "linear"]) == 0
+    assert output.read_bytes() == whole.read_bytes()

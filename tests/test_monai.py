@@ -250,7 +250,9 @@ def test_a_4d_series_is_upsampled_frame_by_frame_as_the_cli_does(tmp_path, ident
     nib.save(nib.Nifti1Image(frames, make_affine("RAS", (1.0, 1.0, 3.0))), series)
     out = tmp_path / "cli.nii.gz"
     argv = ["upsample", str(series), "-o", str(out), "--dtype", "float32", "--quiet"]
-    assert main([*argv, "--model", str(identity_checkpoint), "--fit-steps", "2"]) == 0
+    # the transform fits each frame on its own: the CLI's --fit-per-frame (its default fits once)
+    fit = ["--fit-steps", "2", "--fit-per-frame"]
+    assert main([*argv, "--model", str(identity_checkpoint), *fit]) == 0
     image = LoadImage(reader=MedsrReader(), image_only=True, ensure_channel_first=True)(series)
     assert image.shape == (2, 24, 22, 6) and image.meta["frames"] == 2
     upsample = ThroughPlaneUpsample(

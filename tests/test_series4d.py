@@ -1,14 +1,22 @@
-"""4D NIfTI series (DWI, fMRI): each volume upsampled as the 3D command does it, written as 4D."""
+"""4D NIfTI series (DWI, fMRI): one fit for the series (or one per frame, as the 3D command),
+frames kept as they finish and streamed into one 4D file, an interrupted run resumed."""
 
+import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import phantom_array
 
+import medsr.upsample.adapt
+import medsr.upsample.series4d
 from medsr.cli import main
-from medsr.io import read_volume, volume_frames
+from medsr.io import Volume, read_volume, volume_frames
+from medsr.io.nifti import write_nifti, write_nifti_frames
+from medsr.io.volume import scaled_values
 from medsr.upsample.api import upsample_volume
+from medsr.upsample.series4d import partial_folder
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
 
@@ -36,7 +44,8 @@ def test_4d_series_round_trips_and_matches_the_3d_command(tmp_path, method, step
     assert volume_frames(series) == 3
     options = ["--method", method, "--quiet"] + (["--fit-steps", steps] if steps else [])
     out = tmp_path / "dwi_sr.nii.gz"
-    assert main(["upsample", str(series), "-o", str(out), *options]) == 0
+    per_frame = ["--fit-per-frame"] if method == "misr" else []  # each frame its own fit
+    assert main(["upsample", str(series), "-o", str(out), *options, *per_frame]) == 0
     image = nib.load(out)
     assert image.shape[3] == 3 and image.header["pixdim"][4] == pytest.approx(2.5)
     assert image.header.get_xyzt_units() == ("mm", "sec")
@@ -126,3 +135,169 @@ def test_a_compressed_series_is_decompressed_once(tmp_path, monkeypatch):
     assert counted[0] < size + (frames + 4) * 2**17, (counted[0], size)
     expected = upsample_volume(read_volume(path, frame=5), method="linear")
     np.testing.assert_array_equal(read_volume(out, frame=5).array, expected.array)
+
+
+def _phantom_series(path: Path, frames: int = 3, shape=(24, 22, 8)) -> list[np.ndarray]:
+    """A small int16 series: one phantom with a slow intensity drift and noise per frame."""
+    rng = np.random.default_rng(1)
+    base = phantom_array(shape) * 1000
+    arrays = [
+        (base * (1 + 0.02 * t) + rng.normal(0, 5, shape)).astype(np.int16) for t in range(frames)
+    ]
+    image = nib.Nifti1Image(np.stack(arrays, axis=3), np.diag([1.0, 1.0, 3.0, 1.0]))
+    image.header.set_xyzt_units("mm", "sec")
+    image.header["pixdim"][4] = 2.0
+    nib.save(image, path)
+    return arrays
+
+
+def _count_fits(monkeypatch) -> list[int]:
+    """The steps of every fit that runs (a fit of 0 steps is none)."""
+    fits, real = [], medsr.upsample.adapt.adapt_to_scan
+
+    def counted(*args, **kwargs):
+        if kwargs["steps"] > 0:
+            fits.append(kwargs["steps"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(medsr.upsample.adapt, "adapt_to_scan", counted)
+    return fits
+
+
+def _record(path: Path) -> dict:
+    return json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+
+
+def test_a_series_is_fitted_once_and_a_chosen_frame_gives_the_3d_result(tmp_path, monkeypatch):
+    series = tmp_path / "s.nii.gz"
+    arrays = _phantom_series(series)
+    fits = _count_fits(monkeypatch)
+    argv = ["upsample", str(series), "--fit-steps", "2", "--quiet"]
+    assert main([*argv, "-o", str(tmp_path / "mean.nii.gz")]) == 0
+    assert fits == [2]  # one fit, on the mean, for three frames
+    record = _record(tmp_path / "mean.nii.gz")
+    assert (record["fit_mode"], record["fit_steps"], record["fit_steps_run"]) == ("mean", 2, 2)
+    assert "fit:mean" in nib.load(tmp_path / "mean.nii.gz").header["descrip"].item().decode()
+    fits.clear()
+    chosen = tmp_path / "frame1.nii.gz"
+    assert main([*argv, "-o", str(chosen), "--fit-frame", "1"]) == 0
+    assert fits == [2] and _record(chosen)["fit_mode"] == "frame 1"
+    # the fit on frame 1 serves frame 1 exactly as the 3D command upsamples that frame alone
+    single = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(arrays[1], np.diag([1.0, 1.0, 3.0, 1.0])), single)
+    assert main(["upsample", str(single), "-o", str(tmp_path / "one_sr.nii.gz"), *argv[2:]]) == 0
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(chosen).dataobj[..., 1]), read_volume(tmp_path / "one_sr.nii.gz").array
+    )
+    fits.clear()
+    assert main([*argv, "-o", str(tmp_path / "each.nii.gz"), "--fit-per-frame"]) == 0
+    assert fits == [2, 2, 2] and _record(tmp_path / "each.nii.gz")["fit_mode"] == "per-frame"
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # partial folders gone
+
+
+def _stream_cases() -> dict[str, tuple[list[np.ndarray], dict | None]]:
+    rng = np.random.default_rng(0)
+    scaling = {"dtype": "int16", "slope": 0.5, "inter": -1024.0}
+
+    def ints():
+        return rng.integers(-100, 3000, (7, 6, 5)).astype(np.int16)
+
+    return {
+        "int32": ([rng.integers(-5, 5000, (7, 6, 5)).astype(np.int32) for _ in range(3)], None),
+        "float32": ([rng.random((7, 6, 5)).astype(np.float32) for _ in range(3)], None),
+        "scaled": ([scaled_values(ints(), scaling) for _ in range(3)], scaling),
+        "scaled, one frame not": (
+            [scaled_values(ints(), scaling), rng.random((7, 6, 5)).astype(np.float32)],
+            scaling,
+        ),
+    }
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("case", sorted(_stream_cases()))
+def test_the_streamed_4d_file_is_the_stacked_writers_byte_for_byte(tmp_path, case, suffix):
+    arrays, scaling = _stream_cases()[case]
+    affine = np.diag([1.0, 1.2, 3.0, 1.0])
+    affine[:3, 3] = (4.0, -5.0, 6.0)
+    meta = {"qform_code": 1, "sform_code": 1, "description": "d", "frame_spacing": 2.5}
+    meta.update(time_unit="sec", **({"scaling": scaling} if scaling else {}))
+    volumes = [Volume(a, affine, dict(meta)) for a in arrays]
+    write_nifti(volumes[0], tmp_path / f"stacked{suffix}", volumes)
+    write_nifti_frames(volumes[0], lambda: iter(arrays), tmp_path / f"streamed{suffix}")
+    stacked = (tmp_path / f"stacked{suffix}").read_bytes()
+    assert (tmp_path / f"streamed{suffix}").read_bytes() == stacked
+    expected = "int16" if case == "scaled" else np.result_type(*arrays).name
+    assert nib.load(tmp_path / f"streamed{suffix}").get_data_dtype() == expected
+
+
+def _interrupt_after(monkeypatch, frames: int, error=RuntimeError) -> list[int]:
+    """Make the run die once `frames` frames are kept (as a kill would: nothing after it)."""
+    kept, real = [], medsr.upsample.series4d._keep_frame
+
+    def keep(folder, index, result, fit_record):
+        if len(kept) == frames:
+            raise error("interrupted")
+        kept.append(index)
+        real(folder, index, result, fit_record)
+
+    monkeypatch.setattr(medsr.upsample.series4d, "_keep_frame", keep)
+    return kept
+
+
+def test_an_interrupted_series_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    series = tmp_path / "s.nii.gz"
+    _phantom_series(series, frames=4)
+    argv = ["upsample", str(series), "--fit-steps", "2", "--quiet"]
+    whole = tmp_path / "whole.nii.gz"
+    assert main([*argv, "-o", str(whole)]) == 0
+    out = tmp_path / "out.nii.gz"
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        main([*argv, "-o", str(out)])
+    monkeypatch.undo()
+    partial = partial_folder(out)
+    assert sorted(p.name for p in partial.glob("frame_*.npy")) == [
+        "frame_00000.npy",
+        "frame_00001.npy",
+    ]
+    assert (partial / "model.pt").exists() and not out.exists()
+    fits, calls = _count_fits(monkeypatch), []
+    real = medsr.upsample.series4d.upsample_volume
+    monkeypatch.setattr(
+        medsr.upsample.series4d,
+        "upsample_volume",
+        lambda *a, **k: calls.append(1) or real(*a, **k),
+    )
+    assert main([*argv, "-o", str(out)]) == 0
+    assert fits == [] and len(calls) == 2  # the kept fit, and only the two missing frames
+    assert out.read_bytes() == whole.read_bytes()
+    assert not partial.exists()
+
+
+def test_kept_frames_of_other_settings_or_a_changed_input_are_not_reused(
+    tmp_path, monkeypatch, capsys
+):
+    series = tmp_path / "s.nii.gz"
+    _phantom_series(series, frames=3)
+    out = tmp_path / "out.nii.gz"
+    linear = ["upsample", str(series), "-o", str(out), "--method", "linear", "--quiet"]
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(RuntimeError):
+        main(linear)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*linear, "--dtype", "float32"]) == 0  # other settings: start over
+    warned = [line for line in capsys.readouterr().err.splitlines() if "starting over" in line]
+    assert len(warned) == 1, warned
+    expected = upsample_volume(read_volume(series, frame=2), method="linear", keep_dtype=False)
+    np.testing.assert_array_equal(read_volume(out, frame=2).array, expected.array)
+    out.unlink()
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(RuntimeError):
+        main(linear)
+    monkeypatch.undo()
+    _phantom_series(series, frames=3, shape=(24, 22, 9))  # the input changed
+    capsys.readouterr()
+    assert main(linear) == 0
+    assert capsys.readouterr().err.count("starting over") == 1
+    assert nib.load(out).shape == (24, 22, 27, 3)

@@ -74,21 +74,23 @@ def discover(
     suffix: str | None,
     output_format: str | None = None,
 ) -> list[Task]:
-    """Scan files and series folders under `input_root` (a series folder is one input);
-    `output_root` is never read as input, even inside `input_root`. `output_format` ``"dicom"``:
-    the outputs are folders, named without a suffix."""
+    """Scan files and series folders under `input_root` (a series folder is one input); hidden
+    names are skipped; `output_root` is never read as input, even inside `input_root`.
+    `output_format` ``"dicom"``: the outputs are folders, named without a suffix."""
     tasks, series = [], []
     skip = output_root.resolve()
     for folder, subfolders, files in os.walk(input_root):
         folder = Path(folder)
-        subfolders[:] = [d for d in subfolders if (folder / d).resolve() != skip]
+        subfolders[:] = [
+            d for d in subfolders if (folder / d).resolve() != skip and not d.startswith(".")
+        ]  # hidden folders: a 4D series' kept frames, staging folders, the system's
         if folder != input_root and folder_kind(folder) is not None:
             series.append(folder)
             subfolders.clear()
             continue
         for name in sorted(files):
             lower = name.lower()
-            if not lower.endswith(VOLUME_SUFFIXES) or name == MANIFEST:
+            if not lower.endswith(VOLUME_SUFFIXES) or name == MANIFEST or name.startswith("."):
                 continue
             if lower.endswith((".tif", ".tiff")) and is_2d_image(folder / name):
                 continue  # a stray 2D image (a QC picture, a lone section) is not a volume

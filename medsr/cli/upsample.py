@@ -35,6 +35,17 @@ def upsample_parser(commands) -> None:
         "--labels-out", metavar="PATH", help="where --labels goes (default: <output>_labels)"
     )
     add_fit_options(up)
+    up.add_argument(
+        "--fit-frame",
+        type=int,
+        metavar="N",
+        help="4D series: fit once on frame N (from 0) instead of the mean of the frames",
+    )
+    up.add_argument(
+        "--fit-per-frame",
+        action="store_true",
+        help="4D series: fit each frame on its own (slower; default: one fit serves every frame)",
+    )
     add_target_options(up)
     up.add_argument(
         "--axis",
@@ -115,6 +126,8 @@ def upsample_command(args: argparse.Namespace) -> int:
         output_format=args.output_format,
         dicom_patient_id=args.dicom_patient_id,
         dicom_modality=args.dicom_modality,
+        fit_frame=args.fit_frame,
+        fit_per_frame=args.fit_per_frame,
         **options,
     )
     if not args.quiet:

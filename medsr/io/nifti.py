@@ -4,7 +4,7 @@ stored type of scaled integers (scl_slope/scl_inter)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -157,21 +157,76 @@ def write_nifti(volume: Volume, path: Path, frames: list[Volume] | None = None) 
         array = np.ascontiguousarray(array.astype(np.uint8)).view(_RGB_DTYPE)[..., 0]
     scaling = volume.meta.get("scaling")
     stored = _stored_integers(array, scaling) if scaling and not array.dtype.names else None
-    image = nib.Nifti1Image(array if stored is None else stored, volume.affine)
-    if stored is not None:  # nibabel keeps the header's scaling for data of the header's type
-        image.header.set_slope_inter(scaling["slope"], scaling["inter"])
-    elif scaling:
+    if scaling and stored is None:
         logger.info("values are not %s integers with the input's scaling: float", scaling["dtype"])
+    image = _nifti_image(volume, array if stored is None else stored, stored is not None, frames)
+    nib.save(image, str(path))
+
+
+def _nifti_image(volume: Volume, data: np.ndarray, scaled: bool, series) -> nib.Nifti1Image:
+    """The image `write_nifti` saves: `data` (the stored integers where `scaled`) with
+    `volume`'s affine, forms, units, frame spacing (a `series`) and description."""
+    scaling = volume.meta.get("scaling")
+    image = nib.Nifti1Image(data, volume.affine)
+    if scaled:  # nibabel keeps the header's scaling for data of the header's type
+        image.header.set_slope_inter(scaling["slope"], scaling["inter"])
     code = _xform_code(volume.meta)
     image.set_qform(volume.affine, code=code)
     image.set_sform(volume.affine, code=code)
     residual = np.abs(image.header.get_qform() - volume.affine).max()
     if residual > 1e-4 * max(1.0, float(np.abs(volume.affine).max())):
         logger.warning("affine has shear; the qform approximates it (max error %.2g)", residual)
-    time_unit = volume.meta.get("time_unit", "unknown") if frames else "unknown"
+    time_unit = volume.meta.get("time_unit", "unknown") if series else "unknown"
     image.header.set_xyzt_units(xyz="micron" if volume.unit == "um" else "mm", t=time_unit)
-    if frames:
+    if series:
         image.header["pixdim"][4] = volume.meta.get("frame_spacing", 1.0)
     description = volume.meta.get("description", "") or "medsr"
     image.header["descrip"] = description.encode("latin-1", "replace")[:79]
-    nib.save(image, str(path))
+    return image
+
+
+def write_nifti_frames(
+    template: Volume, frames: Callable[[], Iterable[np.ndarray]], path: Path
+) -> None:
+    """Write a 4D series frame by frame, as `write_nifti` (`template`, frames) writes it, byte
+    for byte, without ever holding more than one frame.
+
+    NIfTI stores the fourth axis slowest, so each frame is one contiguous block after the
+    header: the header is written first, then each frame's bytes (through nibabel's opener:
+    the same gzip stream as ``nib.save``). `frames()` is called twice: once to find the stored
+    type (the frames' common type; the input's scaled integers only when every frame is exactly
+    such integers, as `write_nifti` decides for the stacked series), once to write.
+
+    Args:
+        template: affine and meta of the series (those of its first frame).
+        frames: returns the (X, Y, Z) arrays in order, each time it is called.
+        path: the ``.nii`` / ``.nii.gz`` file.
+    """
+    from nibabel.arraywriters import get_slope_inter, make_array_writer
+    from nibabel.openers import ImageOpener
+    from nibabel.volumeutils import seek_tell
+
+    scaling = template.meta.get("scaling")
+    dtypes, shape, count, scaled = [], None, 0, bool(scaling)
+    for array in frames():
+        if shape is not None and array.shape != shape:
+            raise MedsrError(f"frame {count} has shape {array.shape}, frame 0 {shape}")
+        shape, count = array.shape, count + 1
+        dtypes.append(array.dtype)
+        scaled = scaled and _stored_integers(np.asarray(array), scaling) is not None
+    if scaling and not scaled:
+        logger.info("values are not %s integers with the input's scaling: float", scaling["dtype"])
+    dtype = np.dtype(scaling["dtype"]) if scaled else np.result_type(*dtypes)
+    shell = np.broadcast_to(np.zeros((), dtype), (*shape, count))  # no memory: the header only
+    image = _nifti_image(template, shell, scaled, series=True)
+    image.get_data_dtype(finalize=True)
+    image.update_header()
+    header = image.header
+    if not scaled:  # as nib.save: the writer's slope and intercept (1, 0: same type)
+        header.set_slope_inter(*get_slope_inter(make_array_writer(shell, dtype, True, True)))
+    with ImageOpener(str(path), "wb") as handle:
+        header.write_to(handle)
+        seek_tell(handle, header.get_data_offset(), write0=True)
+        for array in frames():
+            array = _stored_integers(np.asarray(array), scaling) if scaled else array
+            handle.write(np.asarray(array, dtype=dtype).tobytes(order="F"))

@@ -38,7 +38,8 @@ from medsr.config import Config, DataConfig, LossConfig, TrainConfig
 from medsr.degrade import thicken_last_axis, thin_slices
 from medsr.errors import MedsrError
 from medsr.evaluate.metrics import psnr
-from medsr.geometry import neighbour_indices, slab_positions
+from medsr.geometry import OutputGrid, neighbour_indices, slab_positions
+from medsr.intensity import grey_array
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.nets.generator import exact_bspline
@@ -296,3 +297,42 @@ def adapt_to_scan(
     if guard is not None:
         guard.update(record)
     return adapted, trainer.step
+
+
+def thickness_ratio(volume: Volume, axis: int) -> float | None:
+    """The scan's slice thickness / spacing along `axis` (``meta["slice_thickness"]``), if known."""
+    thickness = volume.meta.get("slice_thickness")
+    return None if thickness is None else float(thickness / volume.spacing[axis])
+
+
+def adapt_to_grid(
+    generator: MISRGenerator,
+    config: Config,
+    volume: Volume,
+    grid: OutputGrid,
+    *,
+    steps: int,
+    device: torch.device,
+    seed: int = 0,
+    seconds: float | None = None,
+    progress: bool = False,
+    guard: dict | None = None,
+) -> tuple[MISRGenerator, int]:
+    """`adapt_to_scan` for upsampling `volume` onto `grid`: the fit of the learned method (its
+    grey values, the grid's axis and factor, the scan's `thickness_ratio`); `generator` is
+    already on `device`. One fit serves every frame of a 4D series (`medsr.upsample.series4d`).
+    """
+    return adapt_to_scan(
+        generator,
+        config,
+        volume.with_array(grey_array(volume)),
+        axis=grid.axis,
+        factor=float(volume.spacing[grid.axis] / grid.spacing),
+        steps=steps,
+        seconds=seconds,
+        seed=seed,
+        thickness_ratio=thickness_ratio(volume, grid.axis),
+        device=device,
+        progress=progress,
+        guard=guard,
+    )

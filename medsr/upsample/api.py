@@ -12,7 +12,6 @@ import numpy as np
 
 from medsr.errors import MedsrError
 from medsr.geometry import OutputGrid, plan_output_grid
-from medsr.intensity import grey_array
 from medsr.io import (
     Volume,
 )
@@ -66,7 +65,7 @@ def upsample_misr(
     from tqdm import tqdm
 
     from medsr.runtime import resolve_device, resolve_precision
-    from medsr.upsample.adapt import adapt_to_scan
+    from medsr.upsample.adapt import adapt_to_grid, thickness_ratio
     from medsr.upsample.reconstruct import reconstruct_volume
 
     model_path = Path(model) if model else default_model_path()
@@ -74,20 +73,16 @@ def upsample_misr(
     resolved = resolve_precision(precision, torch_device)
     generator, config = loaded or load_model(volume, grid, {"model": model})
     generator = generator.to(torch_device)
-    grey = grey_array(volume)
-    thickness = volume.meta.get("slice_thickness")
-    ratio = None if thickness is None else float(thickness / volume.spacing[grid.axis])
-    generator, steps_run = adapt_to_scan(
+    ratio = thickness_ratio(volume, grid.axis)
+    generator, steps_run = adapt_to_grid(
         generator,
         config,
-        volume.with_array(grey),
-        axis=grid.axis,
-        factor=float(volume.spacing[grid.axis] / grid.spacing),
+        volume,
+        grid,
         steps=fit_steps,
-        seconds=fit_seconds,
-        seed=seed,
-        thickness_ratio=ratio,
         device=torch_device,
+        seed=seed,
+        seconds=fit_seconds,
         progress=progress,
         guard=(guard := {}),
     )

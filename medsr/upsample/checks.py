@@ -173,3 +173,38 @@ def check_input(volume: Volume, path: Path, axis: int | None, *, explicit: bool)
             f"'{path}' is already isotropic ({spacing_text} {volume.unit}); "
             "nothing written (give --spacing or --scale to resample anyway)"
         )
+
+
+def check_series_fit(
+    frames: int,
+    method: str,
+    fit_steps: int,
+    fit_frame: int | None,
+    fit_per_frame: bool,
+    path: Path,
+) -> None:
+    """How a 4D series is fitted (`medsr.upsample.series4d`): ``--fit-frame`` names one of its
+    frames, and either option needs the learned method with a fit and a series.
+
+    Raises:
+        MedsrError: in one line, before any work.
+    """
+    if fit_frame is None and not fit_per_frame:
+        return
+    if fit_frame is not None and fit_per_frame:
+        raise MedsrError(
+            "--fit-frame and --fit-per-frame exclude each other (one fit on a chosen frame, or "
+            "a fit per frame)"
+        )
+    option = "--fit-frame" if fit_frame is not None else "--fit-per-frame"
+    if method != "misr":
+        raise MedsrError(f"{option} applies to --method misr only")
+    if fit_steps <= 0:
+        raise MedsrError(f"{option} needs a fit: --fit-steps above 0")
+    if frames < 2:
+        raise MedsrError(f"{option} applies to a 4D series; '{path}' holds one volume")
+    if fit_frame is not None and not 0 <= fit_frame < frames:
+        raise MedsrError(
+            f"--fit-frame {fit_frame} is out of range: '{path}' has {frames} volumes "
+            f"(0 to {frames - 1})"
+        )

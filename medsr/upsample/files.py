@@ -18,11 +18,13 @@ from medsr.io.write import check_output_path, write_volume
 from medsr.provenance import sha256, write_provenance
 from medsr.upsample.api import Method, upsample_volume
 from medsr.upsample.checks import (
+    DEFAULT_FIT_STEPS,
     check_fit,
     check_input,
     check_labels_output,
     check_outputs,
     check_same_grid,
+    check_series_fit,
     default_output_path,
     labels_output_path,
     load_model,
@@ -53,6 +55,8 @@ def upsample_file(
     output_format: Literal["dicom"] | None = None,
     dicom_patient_id: str | None = None,
     dicom_modality: str | None = None,
+    fit_frame: int | None = None,
+    fit_per_frame: bool = False,
     **misr_options,
 ) -> Path:
     """Read, upsample and write one volume; the input file is never modified.
@@ -65,8 +69,10 @@ def upsample_file(
     input's grid (a segmentation drawn on the thick slices), is written on the output's grid
     too (at `labels_output`, default `labels_output_path`), by shape-based interpolation.
     `output_format` ``"dicom"`` writes a DICOM series folder (default ``<input stem>_<method>``
-    beside the input; `medsr.io.dicom`; labels then go to NIfTI). A 4D NIfTI series is read
-    once, and each of its volumes is upsampled as the 3D command would.
+    beside the input; `medsr.io.dicom`; labels then go to NIfTI). A 4D NIfTI series
+    (`medsr.upsample.series4d`) is fitted once, on the mean of its frames or on frame
+    `fit_frame` (`fit_per_frame`: each frame its own fit, as the 3D command), its frames are kept
+    as they finish, and a rerun resumes an interrupted series.
 
     Raises:
         MedsrError: bad input, an isotropic input without an explicit target, an output (or
@@ -79,49 +85,68 @@ def upsample_file(
         labels_path = labels_output_path(output, labels_output)
         check_labels_output(labels_path, input_path, labels, output, overwrite)
         label_map = read_volume(labels)
-    frames, volumes = _read_frames(
-        input_path, output, output_format, input_spacing, input_unit, series
+    frames = _frame_count(input_path, output, output_format)
+    steps = misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
+    check_series_fit(frames, method, steps, fit_frame, fit_per_frame, input_path)
+    if frames > 1 and align:
+        raise MedsrError(
+            f"--align aligns the sections of one volume; '{input_path}' holds {frames}"
+        )
+    volume = _with_thickness(  # a 4D series: its first frame, for the checks
+        read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series, frame=0)
+        if frames > 1
+        else read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series),
+        slice_thickness,
     )
-    results, records = [], None
-    for frame, volume in enumerate(volumes):  # a 4D series: each as the 3D command does it
-        volume = _with_thickness(volume, slice_thickness)
-        if frame == 0:  # every check before any work
-            check_outputs(output, labels_path, volume, overwrite, output_format)
-            if output_format == "dicom":
-                from medsr.io.dicom_tags import check_dicom_input
+    check_outputs(output, labels_path, volume, overwrite, output_format)  # every check first
+    if output_format == "dicom":
+        from medsr.io.dicom_tags import check_dicom_input
 
-                check_dicom_input(volume, patient_id=dicom_patient_id, modality=dicom_modality)
-            spacing = target_spacing(spacing, volume.unit)
-            check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
-            if label_map is not None:
-                check_same_grid(label_map, volume, labels)
-            misr_options = _loaded_model(
-                volume, input_path, method, spacing, scale, axis, misr_options
-            )
+        check_dicom_input(volume, patient_id=dicom_patient_id, modality=dicom_modality)
+    spacing = target_spacing(spacing, volume.unit)
+    check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
+    if label_map is not None:
+        check_same_grid(label_map, volume, labels)
+    misr_options = _loaded_model(volume, input_path, method, spacing, scale, axis, misr_options)
+    options = dict(spacing=spacing, scale=scale, axis=axis, keep_dtype=keep_dtype)
+    options.update(allow_coarser=allow_coarser, **misr_options)
+    records = None
+    if frames > 1:  # one fit for the series, frames kept as they finish (upsample.series4d)
+        from medsr.upsample.series4d import upsample_series
+
+        # the label map is computed before writing anything: both outputs or neither
+        label_result = None if label_map is None else _labels_on_grid(label_map, volume, options)
+        settings = dict(input_spacing=input_spacing, input_unit=input_unit)
+        settings.update(slice_thickness=slice_thickness)
+        written, result = upsample_series(
+            input_path,
+            output,
+            lambda: _frames(input_path, input_spacing, input_unit, slice_thickness),
+            frames=frames,
+            method=method,
+            options=options,
+            settings=settings,
+            fit_frame=fit_frame,
+            fit_per_frame=fit_per_frame,
+            overwrite=overwrite,
+        )
+    else:
         if align:
             volume, records = _aligned(volume, axis)
-        options = dict(spacing=spacing, scale=scale, axis=axis, keep_dtype=keep_dtype)
-        options.update(allow_coarser=allow_coarser, **misr_options)
-        results.append(upsample_volume(volume, method=method, **options))
-        if frames > 1:
-            logger.info("volume %d of %d done", frame + 1, frames)
-    # the label map is computed before writing anything: both outputs or neither
-    label_result = (
-        None if label_map is None else _labels_on_grid(label_map, results[0], allow_coarser)
-    )
-    written = write_volume(
-        results[0],
-        output,
-        overwrite=overwrite,
-        frames=results if frames > 1 else None,
-        fmt=output_format,
-        patient_id=dicom_patient_id,
-        modality=dicom_modality,
-    )
+        result = upsample_volume(volume, method=method, **options)
+        label_result = None if label_map is None else _labels_on_grid(label_map, volume, options)
+        written = write_volume(
+            result,
+            output,
+            overwrite=overwrite,
+            fmt=output_format,
+            patient_id=dicom_patient_id,
+            modality=dicom_modality,
+        )
     if label_result is not None:
         labels_written = write_volume(label_result, labels_path, overwrite=overwrite)
         _write_record(label_result, labels, labels_written)
-    _write_record(results[0], input_path, written, frames=frames)
+    _write_record(result, input_path, written, frames=frames)
     if records is not None:
         from medsr.histology.alignment import save_transforms
 
@@ -140,14 +165,18 @@ def _checked_output(input_path: Path, output_path, method: str, output_format, o
     return output
 
 
-def _read_frames(input_path: Path, output: Path, output_format, spacing, unit, series):
-    """(number of frames, the volumes): one for a 3D input, each frame of a 4D NIfTI series."""
+def _frame_count(input_path: Path, output: Path, output_format) -> int:
+    """How many volumes the input holds: above 1 for a 4D NIfTI series, written as NIfTI."""
     frames = volume_frames(input_path) if input_path.is_file() else 1
     if frames > 1 and (output_format or volume_format(output)) != "nifti":
         raise MedsrError(f"'{input_path}' holds {frames} volumes; write it as NIfTI (.nii.gz)")
-    if frames > 1:
-        return frames, read_volume_frames(input_path, spacing=spacing, unit=unit)
-    return frames, [read_volume(input_path, spacing=spacing, unit=unit, series=series)]
+    return frames
+
+
+def _frames(input_path: Path, spacing, unit, slice_thickness):
+    """The frames of a 4D series in order, one in memory at a time, as the checks saw frame 0."""
+    for volume in read_volume_frames(input_path, spacing=spacing, unit=unit):
+        yield _with_thickness(volume, slice_thickness)
 
 
 def _with_thickness(volume: Volume, slice_thickness: float | str | None) -> Volume:
@@ -179,15 +208,21 @@ def _aligned(volume: Volume, axis: int | None) -> tuple[Volume, list[dict]]:
     return align_sections(volume, axis=thick_axis(volume.affine) if axis is None else axis)
 
 
-def _labels_on_grid(label_map: Volume, result: Volume, allow_coarser: bool) -> Volume:
-    """The label map on the grid of the upsampled image (shape-based interpolation)."""
-    grid_record = result.meta["provenance"]
+def _labels_on_grid(label_map: Volume, volume: Volume, options: dict) -> Volume:
+    """The label map on the grid that `volume` is upsampled onto (shape-based interpolation)."""
+    grid = plan_output_grid(
+        volume.spatial_shape,
+        volume.affine,
+        spacing=options["spacing"],
+        scale=options["scale"],
+        axis=options["axis"],
+    )
     return upsample_volume(
         label_map,
         method="labels",
-        spacing=grid_record["output_spacing"],
-        axis=grid_record["thick_axis"],
-        allow_coarser=allow_coarser,
+        spacing=float(grid.spacing),
+        axis=grid.axis,
+        allow_coarser=options["allow_coarser"],
     )
 
 

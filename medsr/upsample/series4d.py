@@ -1,0 +1,284 @@
+"""4D series (DWI, fMRI): one fit serves every frame, frames are kept as they finish, and an
+interrupted run resumes.
+
+The frames of a series share one anatomy and one acquisition, so the learned method's per-scan
+fit runs once: on the mean of the frames (one streamed pass holding a frame and the sum) or on
+a chosen frame (``--fit-frame N``), and the adapted generator reconstructs every frame without
+fitting again. ``fit_per_frame`` (``--fit-per-frame``) fits each frame on its own, as the 3D
+command does for that frame.
+
+Each finished frame goes into a hidden folder beside the output, ``.<name>.medsr-partial/``:
+``frame_00000.npy`` and so on, the adapted weights (``model.pt``), the first frame's affine and
+meta (``template.json``), and ``state.json`` with a digest of the settings and the input's size,
+mtime and sha256. The 4D file is then assembled by streaming the frames into it in order
+(`medsr.io.nifti.write_nifti_frames`, atomically), and the folder is removed: memory holds one
+input frame, one output frame and the block being written, never the whole series. Rerunning the
+same command on the same input continues after the frames already kept, with the stored adapted
+weights, and writes the same bytes as an uninterrupted run; a folder from other settings or a
+changed input is started over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from medsr.errors import MedsrError
+from medsr.geometry import plan_output_grid
+from medsr.io.atomic import write_atomically, write_text_atomically
+from medsr.io.nifti import write_nifti_frames
+from medsr.io.volume import Volume
+from medsr.provenance import input_stat, provenance_description, sha256
+from medsr.upsample.api import upsample_volume
+from medsr.upsample.checks import DEFAULT_FIT_STEPS, DEFAULT_SEED
+
+logger = logging.getLogger(__name__)
+
+#: suffix of the hidden folder that keeps a series' finished frames (``.<output name><suffix>``)
+PARTIAL_SUFFIX = ".medsr-partial"
+_STATE, _MODEL, _TEMPLATE = "state.json", "model.pt", "template.json"
+
+#: ``read_frames()``: the series' frames in order, as `medsr.io.read.read_volume_frames` gives them
+FrameReader = Callable[[], Iterator[Volume]]
+
+
+def partial_folder(output: Path) -> Path:
+    """The hidden folder beside `output` that keeps its finished frames."""
+    return output.with_name(f".{output.name}{PARTIAL_SUFFIX}")
+
+
+def fit_mode(method: str, options: dict, fit_frame: int | None, fit_per_frame: bool) -> str | None:
+    """How a series is fitted: ``"mean"``, ``"frame N"`` or ``"per-frame"``; None where nothing
+    is fitted (another method, ``fit_steps`` 0, or a coarser target: no model)."""
+    steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
+    if method != "misr" or options.get("loaded") is None or steps <= 0:
+        return None
+    if fit_per_frame:
+        return "per-frame"
+    return "mean" if fit_frame is None else f"frame {fit_frame}"
+
+
+def upsample_series(
+    input_path: Path,
+    output: Path,
+    read_frames: FrameReader,
+    *,
+    frames: int,
+    method: str,
+    options: dict,
+    settings: dict,
+    fit_frame: int | None = None,
+    fit_per_frame: bool = False,
+    overwrite: bool = False,
+) -> tuple[Path, Volume]:
+    """Upsample every frame of a series and write it as one 4D NIfTI at `output`.
+
+    Args:
+        input_path: the 4D file (its size and sha256 decide whether kept frames are reused).
+        output: the ``.nii`` / ``.nii.gz`` to write (checked by the caller).
+        read_frames: the frames in order, each time it is called (`FrameReader`).
+        frames: how many frames the series holds.
+        method: as `upsample_volume`.
+        options: `upsample_volume`'s options (the target, ``keep_dtype``, the learned method's
+            options with the model ``loaded``).
+        settings: anything else that decides the output (input geometry, slice thickness).
+        fit_frame: fit on this frame instead of the mean.
+        fit_per_frame: fit each frame on its own.
+        overwrite: replace an existing output.
+
+    Returns:
+        (the written path, the first frame's result without its array's frames: the template
+        whose ``meta["provenance"]`` describes the series, ``fit_mode`` included).
+    """
+    mode = fit_mode(method, options, fit_frame, fit_per_frame)
+    key = _settings_key(method, mode, {**options, **settings})
+    folder = _kept_frames_folder(output, input_path, frames, key)
+    served, fit_record = dict(options), {} if mode is None else {"fit_mode": mode}
+    if mode not in (None, "per-frame"):  # one fit serves every frame
+        generator, steps_run, guard = _fitted_once(folder, read_frames, mode, fit_frame, options)
+        served.update(loaded=(generator, options["loaded"][1]), fit_steps=0)
+        steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
+        fit_record.update(fit_steps=int(steps), fit_steps_run=int(steps_run))
+        if guard:
+            fit_record["fit_guard"] = guard
+    for index, volume in enumerate(read_frames()):
+        if (folder / _frame_name(index)).exists():  # kept by an interrupted run
+            continue
+        result = upsample_volume(volume, method=method, **served)
+        _keep_frame(folder, index, result, fit_record)
+        logger.info("volume %d of %d done", index + 1, frames)
+    template = _template(folder)
+    if output.exists() and not overwrite:
+        raise MedsrError(f"output exists: '{output}' (use --overwrite to replace it)")
+    write_atomically(
+        output, lambda staged: write_nifti_frames(template, lambda: _arrays(folder, frames), staged)
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    return output, template
+
+
+def mean_frame(read_frames: FrameReader) -> Volume:
+    """The mean of the frames, float32, with the first frame's affine and meta: one pass, one
+    frame and a float64 sum in memory."""
+    total, count, first = None, 0, None
+    for volume in read_frames():
+        if total is None:
+            total, first = np.zeros(volume.array.shape, np.float64), volume
+        np.add(total, volume.array, out=total)
+        count += 1
+    if first is None:
+        raise MedsrError("the series holds no frames")
+    return first.with_array((total / count).astype(np.float32))
+
+
+def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, options: dict):
+    """(the adapted generator on the device, steps run, the fit guard's record): loaded from `folder` when an
+    interrupted run kept it, else fitted on the mean or the chosen frame and kept there. Both
+    ways the generator is built from the kept weights, so a resumed run computes the same."""
+    import torch
+
+    from medsr.nets.checkpoint import build_generator
+    from medsr.runtime import resolve_device
+    from medsr.upsample.adapt import adapt_to_grid
+
+    device = resolve_device(options.get("device"))
+    prior, config = options["loaded"]
+    kept = folder / _MODEL
+    if not kept.exists():
+        volume = mean_frame(read_frames) if mode == "mean" else _one_frame(read_frames, fit_frame)
+        grid = plan_output_grid(
+            volume.spatial_shape,
+            volume.affine,
+            spacing=options.get("spacing"),
+            scale=options.get("scale"),
+            axis=options.get("axis"),
+        )
+        logger.info("fitting once for the series, on the %s", mode)
+        adapted, steps_run = adapt_to_grid(
+            prior.to(device),
+            config,
+            volume,
+            grid,
+            steps=options.get("fit_steps", DEFAULT_FIT_STEPS),
+            device=device,
+            seed=options.get("seed", DEFAULT_SEED),
+            seconds=options.get("fit_seconds"),
+            progress=options.get("progress", False),
+            guard=(guard := {}),
+        )
+        weights = {name: value.detach().cpu() for name, value in adapted.state_dict().items()}
+        state = {"generator": weights, "steps_run": int(steps_run), "fit_guard": guard}
+        write_atomically(kept, lambda staged: torch.save(state, staged))
+    state = torch.load(kept, map_location="cpu", weights_only=True)
+    generator = build_generator(config)
+    generator.load_state_dict(state["generator"])
+    return generator.to(device).eval(), int(state["steps_run"]), state.get("fit_guard", {})
+
+
+def _one_frame(read_frames: FrameReader, index: int) -> Volume:
+    frames = read_frames()
+    try:
+        return next(itertools.islice(frames, index, None))
+    finally:
+        frames.close()
+
+
+def _settings_key(method: str, mode: str | None, options: dict) -> dict:
+    """What decides the frames' values besides the input: the options (not the loaded model
+    object or the progress bars), the model's sha256, medsr, torch and the machine."""
+    import torch
+
+    from medsr._version import __version__
+    from medsr.nets.checkpoint import default_model_path
+    from medsr.provenance import machine_record
+    from medsr.runtime import resolve_device
+
+    key = {k: v for k, v in options.items() if k not in ("loaded", "progress")}
+    key.update(method=method, fit_mode=mode, medsr=__version__, torch=torch.__version__)
+    if method == "misr":
+        key["model_sha256"] = sha256(options.get("model") or default_model_path())
+        key["machine"] = machine_record(str(resolve_device(options.get("device"))))
+    return key
+
+
+def _kept_frames_folder(output: Path, input_path: Path, frames: int, settings: dict) -> Path:
+    """The partial folder of `output`: reused when it was made for these settings and this
+    input, else (one warning) emptied and started over."""
+    folder = partial_folder(output)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    size, mtime = input_stat(input_path)
+    state = {
+        "settings_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "frames": frames,
+        "input": {"size": size, "mtime_ns": mtime, "sha256": sha256(input_path)},
+    }
+    if folder.is_dir():
+        try:
+            kept = json.loads((folder / _STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            kept = {}
+        same_input = {k: kept.get("input", {}).get(k) for k in ("size", "sha256")} == {
+            k: state["input"][k] for k in ("size", "sha256")
+        }
+        same = same_input and all(kept.get(k) == state[k] for k in ("settings_sha256", "frames"))
+        if same:
+            done = sum(1 for i in range(frames) if (folder / _frame_name(i)).exists())
+            logger.info("resuming '%s': %d of %d frames kept", output, done, frames)
+            return folder
+        logger.warning(
+            "'%s' was left by a run with other settings or another input; starting over", folder
+        )
+        shutil.rmtree(folder)
+    elif folder.exists():
+        raise MedsrError(f"'{folder}' is in the way of the series' kept frames; remove it")
+    folder.mkdir()
+    write_text_atomically(folder / _STATE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def _frame_name(index: int) -> str:
+    return f"frame_{index:05d}.npy"
+
+
+def _keep_frame(folder: Path, index: int, result: Volume, fit_record: dict) -> None:
+    """`result`'s array as ``frame_N.npy`` (after, for frame 0, its affine and meta: the
+    template of the series), each atomically: a frame whose ``.npy`` exists is complete."""
+    if fit_record:
+        record = dict(result.meta["provenance"], **fit_record)
+        result.meta.update(provenance=record, description=provenance_description(record))
+    if index == 0:
+        template = {"affine": result.affine.tolist(), "meta": result.meta}
+        text = json.dumps(template, default=_plain)
+        write_text_atomically(folder / _TEMPLATE, text)
+    write_atomically(folder / _frame_name(index), lambda staged: _save_array(staged, result.array))
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # np.save on a name would append ".npy" to a staged name
+        np.save(handle, array)
+
+
+def _plain(value):
+    """numpy scalars and arrays in meta, for JSON."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot keep {type(value).__name__} in a series template")
+
+
+def _template(folder: Path) -> Volume:
+    """The first frame's result (affine and meta exactly as kept) for the 4D header."""
+    kept = json.loads((folder / _TEMPLATE).read_text(encoding="utf-8"))
+    array = np.load(folder / _frame_name(0), mmap_mode="r")
+    return Volume(array, np.array(kept["affine"], dtype=np.float64), kept["meta"])
+
+
+def _arrays(folder: Path, frames: int) -> Iterator[np.ndarray]:
+    for index in range(frames):
+        yield np.load(folder / _frame_name(index), mmap_mode="r")
