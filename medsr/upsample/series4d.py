@@ -139,9 +139,10 @@ def mean_frame(read_frames: FrameReader) -> Volume:
 
 
 def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, options: dict):
-    """(the adapted generator on the device, steps run, the fit guard's record): loaded from `folder` when an
-    interrupted run kept it, else fitted on the mean or the chosen frame and kept there. Both
-    ways the generator is built from the kept weights, so a resumed run computes the same."""
+    """(the adapted generator on the device, steps run, the fit guard's record): loaded from
+    `folder` when an interrupted run kept it, else fitted on the mean or the chosen frame and
+    kept there. Both ways the generator is built from the kept weights, so a resumed run
+    computes the same."""
     import torch
 
     from medsr.nets.checkpoint import build_generator
