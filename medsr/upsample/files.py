@@ -18,6 +18,7 @@ from medsr.io.write import check_output_path, write_volume
 from medsr.provenance import sha256, write_provenance
 from medsr.upsample.api import Method, upsample_volume
 from medsr.upsample.checks import (
+    check_confidence_output,
     check_fit,
     check_input,
     check_labels_output,
@@ -53,6 +54,7 @@ def upsample_file(
     output_format: Literal["dicom"] | None = None,
     dicom_patient_id: str | None = None,
     dicom_modality: str | None = None,
+    confidence: str | os.PathLike[str] | None = None,
     **misr_options,
 ) -> Path:
     """Read, upsample and write one volume; the input file is never modified.
@@ -66,7 +68,9 @@ def upsample_file(
     too (at `labels_output`, default `labels_output_path`), by shape-based interpolation.
     `output_format` ``"dicom"`` writes a DICOM series folder (default ``<input stem>_<method>``
     beside the input; `medsr.io.dicom`; labels then go to NIfTI). A 4D NIfTI series is read
-    once, and each of its volumes is upsampled as the 3D command would.
+    once, and each of its volumes is upsampled as the 3D command would. `confidence`, a path:
+    the learned method's confidence map (`medsr.upsample.confidence`; one per frame of a series)
+    is written there too, with its own provenance sidecar.
 
     Raises:
         MedsrError: bad input, an isotropic input without an explicit target, an output (or
@@ -79,6 +83,9 @@ def upsample_file(
         labels_path = labels_output_path(output, labels_output)
         check_labels_output(labels_path, input_path, labels, output, overwrite)
         label_map = read_volume(labels)
+    if confidence is not None:
+        confidence_paths = {"the input": input_path, "-o": output, "--labels-out": labels_path}
+        check_confidence_output(Path(confidence), confidence_paths, overwrite)
     frames, volumes = _read_frames(
         input_path, output, output_format, input_spacing, input_unit, series
     )
@@ -87,6 +94,10 @@ def upsample_file(
         volume = _with_thickness(volume, slice_thickness)
         if frame == 0:  # every check before any work
             check_outputs(output, labels_path, volume, overwrite, output_format)
+            if confidence is not None:
+                check_confidence_output(
+                    Path(confidence), {}, overwrite, affine=volume.affine, frames=frames
+                )
             if output_format == "dicom":
                 from medsr.io.dicom_tags import check_dicom_input
 
@@ -101,7 +112,8 @@ def upsample_file(
         if align:
             volume, records = _aligned(volume, axis)
         options = dict(spacing=spacing, scale=scale, axis=axis, keep_dtype=keep_dtype)
-        options.update(allow_coarser=allow_coarser, **misr_options)
+        options.update(allow_coarser=allow_coarser, confidence=confidence is not None)
+        options.update(misr_options)
         results.append(upsample_volume(volume, method=method, **options))
         if frames > 1:
             logger.info("volume %d of %d done", frame + 1, frames)
@@ -121,6 +133,12 @@ def upsample_file(
     if label_result is not None:
         labels_written = write_volume(label_result, labels_path, overwrite=overwrite)
         _write_record(label_result, labels, labels_written)
+    if confidence is not None:  # one map per frame, written as the output is
+        maps = [result.meta["confidence"] for result in results]
+        map_written = write_volume(
+            maps[0], confidence, overwrite=overwrite, frames=maps if frames > 1 else None
+        )
+        _write_record(maps[0], input_path, map_written, frames=frames)
     _write_record(results[0], input_path, written, frames=frames)
     if records is not None:
         from medsr.histology.alignment import save_transforms
