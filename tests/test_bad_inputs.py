@@ -128,6 +128,49 @@ CASES = {
     "mixed input units": ("upsample {nospacing} --input-spacing 1um 1mm 2um", 1, "mixes units"),
     "two input spacings": ("upsample {scan} --input-spacing 1 2", 2, "expected 3 arguments"),
     "unknown method": ("upsample {scan} --method nearest", 2, "invalid choice"),
+    # upsample: --confidence
+    "confidence with bspline": (
+        "upsample {scan} --method bspline --confidence {tmp}/c.nii.gz",
+        1,
+        "not --method bspline",
+    ),
+    "confidence with linear": (
+        "upsample {scan} --method linear --confidence {tmp}/c.nii.gz",
+        1,
+        "not --method linear",
+    ),
+    "confidence with labels": (
+        "upsample {scan} --method labels --confidence {tmp}/c.nii.gz",
+        1,
+        "not --method labels",
+    ),
+    "confidence exists": ("upsample {scan} --confidence {existing}", 1, "output exists"),
+    "confidence folder missing": (
+        "upsample {scan} --confidence {tmp}/nodir/c.nii.gz",
+        1,
+        "does not exist",
+    ),
+    "confidence format": ("upsample {scan} --confidence {tmp}/c.xyz", 1, "unknown volume format"),
+    "confidence is the output": (
+        "upsample {scan} -o {tmp}/o.nii.gz --confidence {tmp}/o.nii.gz",
+        1,
+        "is -o",
+    ),
+    "confidence oblique to TIFF": (
+        "upsample {oblique} -o {tmp}/o.nii.gz --confidence {tmp}/c.ome.tif",
+        1,
+        "TIFF stores no orientation",
+    ),
+    "confidence of a coarser target": (
+        "upsample {scan} --spacing 8mm --allow-coarser --confidence {tmp}/c.nii.gz",
+        1,
+        "needs a finer target",
+    ),
+    "4D confidence to NRRD": (
+        "upsample {root}/dwi.nii.gz -o {tmp}/o.nii.gz --confidence {tmp}/c.nrrd",
+        1,
+        "--confidence maps one volume",
+    ),
     # train
     "train without data": ("train --data {root}/none.nii.gz --out {tmp}/run", 1, "not found"),
     "train YAML list": (

@@ -34,6 +34,12 @@ def upsample_parser(commands) -> None:
     up.add_argument(
         "--labels-out", metavar="PATH", help="where --labels goes (default: <output>_labels)"
     )
+    up.add_argument(
+        "--confidence",
+        metavar="PATH",
+        help="also write the learned method's confidence map here (the output's grid, the "
+        "input's intensity units, larger = less certain; 0 on measured slices)",
+    )
     add_fit_options(up)
     up.add_argument(
         "--fit-frame",
@@ -99,6 +105,10 @@ def upsample_command(args: argparse.Namespace) -> int:
         }
     elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
         raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
+    if args.confidence and args.method != "misr":
+        raise MedsrError(
+            f"--confidence maps the learned method's uncertainty; not --method {args.method}"
+        )
     if args.labels_out and not args.labels:
         raise MedsrError("--labels-out needs --labels")
     if args.method == "labels" and args.labels:
@@ -128,10 +138,13 @@ def upsample_command(args: argparse.Namespace) -> int:
         dicom_modality=args.dicom_modality,
         fit_frame=args.fit_frame,
         fit_per_frame=args.fit_per_frame,
+        confidence=args.confidence,
         **options,
     )
     if not args.quiet:
         print(f"wrote {output}")
         if args.labels:
             print(f"wrote {labels_output_path(output, args.labels_out)}")
+        if args.confidence:
+            print(f"wrote {args.confidence}")
     return 0

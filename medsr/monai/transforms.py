@@ -16,6 +16,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable, Transform
+from monai.utils import ensure_tuple
 
 from medsr.degrade import SliceProfile, add_rician_noise, simulate_thick_slices, thick_slice_affine
 from medsr.errors import MedsrError
@@ -98,7 +99,9 @@ class ThroughPlaneUpsample(Transform):
     method's fit, as in ``medsr upsample``: a gap (thickness below the spacing) is fitted as a
     gap. The channels of a 4D series (``meta["frames"]``) are its frames, each upsampled on its
     own as the CLI does; other channels too, except RGB (three uint8 channels), which share one
-    model.
+    model. `with_confidence` also returns the learned method's confidence map
+    (`medsr.upsample.confidence`, what ``--confidence`` writes): one channel per output channel
+    (one for RGB), on the output's affine.
 
     Args:
         method: ``"misr"``, ``"bspline"`` or ``"linear"``.
@@ -129,10 +132,12 @@ class ThroughPlaneUpsample(Transform):
         self.keep_dtype, self.misr_options = keep_dtype, misr_options
         self.slice_thickness = slice_thickness
 
-    def _upsample(self, volume: Volume) -> Volume:
+    def _upsample(self, volume: Volume, confidence: bool = False) -> Volume:
         from medsr.upsample.api import upsample_volume
 
         options = self.misr_options if self.method == "misr" else {}
+        if confidence:
+            options = dict(options, confidence=True)
         return upsample_volume(
             volume,
             method=self.method,
@@ -156,21 +161,38 @@ class ThroughPlaneUpsample(Transform):
         return meta
 
     def __call__(self, img: torch.Tensor) -> MetaTensor:
+        return self._apply(img, confidence=False)[0]
+
+    def with_confidence(self, img: torch.Tensor) -> tuple[MetaTensor, MetaTensor]:
+        """(the upsampled image, its confidence map); ``method="misr"`` only."""
+        if self.method != "misr":
+            raise MedsrError(f"a confidence map needs method 'misr', not {self.method!r}")
+        out, uncertainty = self._apply(img, confidence=True)
+        return out, uncertainty
+
+    def _apply(self, img: torch.Tensor, confidence: bool) -> tuple[MetaTensor, MetaTensor | None]:
         _check_3d(img)
         array = img.detach().cpu().numpy()
         meta = self._input_meta(img)
         affine = _affine(img)
         series = isinstance(img, MetaTensor) and int(img.meta.get("frames", 1)) > 1
         if array.shape[0] == 3 and array.dtype == np.uint8 and not series:  # RGB: one model
-            outputs = [self._upsample(Volume(np.moveaxis(array, 0, -1), affine, meta))]
+            outputs = [self._upsample(Volume(np.moveaxis(array, 0, -1), affine, meta), confidence)]
             result = np.moveaxis(outputs[0].array, -1, 0)
         else:
             # grey channels and the frames of a 4D series: each exactly as the CLI does it
-            outputs = [self._upsample(Volume(channel, affine, meta)) for channel in array]
+            outputs = [self._upsample(Volume(c, affine, meta), confidence) for c in array]
             result = np.stack([out.array for out in outputs])
         out = _with_geometry(result, outputs[0].affine, img)
         out.meta["medsr_provenance"] = json.dumps(outputs[0].meta["provenance"], sort_keys=True)
-        return out
+        if not confidence:
+            return out, None
+        maps = [output.meta["confidence"] for output in outputs]
+        uncertainty = _with_geometry(np.stack([m.array for m in maps]), maps[0].affine, img)
+        uncertainty.meta["medsr_provenance"] = json.dumps(
+            maps[0].meta["provenance"], sort_keys=True
+        )
+        return out, uncertainty
 
 
 class _PerKey(MapTransform):
@@ -194,11 +216,33 @@ class SimulateThickSlicesd(_PerKey):
 
 
 class ThroughPlaneUpsampled(_PerKey):
-    """Dictionary form of `ThroughPlaneUpsample`."""
+    """Dictionary form of `ThroughPlaneUpsample`. `confidence_keys` (one per key, ``method="misr"``
+    only): where each key's confidence map goes (`ThroughPlaneUpsample.with_confidence`)."""
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **options) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        allow_missing_keys: bool = False,
+        confidence_keys: KeysCollection | None = None,
+        **options,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = ThroughPlaneUpsample(**options)
+        self.confidence_keys = None
+        if confidence_keys is not None:
+            self.confidence_keys = ensure_tuple(confidence_keys)
+            if len(self.confidence_keys) != len(self.keys):
+                raise ValueError(f"give one confidence key per key, got {confidence_keys!r}")
+            if self.transform.method != "misr":
+                raise ValueError("confidence_keys need method 'misr'")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if self.confidence_keys is None:
+            return super().__call__(data)
+        d = dict(data)
+        for key, confidence_key in self.key_iterator(d, self.confidence_keys):
+            d[key], d[confidence_key] = self.transform.with_confidence(d[key])
+        return d
 
 
 class RandSimulateThickSlicesd(Randomizable, MapTransform):

@@ -39,7 +39,8 @@ def upsample_misr(
     progress: bool = False,
     loaded: tuple | None = None,
     precision: str = "auto",
-) -> tuple[np.ndarray, dict]:
+    confidence: bool = False,
+) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Learned reconstruction on `grid` (float32, input units) and what produced it.
 
     Args:
@@ -58,9 +59,11 @@ def upsample_misr(
             bf16, at most 0.011 dB PSNR from float32 on the MRI test cases of
             docs/benchmarks.md; fp16 autocast on CUDA; float32 otherwise), ``"bf16"`` or
             ``"fp32"`` (`medsr.runtime.resolve_precision`).
+        confidence: also compute the confidence map (`medsr.upsample.confidence`).
 
     Returns:
-        (array on `grid`, provenance dict: model and its sha256, steps run, seed, device).
+        (array on `grid`, provenance dict: model and its sha256, steps run, seed, device, the
+        confidence map on `grid` or None).
     """
     from tqdm import tqdm
 
@@ -98,8 +101,15 @@ def upsample_misr(
         batch_size=batch_size,
         on_batch=bar.update,
         precision=resolved,
+        disagreement=confidence,
     )
     bar.close()
+    uncertainty = None
+    if confidence:
+        from medsr.upsample.confidence import confidence_map
+
+        result, difference = result
+        uncertainty = confidence_map(volume, grid, result, difference)
     provenance = {
         "model": str(model_path) if model else "shipped:misr_default.pt",
         "model_sha256": sha256(model_path),
@@ -113,7 +123,7 @@ def upsample_misr(
     }
     if guard:
         provenance["fit_guard"] = guard
-    return result, provenance
+    return result, provenance, uncertainty
 
 
 def upsample_volume(
@@ -125,6 +135,7 @@ def upsample_volume(
     axis: int | None = None,
     keep_dtype: bool = True,
     allow_coarser: bool = False,
+    confidence: bool = False,
     **misr_options,
 ) -> Volume:
     """Upsample `volume` along its thick axis onto the grid of the slab convention.
@@ -139,6 +150,9 @@ def upsample_volume(
         keep_dtype: return the input dtype (integers rounded and clipped) rather than float32.
         allow_coarser: accept a target coarser than the input's thick spacing; the output is then
             the input integrated over each output slab (anti-aliased, any method).
+        confidence: also compute the learned method's confidence map, attached as
+            ``meta["confidence"]`` (a float32 `Volume` on the output grid in the input's
+            intensity units, with its own ``meta["provenance"]``; `medsr.upsample.confidence`).
         **misr_options: `upsample_misr` options (model, fit_steps, fit_seconds, seed, device,
             batch_size, progress, precision).
 
@@ -152,6 +166,10 @@ def upsample_volume(
         volume.spatial_shape, volume.affine, spacing=spacing, scale=scale, axis=axis
     )
     details: dict = {}
+    if confidence:  # before any work, as the CLI checks it
+        from medsr.upsample.checks import check_confidence
+
+        check_confidence(method, grid)
     if grid.step > 1 + 1e-6:
         if not allow_coarser:
             raise MedsrError(
@@ -187,11 +205,17 @@ def upsample_volume(
 
         result = upsample_labels(volume, grid)
     elif method == "misr":
-        array, details = upsample_misr(volume, grid, **misr_options)
+        array, details, uncertainty = upsample_misr(
+            volume, grid, confidence=confidence, **misr_options
+        )
         if keep_dtype:
             array = restore_dtype(array, volume.array.dtype, volume.meta.get("scaling"))
         result = volume.with_array(array, grid.affine)
     record = provenance_record(volume, grid, method, details)
     result.meta["provenance"] = record
     result.meta["description"] = provenance_description(record)
+    if confidence:
+        from medsr.upsample.confidence import confidence_volume
+
+        result.meta["confidence"] = confidence_volume(result, uncertainty, record)
     return result

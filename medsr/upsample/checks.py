@@ -208,3 +208,38 @@ def check_series_fit(
             f"--fit-frame {fit_frame} is out of range: '{path}' has {frames} volumes "
             f"(0 to {frames - 1})"
         )
+
+
+def check_confidence(method: str, grid: OutputGrid) -> None:
+    """The confidence map (`medsr.upsample.confidence`) measures the learned method's guesses:
+    it needs ``method="misr"`` and an upsampling (not a coarser target's slab average)."""
+    if method != "misr":
+        raise MedsrError(
+            f"--confidence maps the learned method's uncertainty; not --method {method}"
+        )
+    if grid.step > 1 + 1e-6:
+        raise MedsrError("--confidence needs a finer target; a coarser one is a slab average")
+
+
+def check_confidence_output(
+    path: Path,
+    others: dict[str, Path | None],
+    overwrite: bool,
+    *,
+    affine: np.ndarray | None = None,
+    frames: int = 1,
+) -> None:
+    """The confidence map's path gets the main output's checks (format, folder, exists without
+    `overwrite`; with `affine`, TIFF's orientation), is none of `others` (what -> path), and is
+    NIfTI for a series of `frames` > 1 volumes (one map per frame)."""
+    from medsr.io.paths import volume_format
+
+    for what, other in others.items():
+        if other is not None and (
+            path.absolute() == Path(other).absolute()
+            or (path.exists() and Path(other).exists() and path.samefile(other))
+        ):
+            raise MedsrError(f"--confidence '{path}' is {what}; choose another path")
+    check_output_path(path, overwrite=overwrite, affine=affine)
+    if frames > 1 and volume_format(path) != "nifti":
+        raise MedsrError(f"the input holds {frames} volumes; write --confidence as NIfTI (.nii.gz)")

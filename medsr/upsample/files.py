@@ -19,6 +19,8 @@ from medsr.provenance import sha256, write_provenance
 from medsr.upsample.api import Method, upsample_volume
 from medsr.upsample.checks import (
     DEFAULT_FIT_STEPS,
+    check_confidence,
+    check_confidence_output,
     check_fit,
     check_input,
     check_labels_output,
@@ -57,6 +59,7 @@ def upsample_file(
     dicom_modality: str | None = None,
     fit_frame: int | None = None,
     fit_per_frame: bool = False,
+    confidence: str | os.PathLike[str] | None = None,
     **misr_options,
 ) -> Path:
     """Read, upsample and write one volume; the input file is never modified.
@@ -72,7 +75,9 @@ def upsample_file(
     beside the input; `medsr.io.dicom`; labels then go to NIfTI). A 4D NIfTI series
     (`medsr.upsample.series4d`) is fitted once, on the mean of its frames or on frame
     `fit_frame` (`fit_per_frame`: each frame its own fit, as the 3D command), its frames are kept
-    as they finish, and a rerun resumes an interrupted series.
+    as they finish, and a rerun resumes an interrupted series. `confidence`, a path: the learned
+    method's confidence map of a 3D volume (`medsr.upsample.confidence`) is written there too,
+    with its own provenance sidecar.
 
     Raises:
         MedsrError: bad input, an isotropic input without an explicit target, an output (or
@@ -85,7 +90,16 @@ def upsample_file(
         labels_path = labels_output_path(output, labels_output)
         check_labels_output(labels_path, input_path, labels, output, overwrite)
         label_map = read_volume(labels)
+    if confidence is not None:
+        confidence = Path(confidence)
+        paths = {"the input": input_path, "-o": output, "--labels-out": labels_path}
+        check_confidence_output(confidence, paths, overwrite)
     frames = _frame_count(input_path, output, output_format)
+    if confidence is not None and frames > 1:
+        raise MedsrError(
+            f"--confidence maps one volume; '{input_path}' holds {frames} (a 4D series): "
+            "upsample a frame on its own for its map"
+        )
     steps = misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
     check_series_fit(frames, method, steps, fit_frame, fit_per_frame, input_path)
     if frames > 1 and align:
@@ -99,6 +113,8 @@ def upsample_file(
         slice_thickness,
     )
     check_outputs(output, labels_path, volume, overwrite, output_format)  # every check first
+    if confidence is not None:
+        check_confidence_output(confidence, {}, overwrite, affine=volume.affine)
     if output_format == "dicom":
         from medsr.io.dicom_tags import check_dicom_input
 
@@ -107,6 +123,11 @@ def upsample_file(
     check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
     if label_map is not None:
         check_same_grid(label_map, volume, labels)
+    if confidence is not None:
+        grid = plan_output_grid(
+            volume.spatial_shape, volume.affine, spacing=spacing, scale=scale, axis=axis
+        )
+        check_confidence(method, grid)
     misr_options = _loaded_model(volume, input_path, method, spacing, scale, axis, misr_options)
     options = dict(spacing=spacing, scale=scale, axis=axis, keep_dtype=keep_dtype)
     options.update(allow_coarser=allow_coarser, **misr_options)
@@ -133,7 +154,9 @@ def upsample_file(
     else:
         if align:
             volume, records = _aligned(volume, axis)
-        result = upsample_volume(volume, method=method, **options)
+        result = upsample_volume(
+            volume, method=method, confidence=confidence is not None, **options
+        )
         label_result = None if label_map is None else _labels_on_grid(label_map, volume, options)
         written = write_volume(
             result,
@@ -146,6 +169,11 @@ def upsample_file(
     if label_result is not None:
         labels_written = write_volume(label_result, labels_path, overwrite=overwrite)
         _write_record(label_result, labels, labels_written)
+    if confidence is not None:
+        uncertainty = result.meta["confidence"]
+        _write_record(
+            uncertainty, input_path, write_volume(uncertainty, confidence, overwrite=overwrite)
+        )
     _write_record(result, input_path, written, frames=frames)
     if records is not None:
         from medsr.histology.alignment import save_transforms

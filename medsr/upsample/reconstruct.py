@@ -7,7 +7,9 @@ plane i are planes i + j * round(thick / fine) (one thick spacing apart, as in t
 output grid's own positions along z (``generator(lr, positions, factor)``, any real factor, the
 positions of `medsr.geometry.plan_output_grid`), in chunks of positions within `DECODER_BUDGET`.
 Both orientations are averaged into one float32 output array, which is the only full-size buffer
-(plus the input).
+(plus the input). With ``disagreement=True`` the second orientation goes into one extra float32
+buffer first, which then holds half their absolute difference (the confidence map's first term,
+`medsr.upsample.confidence`); the average is the same, to the bit.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def reconstruct(
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     precision: str = "auto",
-) -> np.ndarray:
+    disagreement: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Reconstruct a normalised grey volume on `grid` with `generator`.
 
     Args:
@@ -88,9 +91,11 @@ def reconstruct(
         batch_size: planes per generator call.
         on_batch: called with the number of planes done after each batch (progress).
         precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (`medsr.runtime.resolve_precision`).
+        disagreement: also return ``|o1 - o2| / 2`` of the two orientations' reconstructions.
 
     Returns:
-        float32 array of `grid.shape`, normalised units, mean of both orientations.
+        float32 array of `grid.shape`, normalised units, mean of both orientations; with
+        `disagreement`, (that mean, half the orientations' absolute difference).
     """
     precision = resolve_precision(precision, device)
     generator = generator.to(device).eval()
@@ -102,9 +107,11 @@ def reconstruct(
     positions = torch.from_numpy(np.asarray(grid.positions, np.float32)).to(device)
     output = np.zeros(grid.shape, dtype=np.float32)
     orientations = plane_orientations(grid.axis, spacing)
-    for p, w, offset in orientations:
+    second = np.zeros(grid.shape, dtype=np.float32) if disagreement else output
+    for number, (p, w, offset) in enumerate(orientations):
         planes = np.transpose(normalised, (p, w, grid.axis))  # view (P, W, n)
-        target = np.transpose(output, (p, w, grid.axis))  # view (P, W, M)
+        buffer = second if number == 1 else output
+        target = np.transpose(buffer, (p, w, grid.axis))  # view (P, W, M)
         total = planes.shape[0]
         for start in range(0, total, batch_size):
             centres = np.arange(start, min(start + batch_size, total))
@@ -123,8 +130,14 @@ def reconstruct(
                     target[centres] += sr.cpu().numpy()
             if on_batch is not None:
                 on_batch(len(centres))
+    if not disagreement:
+        output /= len(orientations)
+        return output
+    output += second  # the same sums as accumulating both into one buffer
     output /= len(orientations)
-    return output
+    second -= output  # o2 - (o1 + o2) / 2 = (o2 - o1) / 2
+    np.abs(second, out=second)
+    return output, second
 
 
 def reconstruct_volume(
@@ -136,16 +149,19 @@ def reconstruct_volume(
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     precision: str = "auto",
-) -> np.ndarray:
+    disagreement: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """`reconstruct` for a volume in its own units: one intensity scaling shared by all channels
     (RGB keeps its hues), each channel through the same network, back to input units.
 
     Returns:
-        float32 array of `grid.shape` (plus the channel axis for RGB), in the input's units.
+        float32 array of `grid.shape` (plus the channel axis for RGB), in the input's units;
+        with `disagreement`, (that array, ``|o1 - o2| / 2`` of the orientations, same shape and
+        units).
     """
     low, high = intensity_range(volume.array)
     channels = [volume.array] if volume.num_channels == 1 else list(np.moveaxis(volume.array, 3, 0))
-    results = []
+    results, differences = [], []
     for channel in channels:
         out = reconstruct(
             normalise_intensity(channel, low, high),
@@ -156,8 +172,16 @@ def reconstruct_volume(
             batch_size=batch_size,
             on_batch=on_batch,
             precision=precision,
+            disagreement=disagreement,
         )
+        if disagreement:
+            out, difference = out
+            difference *= high - low  # a difference: scaled, not shifted
+            differences.append(difference)
         out *= high - low  # back to input units in place: the output is the largest buffer
         out += low
         results.append(out)
-    return results[0] if len(results) == 1 else np.stack(results, axis=3)
+    result = results[0] if len(results) == 1 else np.stack(results, axis=3)
+    if not disagreement:
+        return result
+    return result, differences[0] if len(differences) == 1 else np.stack(differences, axis=3)
