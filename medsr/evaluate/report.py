@@ -17,6 +17,7 @@ from medsr.evaluate.simulate import (
     SCORE_NAMES,
     Acquisition,
     evaluation_mask,
+    robust_data_range,
     score,
     simulate_acquisition,
 )
@@ -139,14 +140,14 @@ def _volume_note(
     name: str, truth: Volume, mask: np.ndarray, mask_path: str | None, settings: _Settings
 ) -> str:
     """The report's line on one volume: its grid, the thickening and the mask."""
-    data_range = float(truth.array[mask].max() - truth.array[mask].min())
+    data_range = robust_data_range(truth.array, mask)
     return (
         f"- `{name}`: truth {' x '.join(map(str, truth.spatial_shape))} voxels of "
         f"{' x '.join(f'{s:.3g}' for s in truth.spacing)} {truth.unit}, thickened "
         f"x{settings.factor:g} along array axis {settings.axis} ({settings.profile} profile); "
         f"scored inside {'the given mask' if mask_path else 'an Otsu foreground mask'} of "
         f"{int(mask.sum())} voxels ({100 * mask.mean():.1f} %), data range "
-        f"{data_range:.4g} (truth max - min inside the mask)."
+        f"{data_range:.4g} (0.5-99.5 percentiles of the truth inside the mask)."
     )
 
 
