@@ -15,7 +15,7 @@ from medsr.io.paths import split_volume_name, volume_format
 from medsr.io.read import read_volume, read_volume_frames, volume_frames
 from medsr.io.volume import Unit, Volume
 from medsr.io.write import check_output_path, write_volume
-from medsr.provenance import sha256, write_provenance
+from medsr.provenance import provenance_path, sha256, write_provenance
 from medsr.upsample.api import Method, upsample_volume
 from medsr.upsample.checks import (
     DEFAULT_FIT_STEPS,
@@ -25,6 +25,7 @@ from medsr.upsample.checks import (
     check_outputs,
     check_same_grid,
     check_series_fit,
+    check_sidecars,
     default_output_path,
     labels_output_path,
     load_model,
@@ -85,6 +86,9 @@ def upsample_file(
         labels_path = labels_output_path(output, labels_output)
         check_labels_output(labels_path, input_path, labels, output, overwrite)
         label_map = read_volume(labels)
+    sidecars = [provenance_path(p) for p in (output, labels_path) if p is not None]
+    sidecars += [output.with_name(output.name + ".transforms.json")] if align else []
+    check_sidecars(sidecars, overwrite)
     frames = _frame_count(input_path, output, output_format)
     steps = misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
     check_series_fit(frames, method, steps, fit_frame, fit_per_frame, input_path)
