@@ -507,3 +507,14 @@ def test_a_rerun_finishes_a_half_done_4d_series_and_hidden_names_are_no_inputs(
     whole = tmp_path / "whole.nii.gz"
     assert main(["upsample", str(root / "dwi.nii.gz"), "-o", str(whole), "--method", "linear"]) == 0
     assert output.read_bytes() == whole.read_bytes()
+
+
+def test_an_input_removed_after_it_failed_no_longer_fails_the_batch(tree, tmp_path, capsys):
+    """The exit status and the summary count this run's inputs, not every manifest entry."""
+    out = tmp_path / "out"
+    command = ["batch", str(tree), str(out), "--method", "linear", "--workers", "1"]
+    assert main(command) == 1
+    (tree / "site2" / "broken.nii.gz").unlink()
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "3 done, 0 failed" in capsys.readouterr().out

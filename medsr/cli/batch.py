@@ -97,10 +97,12 @@ def batch_command(args: argparse.Namespace) -> int:
             print(f"medsr: error: {line}", file=sys.stderr)
         return 1
     progress.close()
-    failed = [k for k, e in entries.items() if e["status"] != "done"]
+    # this run's inputs only: the manifest keeps entries of inputs removed since
+    statuses = {key: entries[key]["status"] for key in progress.settled}
+    failed = [k for k, status in statuses.items() if status != "done"]
     if not args.quiet:
         print(
-            f"{len(entries) - len(failed)} done, {len(failed)} failed; manifest in "
+            f"{len(statuses) - len(failed)} done, {len(failed)} failed; manifest in "
             f"{Path(args.output_root) / 'medsr_manifest.json'}"
         )
     return 1 if failed else 0
@@ -139,11 +141,12 @@ def batch_settings(args: argparse.Namespace) -> dict:
 
 class _Progress:
     """The batch's progress bar, shown once there is work (errors found first come first), and
-    a line for every failed input."""
+    a line for every failed input; `settled` holds the inputs of this run as they settle."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.bar = None
+        self.settled: list[str] = []
 
     def start(self, total: int) -> None:
         from tqdm import tqdm
@@ -151,6 +154,7 @@ class _Progress:
         self.bar = tqdm(total=total, disable=self.quiet, unit="input", desc="batch")
 
     def done(self, entry: dict) -> None:
+        self.settled.append(entry["input"])
         self.bar.update(1)
         if entry["status"] != "done":
             self.bar.write(f"failed: {entry['input']}: {entry.get('error', '')}")
