@@ -104,7 +104,9 @@ def _write_dicom_folder(
         raise MedsrError(f"a series of {len(frames)} volumes can only be written as NIfTI")
     return write_folder_atomically(
         path,
-        lambda staged: write_dicom_series(volume, staged, patient_id=patient_id, modality=modality),
+        lambda staged: write_dicom_series(
+            volume, staged, patient_id=patient_id, modality=modality, final_folder=path
+        ),
     )
 
 
