@@ -273,3 +273,14 @@ def test_an_existing_sidecar_is_refused_without_overwrite(tmp_path, phantom_path
     assert not out.exists()
     assert main([*command, "-o", str(out), "--overwrite"]) == 0
     assert "mine" not in sidecar.read_text(encoding="utf-8")
+
+
+def test_a_folder_output_without_format_dicom_names_the_option(tmp_path, phantom_path, capsys):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    assert main(["upsample", str(phantom_path), "--method", "bspline", "-o", str(folder)]) == 1
+    error = capsys.readouterr().err
+    assert "or a folder with --format dicom" in error and len(error.strip().splitlines()) == 1
+    (tmp_path / "scan.unknown").write_bytes(b"x")
+    assert main(["info", str(tmp_path / "scan.unknown")]) == 1
+    assert "or a folder)" in capsys.readouterr().err  # an input: any folder is read

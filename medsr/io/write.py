@@ -43,7 +43,7 @@ def check_output_path(
         if path.suffix.lower() not in suffixes:
             raise MedsrError(f"output '{path}' must end with {' or '.join(suffixes)}")
     else:
-        kind = volume_format(path)
+        kind = volume_format(path, output=True)
         if kind not in WRITABLE_FORMATS:
             raise MedsrError(
                 f"cannot write {kind} ('{path}'); write NIfTI, NRRD, MHA or OME-TIFF "
