@@ -518,3 +518,15 @@ def test_an_input_removed_after_it_failed_no_longer_fails_the_batch(tree, tmp_pa
     capsys.readouterr()
     assert main(command) == 0
     assert "3 done, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "option", [["--fit-steps", "3"], ["--fit-seconds", "5"], ["--model", "m.pt"]]
+)
+def test_fit_options_without_the_learned_method_are_refused(tree, tmp_path, capsys, option):
+    """As in `medsr upsample`: one line, exit 1, nothing written."""
+    out = tmp_path / "out"
+    assert main(["batch", str(tree), str(out), "--method", "bspline", *option]) == 1
+    error = capsys.readouterr().err
+    assert "apply to --method misr only" in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()

@@ -126,6 +126,10 @@ def batch_settings(args: argparse.Namespace) -> dict:
         settings.update(fit_settings(args), device=args.device, batch_size=args.batch_size)
         if args.precision != "auto":  # only then: older manifests' settings stay the same
             settings.update(precision=args.precision)
+    elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
+        from medsr.errors import MedsrError
+
+        raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
     if args.output_format == "dicom":  # only then: older manifests' settings stay the same
         settings.update(
             output_format="dicom",
