@@ -530,3 +530,20 @@ def test_fit_options_without_the_learned_method_are_refused(tree, tmp_path, caps
     error = capsys.readouterr().err
     assert "apply to --method misr only" in error and len(error.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_threads_are_the_threads_of_each_worker(tree, tmp_path, monkeypatch):
+    """``--threads N``: each worker's torch threads (default: the CPUs shared out); not a setting
+    of the manifest, so changing it does not redo finished inputs."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    out = tmp_path / "out"
+    command = ["batch", str(tree), str(out), "--method", "linear", "--workers", "1", "--quiet"]
+    main([*command, "--threads", "3", "--pattern", "a.nii*"])
+    assert calls and set(calls) == {3}
+    assert "threads" not in json.loads((out / MANIFEST).read_text(encoding="utf-8"))["settings"]
+    assert medsr.batch.run._job_settings({}, 2, 4)[0]["threads"] == max(
+        1, (os.cpu_count() or 1) // 4
+    )

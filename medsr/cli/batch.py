@@ -91,6 +91,7 @@ def batch_command(args: argparse.Namespace) -> int:
             on_start=progress.start,
             on_done=progress.done,
             overwrite=args.overwrite,
+            threads=args.threads,
         )
     except OutputCollisionError as error:  # one line per collision, nothing written
         for line in error.problems:
