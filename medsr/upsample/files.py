@@ -85,6 +85,8 @@ def upsample_file(
     if labels is not None:
         labels_path = labels_output_path(output, labels_output)
         check_labels_output(labels_path, input_path, labels, output, overwrite)
+        if not Path(labels).exists():
+            raise MedsrError(f"label map not found: '{labels}' (--labels)")
         label_map = read_volume(labels)
     sidecars = [provenance_path(p) for p in (output, labels_path) if p is not None]
     sidecars += [output.with_name(output.name + ".transforms.json")] if align else []
