@@ -138,7 +138,15 @@ def provenance_description(record: dict) -> str:
     return text
 
 
+def provenance_path(output: str | os.PathLike[str]) -> Path:
+    """Where the record of `output` goes: ``<output>.json`` beside it (of a DICOM series folder
+    ``<folder>.json``, the name of a BIDS sidecar: checked before any work, never replaced
+    without --overwrite)."""
+    output = Path(output)
+    return output.with_name(output.name + ".json")
+
+
 def write_provenance(record: dict, output: Path) -> Path:
-    """``<output>.json`` beside the output, written atomically."""
-    sidecar = output.with_name(output.name + ".json")
+    """``<output>.json`` beside the output (`provenance_path`), written atomically."""
+    sidecar = provenance_path(output)
     return write_text_atomically(sidecar, json.dumps(record, indent=2, sort_keys=True) + "\n")

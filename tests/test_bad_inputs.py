@@ -73,7 +73,7 @@ def files(tmp_path) -> dict[str, Path]:
 CASES = {
     # upsample: inputs
     "missing input": ("upsample {root}/nope.nii.gz", 1, "input not found"),
-    "corrupt gzip": ("upsample {corrupt}", 1, "cannot read"),
+    "corrupt gzip": ("upsample {corrupt}", 1, "corrupt or truncated NIfTI"),
     "2D file": ("upsample {flat}", 1, "expected a 3D volume"),
     "5D file": ("upsample {five_d}", 1, "expected a 3D volume"),
     "NaN voxels": ("upsample {nan}", 1, "NaN/Inf voxels"),
@@ -121,7 +121,8 @@ CASES = {
     "bad checkpoint": ("upsample {scan} --model {bad_pt}", 1, "cannot load model checkpoint"),
     "missing checkpoint": ("upsample {scan} --model {root}/no.pt", 1, "cannot load model"),
     "CUDA without a GPU": ("upsample {scan} --device cuda:0", 1, "CUDA is not available"),
-    "zero threads": ("upsample {scan} --threads 0", 1, "--threads must be >= 1"),
+    "zero threads": ("upsample {scan} --threads 0", 2, "--threads: must be >= 1"),
+    "labels missing": ("upsample {scan} --labels {tmp}/none.nii.gz", 1, "label map not found"),
     "factor above the learned range": ("upsample {thick24}", 1, "above the learned method's"),
     "labels off the grid": ("upsample {scan} --labels {seg_off_grid}", 1, "voxel grid"),
     "labels-out alone": ("upsample {scan} --labels-out {tmp}/l.nii.gz", 1, "needs --labels"),
@@ -228,7 +229,7 @@ CASES = {
     "batch input root inside the output root": ("batch {exam} {root}", 1, "inside the output"),
     # info
     "info missing": ("info {root}/nope.nii", 1, "input not found"),
-    "info corrupt": ("info {corrupt}", 1, "cannot read"),
+    "info corrupt": ("info {corrupt}", 1, "corrupt or truncated NIfTI"),
     "unknown command": ("resample {scan}", 2, "invalid choice"),
 }
 

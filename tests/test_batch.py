@@ -507,3 +507,43 @@ def test_a_rerun_finishes_a_half_done_4d_series_and_hidden_names_are_no_inputs(
     whole = tmp_path / "whole.nii.gz"
     assert main(["upsample", str(root / "dwi.nii.gz"), "-o", str(whole), "--method", "linear"]) == 0
     assert output.read_bytes() == whole.read_bytes()
+
+
+def test_an_input_removed_after_it_failed_no_longer_fails_the_batch(tree, tmp_path, capsys):
+    """The exit status and the summary count this run's inputs, not every manifest entry."""
+    out = tmp_path / "out"
+    command = ["batch", str(tree), str(out), "--method", "linear", "--workers", "1"]
+    assert main(command) == 1
+    (tree / "site2" / "broken.nii.gz").unlink()
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "3 done, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "option", [["--fit-steps", "3"], ["--fit-seconds", "5"], ["--model", "m.pt"]]
+)
+def test_fit_options_without_the_learned_method_are_refused(tree, tmp_path, capsys, option):
+    """As in `medsr upsample`: one line, exit 1, nothing written."""
+    out = tmp_path / "out"
+    assert main(["batch", str(tree), str(out), "--method", "bspline", *option]) == 1
+    error = capsys.readouterr().err
+    assert "apply to --method misr only" in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_threads_are_the_threads_of_each_worker(tree, tmp_path, monkeypatch):
+    """``--threads N``: each worker's torch threads (default: the CPUs shared out); not a setting
+    of the manifest, so changing it does not redo finished inputs."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    out = tmp_path / "out"
+    command = ["batch", str(tree), str(out), "--method", "linear", "--workers", "1", "--quiet"]
+    main([*command, "--threads", "3", "--pattern", "a.nii*"])
+    assert calls and set(calls) == {3}
+    assert "threads" not in json.loads((out / MANIFEST).read_text(encoding="utf-8"))["settings"]
+    assert medsr.batch.run._job_settings({}, 2, 4)[0]["threads"] == max(
+        1, (os.cpu_count() or 1) // 4
+    )

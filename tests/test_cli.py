@@ -239,3 +239,48 @@ def test_oblique_lia_input_overlays(tmp_path):
         strict=True,
     ):
         assert np.linalg.norm(a - b) <= 0.8 / 4 + 1e-6
+
+
+@pytest.mark.parametrize("case", ["record", "dicom-record", "transforms", "labels-record"])
+def test_an_existing_sidecar_is_refused_without_overwrite(tmp_path, phantom_path, capsys, case):
+    """Every file written beside an output (provenance record, transforms) is checked before any
+    work: a BIDS sidecar named as a DICOM folder's record is not replaced."""
+    command = ["upsample", str(phantom_path), "--method", "bspline"]
+    out = tmp_path / "q.nii.gz"
+    if case == "record":
+        sidecar = tmp_path / "q.nii.gz.json"
+    elif case == "dicom-record":
+        out, sidecar = tmp_path / "sub-01_T1w", tmp_path / "sub-01_T1w.json"
+        command += ["--format", "dicom"]
+    elif case == "transforms":
+        sidecar = tmp_path / "q.nii.gz.transforms.json"
+        command += ["--align"]
+    else:
+        labels = write_volume(
+            Volume(
+                (read_volume(phantom_path).array > 500).astype(np.uint8),
+                read_volume(phantom_path).affine,
+            ),
+            tmp_path / "seg.nii.gz",
+        )
+        sidecar = tmp_path / "q_labels.nii.gz.json"
+        command += ["--labels", str(labels)]
+    sidecar.write_text('{"mine": 1}\n', encoding="utf-8")
+    assert main([*command, "-o", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert str(sidecar) in error and "--overwrite" in error and len(error.strip().splitlines()) == 1
+    assert sidecar.read_text(encoding="utf-8") == '{"mine": 1}\n'
+    assert not out.exists()
+    assert main([*command, "-o", str(out), "--overwrite"]) == 0
+    assert "mine" not in sidecar.read_text(encoding="utf-8")
+
+
+def test_a_folder_output_without_format_dicom_names_the_option(tmp_path, phantom_path, capsys):
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    assert main(["upsample", str(phantom_path), "--method", "bspline", "-o", str(folder)]) == 1
+    error = capsys.readouterr().err
+    assert "or a folder with --format dicom" in error and len(error.strip().splitlines()) == 1
+    (tmp_path / "scan.unknown").write_bytes(b"x")
+    assert main(["info", str(tmp_path / "scan.unknown")]) == 1
+    assert "or a folder)" in capsys.readouterr().err  # an input: any folder is read

@@ -282,3 +282,13 @@ def test_a_source_without_frame_of_reference_gets_a_new_one(tmp_path):
     )
     if shutil.which("dciodvfy"):
         assert dciodvfy_errors(tmp_path / "out") == []
+
+
+def test_the_dicom_log_line_names_the_final_folder(tmp_path, phantom_path, capsys):
+    """The series is written in a hidden staging folder and renamed: the log names the folder
+    that exists afterwards."""
+    out = tmp_path / "series"
+    command = ["upsample", str(phantom_path), "--method", "bspline", "--format", "dicom"]
+    assert main([*command, "-o", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "wrote DICOM" in line]
+    assert len(lines) == 1 and lines[0].endswith(f" in {out}") and ".medsr-tmp-" not in lines[0]

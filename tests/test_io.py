@@ -394,3 +394,33 @@ def test_nifti_codes_name_the_transform_that_is_written(tmp_path):
     other = Volume(np.zeros((3, 4, 5), np.int16), scanner)  # NRRD, MHA, DICOM: scanner space
     back = nib.load(write_volume(other, tmp_path / "other.nii")).header
     assert (int(back["qform_code"]), int(back["sform_code"])) == (1, 1)
+
+
+def test_a_failed_folder_rename_keeps_the_old_folder(tmp_path, monkeypatch):
+    """The old folder is moved aside before the new one is renamed into place; when that rename
+    fails, the old folder is moved back: never both gone."""
+    import os
+
+    import medsr.io.atomic as atomic
+
+    old = tmp_path / "series"
+    old.mkdir()
+    (old / "IM00001.dcm").write_bytes(b"old")
+    calls, real_replace = [], os.replace
+
+    def failing_replace(source, target):
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_replace(source, target)
+
+    def write(staged):
+        staged.mkdir()
+        (staged / "IM00001.dcm").write_bytes(b"new")
+        return staged
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.write_folder_atomically(old, write)
+    assert (old / "IM00001.dcm").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["series"]  # no staging left

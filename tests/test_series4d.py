@@ -292,6 +292,7 @@ def test_kept_frames_of_other_settings_or_a_changed_input_are_not_reused(
     expected = upsample_volume(read_volume(series, frame=2), method="linear", keep_dtype=False)
     np.testing.assert_array_equal(read_volume(out, frame=2).array, expected.array)
     out.unlink()
+    out.with_name(out.name + ".json").unlink()  # its record too: an output of its own
     _interrupt_after(monkeypatch, 1)
     with pytest.raises(RuntimeError):
         main(linear)

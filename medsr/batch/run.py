@@ -103,8 +103,12 @@ def run_batch(
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[dict], None] | None = None,
     overwrite: bool = False,
+    threads: int | None = None,
 ) -> dict:
     """Process every input not already done; returns the manifest's entries.
+
+    `threads`: torch's CPU threads in each worker (default: the CPUs shared out over
+    `workers`); not one of the `settings`, so that it changes no output and redoes no input.
 
     An existing file that this batch did not write (`owns_output`) is never replaced without
     `overwrite` (that input fails with a one-line reason).
@@ -139,7 +143,11 @@ def run_batch(
             on_done(entry)
     record = _recorder(entries, manifest_path, settings, on_done)
     _run_tasks(
-        plan.run, _job_settings(settings, len(plan.run), workers), scheduler, workers, record
+        plan.run,
+        _job_settings(settings, len(plan.run), workers, threads),
+        scheduler,
+        workers,
+        record,
     )
     _save_manifest(manifest_path, entries, settings)
     return entries
@@ -168,9 +176,12 @@ def _recorder(
     return record
 
 
-def _job_settings(settings: dict, count: int, workers: int) -> list[dict]:
-    """The settings of each of `count` jobs: the CPU threads shared out, GPUs spread over."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+def _job_settings(
+    settings: dict, count: int, workers: int, threads: int | None = None
+) -> list[dict]:
+    """The settings of each of `count` jobs: `threads` CPU threads each (default: the CPUs
+    shared out), GPUs spread over."""
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     return [dict(settings, threads=threads, **worker_device(settings, i)) for i in range(count)]
 
 

@@ -91,16 +91,19 @@ def batch_command(args: argparse.Namespace) -> int:
             on_start=progress.start,
             on_done=progress.done,
             overwrite=args.overwrite,
+            threads=args.threads,
         )
     except OutputCollisionError as error:  # one line per collision, nothing written
         for line in error.problems:
             print(f"medsr: error: {line}", file=sys.stderr)
         return 1
     progress.close()
-    failed = [k for k, e in entries.items() if e["status"] != "done"]
+    # this run's inputs only: the manifest keeps entries of inputs removed since
+    statuses = {key: entries[key]["status"] for key in progress.settled}
+    failed = [k for k, status in statuses.items() if status != "done"]
     if not args.quiet:
         print(
-            f"{len(entries) - len(failed)} done, {len(failed)} failed; manifest in "
+            f"{len(statuses) - len(failed)} done, {len(failed)} failed; manifest in "
             f"{Path(args.output_root) / 'medsr_manifest.json'}"
         )
     return 1 if failed else 0
@@ -124,6 +127,10 @@ def batch_settings(args: argparse.Namespace) -> dict:
         settings.update(fit_settings(args), device=args.device, batch_size=args.batch_size)
         if args.precision != "auto":  # only then: older manifests' settings stay the same
             settings.update(precision=args.precision)
+    elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
+        from medsr.errors import MedsrError
+
+        raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
     if args.output_format == "dicom":  # only then: older manifests' settings stay the same
         settings.update(
             output_format="dicom",
@@ -139,11 +146,12 @@ def batch_settings(args: argparse.Namespace) -> dict:
 
 class _Progress:
     """The batch's progress bar, shown once there is work (errors found first come first), and
-    a line for every failed input."""
+    a line for every failed input; `settled` holds the inputs of this run as they settle."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.bar = None
+        self.settled: list[str] = []
 
     def start(self, total: int) -> None:
         from tqdm import tqdm
@@ -151,6 +159,7 @@ class _Progress:
         self.bar = tqdm(total=total, disable=self.quiet, unit="input", desc="batch")
 
     def done(self, entry: dict) -> None:
+        self.settled.append(entry["input"])
         self.bar.update(1)
         if entry["status"] != "done":
             self.bar.write(f"failed: {entry['input']}: {entry.get('error', '')}")

@@ -16,6 +16,17 @@ def length(text: str) -> str:
     return text
 
 
+def threads(text: str) -> int:
+    """argparse type of ``--threads``: a whole number >= 1 (else a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got '{text}'") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_input_geometry(parser: argparse.ArgumentParser, *, series: bool = True) -> None:
     if series:
         parser.add_argument(
@@ -85,7 +96,7 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = T
             "--batch-size", type=int, default=8, metavar="N", help="planes per generator call"
         )
     parser.add_argument(
-        "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)"
+        "--threads", type=threads, metavar="N", help="CPU threads for torch (default: torch's)"
     )
     parser.add_argument(
         "--precision",

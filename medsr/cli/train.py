@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medsr.cli.options import threads
+
 
 def train_parser(commands) -> None:
     train = commands.add_parser("train", help="train the multi-image SR-GAN")
@@ -44,7 +46,7 @@ def train_parser(commands) -> None:
         "--vgg-weights", metavar="PTH", help="VGG16 feature weights for the perceptual loss"
     )
     train.add_argument("--device", help="auto, cpu or cuda:N (default: config's)")
-    train.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
+    train.add_argument("--threads", type=threads, metavar="N", help="CPU threads for torch")
     train.add_argument("--quiet", action="store_true", help="no progress bar, errors only")
 
 

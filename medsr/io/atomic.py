@@ -45,14 +45,20 @@ def write_folder_atomically(path: str | os.PathLike[str], write: Callable[[Path]
     """Run ``write(staged)``, which creates the folder ``staged`` (or returns the folder it made
     beside it), then rename it to `path`. An old folder at `path` (empty, or one the caller may
     replace) is moved aside first, as a folder cannot be renamed onto a non-empty one, and is
-    deleted only once the new one is in place."""
+    deleted only once the new one is in place (moved back if the rename fails)."""
     path = Path(path)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=path.parent))
+    aside = staging / ".replaced"
     try:
         folder = write(staging / path.name)
         if path.is_dir():
-            os.replace(path, staging / ".replaced")
-        os.replace(folder, path)
+            os.replace(path, aside)
+        try:
+            os.replace(folder, path)
+        except BaseException:
+            if aside.is_dir() and not path.exists():
+                os.replace(aside, path)  # the old folder back before the staging goes
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path

@@ -168,6 +168,7 @@ def write_dicom_series(
     modality: str | None = None,
     provenance: dict | None = None,
     slice_axis: int | None = None,
+    final_folder: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write `volume` as a new DICOM series into `folder` (created; one file per slice).
 
@@ -185,6 +186,8 @@ def write_dicom_series(
         provenance: what produced the volume (default ``meta["provenance"]``); its factor goes
             into the description, its short form (``meta["description"]``) into ImageComments.
         slice_axis: the stacking axis (default: the provenance's thick axis, else 2).
+        final_folder: where `folder` is renamed to once written (`write_volume` stages it), the
+            folder the log line names (default `folder`).
 
     Returns:
         `folder`.
@@ -227,7 +230,7 @@ def write_dicom_series(
         shared.SeriesInstanceUID,
         volume.spatial_shape[slice_axis],
         modality,
-        folder,
+        final_folder or folder,
     )
     return folder
 

@@ -110,11 +110,13 @@ def default_output_suffix(path: str | os.PathLike[str]) -> str:
     return {"tiff": ".ome.tif", "dicom": ".nii.gz"}.get(fmt) or split_volume_name(path)[1]
 
 
-def volume_format(path: str | os.PathLike[str]) -> str:
-    """Format of a file path from its extension (``nifti``, ``nrrd``, ``mha``, ``tiff``...)."""
+def volume_format(path: str | os.PathLike[str], *, output: bool = False) -> str:
+    """Format of a file path from its extension (``nifti``, ``nrrd``, ``mha``, ``tiff``...);
+    `output`: the error says that a folder is written with ``--format dicom`` only."""
     name = Path(path).name.lower()
     for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix):
             return _SUFFIXES[suffix]
     known = ", ".join(sorted(_SUFFIXES))
-    raise MedsrError(f"unknown volume format for '{path}' (known: {known}, or a folder)")
+    folder = "a folder with --format dicom" if output else "a folder"
+    raise MedsrError(f"unknown volume format for '{path}' (known: {known}, or {folder})")

@@ -139,6 +139,8 @@ def _one_line_errors(path: Path) -> Iterator[None]:
         raise
     except Exception as error:  # readers of three libraries raise many types for corrupt files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if path.name.lower().endswith((".nii", ".nii.gz")):  # nibabel: "Cannot work out file type"
+            reason = f"corrupt or truncated NIfTI ({reason})"
         raise MedsrError(f"cannot read '{path}': {reason}") from error
 
 

@@ -43,7 +43,7 @@ def check_output_path(
         if path.suffix.lower() not in suffixes:
             raise MedsrError(f"output '{path}' must end with {' or '.join(suffixes)}")
     else:
-        kind = volume_format(path)
+        kind = volume_format(path, output=True)
         if kind not in WRITABLE_FORMATS:
             raise MedsrError(
                 f"cannot write {kind} ('{path}'); write NIfTI, NRRD, MHA or OME-TIFF "
@@ -104,7 +104,9 @@ def _write_dicom_folder(
         raise MedsrError(f"a series of {len(frames)} volumes can only be written as NIfTI")
     return write_folder_atomically(
         path,
-        lambda staged: write_dicom_series(volume, staged, patient_id=patient_id, modality=modality),
+        lambda staged: write_dicom_series(
+            volume, staged, patient_id=patient_id, modality=modality, final_folder=path
+        ),
     )
 
 

@@ -204,25 +204,35 @@ def as_bspline(generator: MISRGenerator) -> MISRGenerator:
     return bspline.eval()
 
 
+#: scores within this many dB of the best count as a tie; ties go to the adapted model, then the
+#: prior (the fit is kept unless it measurably loses)
+GUARD_TIE_DB = 0.05
+
+#: the guard's rule, as the provenance records it
+GUARD_RULE = f"best PSNR; within {GUARD_TIE_DB} dB of it: adapted, then prior, then bspline"
+
+
 def apply_guard(adapted, prior, planes, device) -> tuple[MISRGenerator, dict]:
-    """The adapted model unless it scores below B-spline on the guard planes; then the prior if
-    it beats B-spline, else B-spline. Returns (the model to use, the record)."""
+    """The best of the adapted model, the prior and B-spline on the guard planes (`GUARD_RULE`:
+    a score within `GUARD_TIE_DB` of the best goes to the adapted model, then the prior).
+    Returns (the model to use, the record)."""
     scores = {
         name: guard_score(model, planes, device)
         for name, model in (("adapted", adapted), ("prior", prior), ("bspline", None))
     }
-    choice = "adapted"
-    if scores["adapted"] < scores["bspline"]:
-        choice = "prior" if scores["prior"] > scores["bspline"] else "bspline"
+    best = max(scores.values())
+    choice = next(name for name, value in scores.items() if value >= best - GUARD_TIE_DB)
     record = {"psnr_" + name: round(value, 4) for name, value in scores.items()}
-    record.update(choice=choice, planes=len(planes))
+    record.update(choice=choice, planes=len(planes), rule=GUARD_RULE)
     text = ", ".join(f"{name} {value:.2f} dB" for name, value in scores.items())
     if choice == "adapted":
-        logger.info("fit guard: kept the adapted model (held-back slices: %s)", text)
+        logger.info("fit guard: using the adapted model (held-back slices: %s)", text)
     else:
+        winner = "the prior" if choice == "prior" else "B-spline"
         logger.warning(
-            "fit guard: the adapted model scored below B-spline on held-back slices (%s); "
+            "fit guard: the adapted model scored below %s on held-back slices (%s); "
             "using %s instead",
+            winner,
             text,
             "the prior" if choice == "prior" else "cubic B-spline",
         )

@@ -143,6 +143,14 @@ def check_outputs(
         check_output_path(labels_path, overwrite=overwrite, affine=volume.affine)
 
 
+def check_sidecars(paths: list[Path], overwrite: bool) -> None:
+    """The files written beside the outputs (provenance records, ``--align``'s transforms) are
+    outputs too: one that exists is refused without `overwrite`, before any work."""
+    for path in paths:
+        if path.exists() and not overwrite:
+            raise MedsrError(f"output exists: '{path}' (use --overwrite to replace it)")
+
+
 def check_same_grid(label_map: Volume, volume: Volume, path) -> None:
     """A label map must lie on its image's voxel grid (same shape and affine)."""
     tolerance = 1e-3 * max(1.0, float(np.abs(volume.affine).max()))

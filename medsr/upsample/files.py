@@ -15,7 +15,7 @@ from medsr.io.paths import split_volume_name, volume_format
 from medsr.io.read import read_volume, read_volume_frames, volume_frames
 from medsr.io.volume import Unit, Volume
 from medsr.io.write import check_output_path, write_volume
-from medsr.provenance import sha256, write_provenance
+from medsr.provenance import provenance_path, sha256, write_provenance
 from medsr.upsample.api import Method, upsample_volume
 from medsr.upsample.checks import (
     DEFAULT_FIT_STEPS,
@@ -27,6 +27,7 @@ from medsr.upsample.checks import (
     check_outputs,
     check_same_grid,
     check_series_fit,
+    check_sidecars,
     default_output_path,
     labels_output_path,
     load_model,
@@ -89,11 +90,16 @@ def upsample_file(
     if labels is not None:
         labels_path = labels_output_path(output, labels_output)
         check_labels_output(labels_path, input_path, labels, output, overwrite)
+        if not Path(labels).exists():
+            raise MedsrError(f"label map not found: '{labels}' (--labels)")
         label_map = read_volume(labels)
     if confidence is not None:
         confidence = Path(confidence)
         paths = {"the input": input_path, "-o": output, "--labels-out": labels_path}
         check_confidence_output(confidence, paths, overwrite)
+    sidecars = [provenance_path(p) for p in (output, labels_path, confidence) if p is not None]
+    sidecars += [output.with_name(output.name + ".transforms.json")] if align else []
+    check_sidecars(sidecars, overwrite)
     frames = _frame_count(input_path, output, output_format)
     if confidence is not None and frames > 1:
         raise MedsrError(
