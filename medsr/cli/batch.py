@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 from medsr.cli.options import (
+    add_dicom_options,
     add_fit_options,
     add_input_geometry,
     add_runtime_options,
     add_target_options,
+    check_dicom_options,
     fit_settings,
     input_geometry,
 )
@@ -30,22 +32,14 @@ def batch_parser(commands) -> None:
         help="output format, e.g. .nii.gz or .ome.tif (default: like the input; "
         "section folders give .ome.tif)",
     )
-    batch.add_argument(
-        "--format",
-        choices=["dicom"],
-        dest="output_format",
-        help="dicom: every output is a DICOM series folder (the output name without a suffix)",
-    )
-    batch.add_argument(
-        "--dicom-patient-id",
-        metavar="ID",
-        help="patient ID of every non-DICOM input's series, each its own study (default: "
+    add_dicom_options(
+        batch,
+        format_help="dicom: every output is a DICOM series folder (the output name without a "
+        "suffix)",
+        patient_help="patient ID of every non-DICOM input's series, each its own study (default: "
         "MEDSR- and a hash of the input's relative path; DICOM inputs keep their own)",
-    )
-    batch.add_argument(
-        "--dicom-modality",
-        choices=["MR", "CT"],
-        help="modality of the non-DICOM inputs' series (default MR; DICOM inputs keep their own)",
+        modality_help="modality of the non-DICOM inputs' series (default MR; DICOM inputs keep "
+        "their own)",
     )
     batch.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     batch.add_argument(
@@ -131,16 +125,13 @@ def batch_settings(args: argparse.Namespace) -> dict:
         from medsr.errors import MedsrError
 
         raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
+    check_dicom_options(args)
     if args.output_format == "dicom":  # only then: older manifests' settings stay the same
         settings.update(
             output_format="dicom",
             dicom_patient_id=args.dicom_patient_id,
             dicom_modality=args.dicom_modality,
         )
-    elif args.dicom_patient_id or args.dicom_modality:
-        from medsr.errors import MedsrError
-
-        raise MedsrError("--dicom-patient-id and --dicom-modality need --format dicom")
     return settings
 
 

@@ -163,3 +163,21 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def add_dicom_options(
+    parser: argparse.ArgumentParser, *, format_help: str, patient_help: str, modality_help: str
+) -> None:
+    """``--format dicom``, ``--dicom-patient-id`` and ``--dicom-modality`` (`medsr.io.dicom`);
+    the help texts say what they mean for the command (one output, or every output of a batch)."""
+    parser.add_argument("--format", choices=["dicom"], dest="output_format", help=format_help)
+    parser.add_argument("--dicom-patient-id", metavar="ID", help=patient_help)
+    parser.add_argument("--dicom-modality", choices=["MR", "CT"], help=modality_help)
+
+
+def check_dicom_options(args: argparse.Namespace) -> None:
+    """The DICOM header options need ``--format dicom`` (one line, before any work)."""
+    if args.output_format != "dicom" and (args.dicom_patient_id or args.dicom_modality):
+        from medsr.errors import MedsrError
+
+        raise MedsrError("--dicom-patient-id and --dicom-modality need --format dicom")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from medsr.cli.options import (
+    add_dicom_options,
     add_fit_options,
     add_input_geometry,
     add_runtime_options,
     add_target_options,
+    check_dicom_options,
     fit_settings,
     input_geometry,
 )
@@ -70,21 +72,14 @@ def upsample_parser(commands) -> None:
         "--align", action="store_true", help="rigidly align consecutive sections first (histology)"
     )
     up.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    up.add_argument(
-        "--format",
-        choices=["dicom"],
-        dest="output_format",
-        help="dicom: write a DICOM series into the folder -o names (default: from -o's suffix)",
-    )
-    up.add_argument(
-        "--dicom-patient-id",
-        metavar="ID",
-        help="patient ID (and name) of the DICOM series of a non-DICOM input (default MEDSR-ANON)",
-    )
-    up.add_argument(
-        "--dicom-modality",
-        choices=["MR", "CT"],
-        help="modality of the DICOM series of a non-DICOM input (default MR; a DICOM input's own)",
+    add_dicom_options(
+        up,
+        format_help="dicom: write a DICOM series into the folder -o names (default: from -o's "
+        "suffix)",
+        patient_help="patient ID (and name) of the DICOM series of a non-DICOM input (default "
+        "MEDSR-ANON)",
+        modality_help="modality of the DICOM series of a non-DICOM input (default MR; a DICOM "
+        "input's own)",
     )
     add_runtime_options(up)
 
@@ -113,8 +108,7 @@ def upsample_command(args: argparse.Namespace) -> int:
         raise MedsrError("--labels-out needs --labels")
     if args.method == "labels" and args.labels:
         raise MedsrError("--method labels upsamples the input itself; --labels is for an image")
-    if args.output_format != "dicom" and (args.dicom_patient_id or args.dicom_modality):
-        raise MedsrError("--dicom-patient-id and --dicom-modality need --format dicom")
+    check_dicom_options(args)
     input_spacing, input_unit = input_geometry(args)
     output = upsample_file(
         args.input,
