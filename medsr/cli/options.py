@@ -104,7 +104,9 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = T
         default="auto",
         help="arithmetic of the learned reconstruction: auto (default) = bf16 for the encoder's "
         "convolutions on a CPU with native bf16 (at most 0.011 dB PSNR from fp32 on the MRI "
-        "test cases), fp16 on CUDA, fp32 otherwise; fp32: float32 throughout",
+        "test cases), fp16 on CUDA, fp32 otherwise; fp32: float32 throughout the reconstruction "
+        "(the per-scan fit runs in float32 on the CPU and follows the model's mixed-precision "
+        "setting on CUDA)",
     )
     parser.add_argument("--quiet", action="store_true", help="print errors only")
 
