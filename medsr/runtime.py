@@ -92,6 +92,11 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
 
 
-def close_distributed() -> None:
+def close_distributed(*, synchronise: bool = False) -> None:
+    """End the process group; with `synchronise`, first wait for every rank (a rank that
+    leaves while another still writes its last checkpoint resets gloo's sockets, which
+    aborts that rank). Not after an error: the other ranks may never arrive."""
     if dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()

@@ -188,6 +188,8 @@ def run_training(
             logger.info("resumed at step %d", trainer.step)
         if rank == 0:
             save_config(config, run_dir / "config.yaml")
-        return trainer.fit(progress=progress)
+        result = trainer.fit(progress=progress)
+        close_distributed(synchronise=True)
+        return result
     finally:
         close_distributed()
