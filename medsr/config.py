@@ -28,6 +28,7 @@ class ModelConfig:
         num_features: feature channels of the generator's encoder.
         num_blocks: residual blocks of the encoder.
         hidden: channels of the arbitrary-scale decoder (per output sample).
+        tail_knots: knots of the decoder's offset tail (`medsr.nets.generator`; 0: none).
         discriminator_channels: channels of the first discriminator layer.
         discriminator_layers: downsampling layers of the patch discriminator.
     """
@@ -36,6 +37,7 @@ class ModelConfig:
     num_features: int = 32
     num_blocks: int = 4
     hidden: int = 32
+    tail_knots: int = 9
     discriminator_channels: int = 32
     discriminator_layers: int = 2
 
@@ -45,6 +47,8 @@ class ModelConfig:
         for name in ("num_features", "hidden", "discriminator_channels", "discriminator_layers"):
             if getattr(self, name) < 1:
                 raise MedsrError(f"config model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.tail_knots == 1 or self.tail_knots < 0:
+            raise MedsrError(f"config model.tail_knots must be 0 or >= 2, got {self.tail_knots}")
         if self.num_blocks < 0:
             raise MedsrError(f"config model.num_blocks must be >= 0, got {self.num_blocks}")
 
@@ -99,7 +103,7 @@ class DataConfig:
     self_supervised: bool = False
     min_factor: float = 1.5
     max_factor: float = 16.0
-    profiles: tuple[Literal["boxcar", "gaussian"], ...] = ("boxcar", "gaussian")
+    profiles: tuple[Literal["boxcar", "gaussian", "sinc"], ...] = ("boxcar", "gaussian")
     thickness_ratios: tuple[float, float] = (0.8, 1.2)
     noise_max: float = 0.03
     gamma_range: tuple[float, float] = (0.7, 1.4)
@@ -126,6 +130,9 @@ class DataConfig:
                 raise MedsrError(f"config data.{name} must be [low, high] with 0 < low <= high")
         if not self.profiles:
             raise MedsrError("config data.profiles must name at least one profile")
+        unknown = sorted(set(self.profiles) - {"boxcar", "gaussian", "sinc"})
+        if unknown:
+            raise MedsrError(f"config data.profiles: unknown {unknown}; boxcar, gaussian or sinc")
         if not 0 <= self.validation_fraction < 1:
             raise MedsrError(
                 f"config data.validation_fraction must be in [0, 1), got {self.validation_fraction}"

@@ -130,8 +130,8 @@ class EncoderInBf16(nn.Module):
 
     def encode(self, lr, factor):
         with bf16_autocast(True):
-            left, right, centre, log_factor = self.generator.encode(lr, factor)
-        return left.float(), right.float(), centre.float(), log_factor
+            encoded = self.generator.encode(lr, factor)
+        return encoded.float()._replace(centre=encoded.centre.float())
 
     def predict_at(self, encoded, positions):
         return self.generator.predict_at(encoded, positions)

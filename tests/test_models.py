@@ -147,14 +147,89 @@ def test_encode_lays_the_projections_out_for_the_gather():
     torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
     lr = torch.rand(2, 3, 12, 7)
     positions = torch.linspace(-0.4, 6.4, 23)
-    left, right, centre, log_factor = generator.encode(lr, 3.3)
-    assert left.stride(-2) == 1 and right.stride(-2) == 1
-    plain = (left.contiguous(), right.contiguous(), centre, log_factor)
-    assert plain[0].stride(-1) == 1
+    torch.nn.init.normal_(generator.tail.weight, std=0.1)
+    encoded = generator.encode(lr, 3.3)
+    assert all(t.stride(-2) == 1 for t in (encoded.left, encoded.right, encoded.tail))
+    plain = encoded._replace(
+        left=encoded.left.contiguous(),
+        right=encoded.right.contiguous(),
+        tail=encoded.tail.contiguous(),
+    )
+    assert plain.left.stride(-1) == 1 and plain.tail.stride(-1) == 1
     with torch.no_grad():
         torch.testing.assert_close(
-            generator.predict_at((left, right, centre, log_factor), positions),
+            generator.predict_at(encoded, positions),
             generator.predict_at(plain, positions),
             rtol=0,
             atol=1e-6,
         )
+
+
+def test_offset_tail_returns_its_knots_and_interpolates_between_them():
+    """Knot j of sample i is the residual at i - 0.5 + j / (J - 1); between knots the tail is
+    linear. So at an integer factor r <= J - 1 every output position of a slab can take its own
+    value, as with the first version's per-factor sub-pixel head."""
+    from medsr.nets.generator import offset_tail
+
+    count, num_knots = 6, 9
+    knots = torch.randn(2, num_knots, 5, count, dtype=torch.float64)
+    grid = torch.linspace(-0.5, 0.5, num_knots, dtype=torch.float64)
+    sample, knot = 3, 6
+    at_knot = offset_tail(knots, torch.tensor([sample + grid[knot].item()], dtype=torch.float64))
+    torch.testing.assert_close(at_knot[:, 0, :, 0], knots[:, knot, :, sample])
+    # a ramp over the knots of every sample is reproduced at any offset
+    ramp = (torch.arange(count)[:, None] + grid[None]).T.to(torch.float64)  # (J, n)
+    knots = ramp.expand(1, 1, num_knots, count).permute(0, 2, 1, 3).contiguous()
+    positions = torch.linspace(-0.5, count - 0.5, 37, dtype=torch.float64)
+    torch.testing.assert_close(offset_tail(knots, positions)[0, 0, 0], positions)
+    # at factor 4 the four positions of one slab are four independent values
+    positions = torch.tensor([sample - 0.5 + (p + 0.5) / 4 for p in range(4)], dtype=torch.float64)
+    rows = []
+    for j in range(num_knots):
+        one_hot = torch.zeros(1, num_knots, 1, count, dtype=torch.float64)
+        one_hot[0, j, 0, sample] = 1.0
+        rows.append(offset_tail(one_hot, positions)[0, 0, 0])
+    assert torch.linalg.matrix_rank(torch.stack(rows)) == 4
+
+
+def test_tail_gives_the_decoder_spatial_context():
+    """The tail's 3x3 convolution sees the neighbouring in-plane columns: a change in one column
+    moves the output of its neighbours (the 1x1 decoder alone cannot)."""
+    torch.manual_seed(0)
+    generator = MISRGenerator(num_features=8, num_blocks=0, hidden=8).eval()
+    torch.nn.init.normal_(generator.tail.weight, std=0.3)
+    lr = torch.rand(1, 3, 9, 5)
+    positions = torch.linspace(0, 4, 9)
+    with torch.no_grad():
+        before = generator(lr, positions, 2.0)
+        changed = lr.clone()
+        changed[:, :, 4] += 1.0
+        after = generator(changed, positions, 2.0)
+    moved = (after - before).abs().amax(dim=(0, 1, 3))
+    assert moved[3] > 0 and moved[5] > 0 and moved[0] == 0
+
+
+def test_checkpoint_from_before_the_tail_loads_unchanged(tmp_path):
+    """A checkpoint whose config names no tail_knots (written before the tail) loads as the same
+    model with a zero tail: outputs equal those of the model without a tail. A checkpoint that
+    names tail_knots must hold the tail's weights."""
+    from medsr.config import Config, config_to_dict
+    from medsr.errors import MedsrError
+    from medsr.nets.checkpoint import load_generator
+
+    torch.manual_seed(0)
+    old = MISRGenerator(num_features=8, num_blocks=1, hidden=8, tail_knots=0).eval()
+    torch.nn.init.normal_(old.decode[-1].weight, std=0.1)
+    config = config_to_dict(Config())
+    config["model"] |= {"num_features": 8, "num_blocks": 1, "hidden": 8}
+    del config["model"]["tail_knots"]
+    torch.save({"generator": old.state_dict(), "config": config}, tmp_path / "old.pt")
+    loaded, loaded_config = load_generator(tmp_path / "old.pt")
+    assert loaded.tail is not None and loaded_config.model.tail_knots == 9
+    lr, positions = torch.rand(2, 3, 10, 6), torch.linspace(-0.5, 5.5, 19)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(lr, positions, 3.0), old(lr, positions, 3.0))
+    config["model"]["tail_knots"] = 9
+    torch.save({"generator": old.state_dict(), "config": config}, tmp_path / "new.pt")
+    with pytest.raises(MedsrError, match="tail"):
+        load_generator(tmp_path / "new.pt")

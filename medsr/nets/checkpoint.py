@@ -22,6 +22,7 @@ def build_generator(config: Config) -> MISRGenerator:
         num_features=model.num_features,
         num_blocks=model.num_blocks,
         hidden=model.hidden,
+        tail_knots=model.tail_knots,
     )
 
 
@@ -35,14 +36,25 @@ def load_generator(path: str | os.PathLike[str], device: torch.device | str = "c
         state = torch.load(Path(path), map_location=device, weights_only=True)
         config = config_from_dict(state["config"])
         generator = build_generator(config)
-        generator.load_state_dict(state["generator"])
+        load_weights(generator, state["generator"], state["config"])
     except Exception as error:  # unpickling errors, missing keys, shape mismatches
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        reason = " ".join(str(error).split())[:300]  # state_dict errors list keys on lines
         raise MedsrError(
             f"cannot load model checkpoint '{path}' (not a medsr checkpoint?): "
             f"{type(error).__name__}: {reason}"
         ) from error
     return generator.to(device).eval(), config
+
+
+def load_weights(generator: MISRGenerator, weights: dict, config: dict) -> None:
+    """`load_state_dict`, strict, except for a checkpoint written before the decoder had its
+    offset tail (its config names no `tail_knots`): that model is the same model with a tail of
+    zeros, which is how a tail starts, so its outputs are unchanged."""
+    model = config.get("model", {}) if isinstance(config, dict) else {}
+    missing = {key for key in generator.state_dict() if key not in weights}
+    if "tail_knots" not in model and missing and all(k.startswith("tail.") for k in missing):
+        weights = {**generator.state_dict(), **weights}  # the tail as built: zeros
+    generator.load_state_dict(weights)
 
 
 def default_model_path() -> Path:

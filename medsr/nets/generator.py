@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -14,6 +15,23 @@ from medsr.nets.blocks import (
     gather_last_axis,
     gather_layout,
 )
+
+
+class Encoded(NamedTuple):
+    """The low-resolution part of a forward pass (`MISRGenerator.encode`), decoded at any
+    positions by `MISRGenerator.predict_at`. Feature maps are (N, C, ..., W, n) in the
+    gather layout."""
+
+    left: torch.Tensor  # decoder projections of the sample left of a query
+    right: torch.Tensor  # ... and right of it
+    tail: torch.Tensor | None  # the offset tail's knot values (N, J, ..., W, n), or None
+    centre: torch.Tensor  # (N, 1, ..., n): the centre low-resolution plane
+    log_factor: float
+
+    def float(self) -> Encoded:
+        """The feature maps in float32 (after a bf16 encoder); the centre plane as it is."""
+        tail = None if self.tail is None else self.tail.float()
+        return self._replace(left=self.left.float(), right=self.right.float(), tail=tail)
 
 
 class MISRGenerator(nn.Module):
@@ -28,14 +46,25 @@ class MISRGenerator(nn.Module):
     samples around the position, the position's offset from the first of them and the factor.
 
     The decoder's first layer is linear in the features, so it runs at the low resolution (two
-    1x1 projections); only a two-layer MLP of `hidden` channels runs per output sample. Its last
-    layer starts at zero: an untrained generator *is* cubic B-spline interpolation.
+    1x1 projections); only a two-layer MLP of `hidden` channels runs per output sample.
+
+    Beside it, the *offset tail* gives the decoder spatial context and position-dependent
+    filters: a 3x3 convolution of the features predicts, at every low-resolution sample, the
+    residual at `tail_knots` offsets spread evenly over the sample's slab (-0.5 .. +0.5), and a
+    query takes the linear interpolation of these knots at its offset from the nearest sample.
+    This is Meta-SR's weight prediction with the weights linear in a fixed (hat) basis of the
+    offset: at an integer factor up to ``tail_knots - 1`` it spans the first version's
+    factor-specific sub-pixel 3x3 head (`tail_knots` = 9: every factor up to 8), while one set of
+    weights serves every factor, and being linear in its weights it adapts to a scan as fast as
+    that head did. Both last layers start at zero: an untrained generator *is* cubic B-spline
+    interpolation.
 
     Args:
         neighbours: k, number of input planes (odd).
         num_features: encoder feature channels.
         num_blocks: encoder residual blocks (no batch norm).
         hidden: decoder channels per output sample.
+        tail_knots: knots of the offset tail (0: no tail; else >= 2).
         spatial_dims: 2 for planes (N, k, W, n), 3 for slabs (N, k, D, W, n).
     """
 
@@ -45,6 +74,7 @@ class MISRGenerator(nn.Module):
         num_features: int = 32,
         num_blocks: int = 4,
         hidden: int = 32,
+        tail_knots: int = 9,
         spatial_dims: int = 2,
     ) -> None:
         super().__init__()
@@ -54,6 +84,8 @@ class MISRGenerator(nn.Module):
             raise ValueError(
                 f"bad sizes: features {num_features}, hidden {hidden}, blocks {num_blocks}"
             )
+        if tail_knots == 1 or tail_knots < 0:
+            raise ValueError(f"tail_knots must be 0 or >= 2, got {tail_knots}")
         self.neighbours = neighbours
         self.head = conv_layer(neighbours + 1, num_features, spatial_dims)
         blocks = [ResidualBlock(num_features, spatial_dims) for _ in range(num_blocks)]
@@ -70,6 +102,10 @@ class MISRGenerator(nn.Module):
         )
         nn.init.zeros_(self.decode[-1].weight)
         nn.init.zeros_(self.decode[-1].bias)
+        self.tail = conv_layer(num_features, tail_knots, spatial_dims) if tail_knots else None
+        if self.tail is not None:
+            nn.init.zeros_(self.tail.weight)
+            nn.init.zeros_(self.tail.bias)
 
     def forward(self, lr: torch.Tensor, positions: torch.Tensor, factor: float) -> torch.Tensor:
         """Upsample the centre plane of `lr` along its last axis.
@@ -85,20 +121,21 @@ class MISRGenerator(nn.Module):
         """
         return self.predict_at(self.encode(lr, factor), positions)
 
-    def encode(self, lr: torch.Tensor, factor: float) -> tuple:
-        """The low-resolution part: (left and right projections, centre plane, log-factor).
-        Split from `predict_at` so that large outputs can be decoded in chunks of positions.
-        The projections are laid out once for the decoder's gather (`gather_layout`): the same
-        values, read as whole rows by every chunk."""
+    def encode(self, lr: torch.Tensor, factor: float) -> Encoded:
+        """The low-resolution part (`Encoded`). Split from `predict_at` so that large outputs
+        can be decoded in chunks of positions. The feature maps are laid out once for the
+        decoder's gather (`gather_layout`): the same values, read as whole rows by every
+        chunk."""
         log_factor = math.log(max(float(factor), 1.0))
         code = torch.full_like(lr[:, :1], log_factor)
         features = self.head(torch.cat([lr, code], dim=1))
         features = features + self.body(features)
         left_proj, right_proj = map(gather_layout, self.project(features).chunk(2, dim=1))
+        tail = None if self.tail is None else gather_layout(self.tail(features))
         centre = lr[:, self.neighbours // 2 : self.neighbours // 2 + 1]
-        return left_proj, right_proj, centre, log_factor
+        return Encoded(left_proj, right_proj, tail, centre, log_factor)
 
-    def predict_at(self, encoded: tuple, positions: torch.Tensor) -> torch.Tensor:
+    def predict_at(self, encoded: Encoded, positions: torch.Tensor) -> torch.Tensor:
         """The plane at `positions` from `encode`'s output: B-spline value + decoded residual.
 
         The B-spline base is computed in float32 (or the input's wider type) outside any
@@ -106,7 +143,7 @@ class MISRGenerator(nn.Module):
         the intensity range); only the residual runs in the autocast type, and it is added to the
         base in the base's type.
         """
-        left_proj, right_proj, centre, log_factor = encoded
+        left_proj, right_proj, tail, centre, log_factor = encoded
         count = centre.shape[-1]
         positions = positions.to(device=centre.device, dtype=centre.dtype)
         left = torch.clamp(torch.floor(positions), 0, max(count - 2, 0)).long()
@@ -117,7 +154,23 @@ class MISRGenerator(nn.Module):
         query = query.reshape(1, -1, *([1] * (centre.dim() - 3)), query.shape[-1])
         hidden = gather_last_axis(left_proj, left) + gather_last_axis(right_proj, right)
         residual = self.decode(hidden + query.to(hidden.dtype))
+        if tail is not None:
+            residual = residual + offset_tail(tail, positions).to(residual.dtype)
         return exact_bspline(centre, positions) + residual.to(_exact_dtype(centre.dtype))
+
+
+def offset_tail(knots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The offset tail at `positions`: (N, J, ..., W, n) knot values -> (N, 1, ..., W, M).
+
+    Knot j of sample i is the residual at ``i - 0.5 + j / (J - 1)``; a position takes the linear
+    interpolation of its nearest sample's knots (hat weights of its offset from that sample)."""
+    count, num_knots = knots.shape[-1], knots.shape[1]
+    nearest = torch.clamp(torch.round(positions), 0, count - 1)
+    offset = torch.clamp(positions - nearest, -0.5, 0.5)  # outside only beyond the edge slabs
+    grid = torch.linspace(-0.5, 0.5, num_knots, device=positions.device, dtype=positions.dtype)
+    weights = torch.clamp(1 - (offset[None] - grid[:, None]).abs() * (num_knots - 1), min=0)
+    weights = weights.reshape(1, num_knots, *([1] * (knots.dim() - 3)), -1).to(knots.dtype)
+    return (gather_last_axis(knots, nearest.long()) * weights).sum(dim=1, keepdim=True)
 
 
 def _exact_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -63,7 +63,7 @@ def encode_planes(generator, lr: torch.Tensor, factor: float, precision: str) ->
     with precision_autocast(lr.device, precision):
         encoded = generator.encode(lr, factor)
     if lr.device.type == "cpu" and precision != "fp32":
-        encoded = (encoded[0].float(), encoded[1].float(), *encoded[2:])
+        encoded = encoded.float()
     return encoded
 
 
