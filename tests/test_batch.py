@@ -547,3 +547,19 @@ def test_threads_are_the_threads_of_each_worker(tree, tmp_path, monkeypatch):
     assert medsr.batch.run._job_settings({}, 2, 4)[0]["threads"] == max(
         1, (os.cpu_count() or 1) // 4
     )
+
+
+def test_slice_profile_passes_through_to_each_fit_and_the_manifest(
+    tree, tmp_path, identity_checkpoint
+):
+    out = tmp_path / "out"
+    command = ["batch", str(tree), str(out), "--workers", "1", "--quiet", "--pattern", "a.nii*"]
+    command += ["--model", str(identity_checkpoint), "--fit-steps", "1", "--slice-profile", "sinc"]
+    assert main(command) == 0
+    assert (
+        json.loads((out / MANIFEST).read_text(encoding="utf-8"))["settings"]["slice_profile"]
+        == "sinc"
+    )
+    assert json.loads((out / "a.nii.gz.json").read_text(encoding="utf-8"))["slice_profile"] == (
+        "sinc"
+    )

@@ -603,3 +603,53 @@ def test_the_fit_never_trains_on_the_guard_slices(monkeypatch, identity_checkpoi
     slab = seen[0][0]
     centres = np.concatenate([c for _, c in seen])
     assert not np.any((centres + 1 >= slab[0]) & (centres - 1 < slab[1]))
+
+
+def test_slice_profile_option_is_the_fits_profile_and_is_recorded(
+    tmp_path, phantom_path, identity_checkpoint, monkeypatch
+):
+    """`--slice-profile sinc`: every pair of the fit and the guard's held-back slices are
+    thickened with the 2D multi-slice profile (not the trained boxcar/Gaussian family), and the
+    provenance says so; without the option the trained family is drawn and nothing is recorded."""
+    import json
+
+    import medsr.train.pairs
+    import medsr.upsample.adapt
+    from medsr.upsample.adapt import adaptation_config
+
+    drawn = []
+
+    def spy(module):
+        real = module.thicken_last_axis
+
+        def thicken(thin, factor, thickness, profile):
+            drawn.append(profile)
+            return real(thin, factor, thickness, profile)
+
+        monkeypatch.setattr(module, "thicken_last_axis", thicken)
+
+    spy(medsr.train.pairs)
+    spy(medsr.upsample.adapt)
+    argv = ["upsample", str(phantom_path), "--model", str(identity_checkpoint), "--quiet"]
+    out = tmp_path / "sinc.nii.gz"
+    assert main([*argv, "-o", str(out), "--fit-steps", "3", "--slice-profile", "sinc"]) == 0
+    assert drawn and set(drawn) == {"sinc"}
+    record = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
+    assert record["slice_profile"] == "sinc"
+    drawn.clear()
+    out = tmp_path / "family.nii.gz"
+    assert main([*argv, "-o", str(out), "--fit-steps", "3"]) == 0
+    assert drawn and "sinc" not in drawn
+    record = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
+    assert "slice_profile" not in record
+    config = adaptation_config(load_generator(identity_checkpoint)[1], 5, 0, profile="gaussian")
+    assert config.data.profiles == ("gaussian",)
+
+
+def test_an_unknown_slice_profile_is_refused_before_any_work(tmp_path, phantom_path):
+    from medsr.errors import MedsrError
+    from medsr.upsample.files import upsample_file
+
+    with pytest.raises(MedsrError, match="unknown slice profile 'rect'"):
+        upsample_file(phantom_path, tmp_path / "o.nii.gz", slice_profile="rect")
+    assert not (tmp_path / "o.nii.gz").exists()

@@ -11,6 +11,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImage, LoadImaged
 
 from medsr.cli import main
 from medsr.config import DataConfig
+from medsr.errors import MedsrError
 from medsr.evaluate.metrics import psnr, ssim
 from medsr.evaluate.simulate import simulate_acquisition
 from medsr.geometry import world_extent
@@ -240,6 +241,17 @@ def test_misr_fits_the_dicom_gap_as_the_cli_does(tmp_path, identity_checkpoint):
     assert np.abs(without[0].numpy() - cli.array).max() > 1e-2  # the gap changes the fit
     given = ThroughPlaneUpsample(**options, slice_thickness="3mm")(contiguous)
     np.testing.assert_array_equal(given.numpy(), result.numpy())
+    # --slice-profile: the same fit and record as the CLI's
+    out = tmp_path / "cli_sinc.nii.gz"
+    argv = ["upsample", str(series), "-o", str(out), "--dtype", "float32", "--quiet"]
+    argv += ["--model", str(identity_checkpoint), "--fit-steps", "3", "--slice-profile", "sinc"]
+    assert main(argv) == 0
+    sinc = ThroughPlaneUpsample(**options, slice_profile="sinc")(image)
+    np.testing.assert_allclose(sinc[0].numpy(), read_volume(out).array, rtol=1e-5, atol=1e-3)
+    assert '"slice_profile": "sinc"' in sinc.meta["medsr_provenance"]
+    assert np.abs(sinc[0].numpy() - cli.array).max() > 1e-3  # the profile changes the fit
+    with pytest.raises(MedsrError, match="unknown slice profile"):
+        ThroughPlaneUpsample(slice_profile="rect")
 
 
 def test_a_4d_series_is_upsampled_frame_by_frame_as_the_cli_does(tmp_path, identity_checkpoint):

@@ -117,6 +117,8 @@ def batch_settings(args: argparse.Namespace) -> dict:
         "allow_coarser": args.allow_coarser,
         "slice_thickness": args.slice_thickness,
     }
+    if args.slice_profile:  # only then: older manifests' settings stay the same
+        settings.update(slice_profile=args.slice_profile)
     if args.method == "misr":
         settings.update(fit_settings(args), device=args.device, batch_size=args.batch_size)
         if args.precision != "auto":  # only then: older manifests' settings stay the same

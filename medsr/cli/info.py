@@ -13,7 +13,7 @@ def info_parser(commands) -> None:
         "info", help="print shape, spacing, orientation, thick axis and the default output grid"
     )
     info.add_argument("input")
-    add_input_geometry(info)
+    add_input_geometry(info, profile=False)
 
 
 def info_command(args: argparse.Namespace) -> int:

@@ -27,7 +27,9 @@ def threads(text: str) -> int:
     return value
 
 
-def add_input_geometry(parser: argparse.ArgumentParser, *, series: bool = True) -> None:
+def add_input_geometry(
+    parser: argparse.ArgumentParser, *, series: bool = True, profile: bool = True
+) -> None:
     if series:
         parser.add_argument(
             "--series",
@@ -42,6 +44,14 @@ def add_input_geometry(parser: argparse.ArgumentParser, *, series: bool = True) 
         help="slice thickness, overriding the header's (DICOM SliceThickness); below the "
         "spacing is a gap; the learned method's fit uses it as the slice profile",
     )
+    if profile:
+        parser.add_argument(
+            "--slice-profile",
+            choices=["boxcar", "gaussian", "sinc"],
+            help="shape of the slice profile, for the learned method's fit (sinc: a 2D "
+            "multi-slice MRI's truncated-sinc RF pulse, side lobes into the neighbours; "
+            "default: boxcar and Gaussian, as the model was trained)",
+        )
     parser.add_argument(
         "--input-spacing",
         nargs=3,

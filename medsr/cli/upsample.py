@@ -125,6 +125,7 @@ def upsample_command(args: argparse.Namespace) -> int:
         allow_coarser=args.allow_coarser,
         series=args.series,
         slice_thickness=args.slice_thickness,
+        slice_profile=args.slice_profile,
         labels=args.labels,
         labels_output=args.labels_out,
         output_format=args.output_format,

@@ -112,6 +112,8 @@ class ThroughPlaneUpsample(Transform):
         slice_thickness: slice thickness overriding the image's, a length as `spacing`
             (``3``, ``"3mm"``, ``"20um"``; a bare number is in the image's unit), as the CLI's
             ``--slice-thickness``.
+        slice_profile: the shape of the slice profile for the fit (``"boxcar"``, ``"gaussian"``,
+            ``"sinc"``), as the CLI's ``--slice-profile``; default: the model's training family.
         **misr_options: the learned method's options as in the CLI: model, fit_steps,
             fit_seconds, seed, device, batch_size, progress.
     """
@@ -124,6 +126,7 @@ class ThroughPlaneUpsample(Transform):
         axis: int | None = None,
         keep_dtype: bool = True,
         slice_thickness: float | str | None = None,
+        slice_profile: str | None = None,
         **misr_options: Any,
     ) -> None:
         if method not in ("misr", "bspline", "linear"):
@@ -131,6 +134,10 @@ class ThroughPlaneUpsample(Transform):
         self.method, self.spacing, self.scale, self.axis = method, spacing, scale, axis
         self.keep_dtype, self.misr_options = keep_dtype, misr_options
         self.slice_thickness = slice_thickness
+        from medsr.upsample.files import check_slice_profile
+
+        check_slice_profile(slice_profile)
+        self.slice_profile = slice_profile
 
     def _upsample(self, volume: Volume, confidence: bool = False) -> Volume:
         from medsr.upsample.api import upsample_volume
@@ -158,6 +165,8 @@ class ThroughPlaneUpsample(Transform):
             given = target_spacing(self.slice_thickness, meta["unit"], "slice_thickness")
         if given is not None:
             meta["slice_thickness"] = float(given)
+        if self.slice_profile is not None:
+            meta["slice_profile"] = self.slice_profile
         return meta
 
     def __call__(self, img: torch.Tensor) -> MetaTensor:

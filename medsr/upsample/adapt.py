@@ -57,7 +57,11 @@ DETERMINISTIC_WORKSPACE = ":4096:8"
 
 
 def adaptation_config(
-    config: Config, steps: int, seed: int, thickness_ratio: float | None = None
+    config: Config,
+    steps: int,
+    seed: int,
+    thickness_ratio: float | None = None,
+    profile: str | None = None,
 ) -> Config:
     """The fine-tuning's own config for the model of `config` (a checkpoint's).
 
@@ -68,16 +72,18 @@ def adaptation_config(
     constant learning rate, `steps` steps
     (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
-    thickness / spacing), that slice profile only.
+    thickness / spacing), that thickness only; with `profile` (``--slice-profile``), that
+    profile's shape only.
     """
     trained = config.data
     ratios = trained.thickness_ratios if thickness_ratio is None else (thickness_ratio,) * 2
+    profiles = trained.profiles if profile is None else (profile,)
     return Config(
         model=config.model,
         loss=LossConfig(perceptual_weight=0.0, adversarial_weight=0.0),
         data=DataConfig(
             self_supervised=True,
-            profiles=trained.profiles,
+            profiles=profiles,
             thickness_ratios=ratios,
             patch_width=trained.patch_width,
             patch_slices=trained.patch_slices,
@@ -162,10 +168,15 @@ def guard_slab(count: int, neighbours: int) -> tuple[int, int] | None:
 
 
 def guard_planes(
-    sources: list[PlaneSource], slab: tuple[int, int], neighbours: int, ratio: float | None
+    sources: list[PlaneSource],
+    slab: tuple[int, int],
+    neighbours: int,
+    ratio: float | None,
+    profile: str | None = None,
 ) -> list[tuple]:
     """(lr, hr, positions, factor) of the slab's middle slice of every source, thickened along
-    its `a` axis as the fit thickens (boxcar, the scan's thickness ratio if known)."""
+    its `a` axis as the fit thickens (the scan's slice profile if given, else boxcar; the scan's
+    thickness ratio if known)."""
     planes = []
     for source in sources:
         count, length, factor = source.array.shape[0], source.array.shape[2], source.factor
@@ -174,7 +185,7 @@ def guard_planes(
             continue
         index = neighbour_indices(np.array([(slab[0] + slab[1]) // 2]), neighbours, 1, count)[0]
         patch = np.ascontiguousarray(source.array[index, :, : thin_slices(slices, factor, length)])
-        lr = thicken_last_axis(patch, factor, factor * (ratio or 1.0), "boxcar")
+        lr = thicken_last_axis(patch, factor, factor * (ratio or 1.0), profile or "boxcar")
         positions = slab_positions(slices, factor)
         hr = patch[neighbours // 2][..., : len(positions)]
         planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
@@ -253,6 +264,7 @@ def adapt_to_scan(
     seed: int = 0,
     seconds: float | None = None,
     thickness_ratio: float | None = None,
+    profile: str | None = None,
     progress: bool = False,
     guard: dict | None = None,
 ) -> tuple[MISRGenerator, int]:
@@ -273,6 +285,9 @@ def adapt_to_scan(
         seconds: optional wall-clock upper bound on the fit.
         thickness_ratio: the scan's slice thickness / slice spacing, if known (below 1: a gap);
             default: the range the model was trained with.
+        profile: the scan's slice profile (``"boxcar"``, ``"gaussian"`` or ``"sinc"``, the
+            2D multi-slice profile; `medsr.degrade.slice_profile_weights`), if known; default:
+            the profiles the model was trained with.
         progress: show a progress bar.
         guard: a dict that receives the fit guard's record (scores of the adapted model, the
             prior and B-spline on the held-back slices, the choice; or why there was none).
@@ -282,12 +297,14 @@ def adapt_to_scan(
     """
     if steps <= 0:
         return generator.eval(), 0
-    adapt_config = adaptation_config(config, steps, seed, thickness_ratio)
+    adapt_config = adaptation_config(config, steps, seed, thickness_ratio, profile)
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
     sampler = PairSampler(sources, adapt_config.data, generator.neighbours)
     slab = guard_slab(sources[0].array.shape[0], generator.neighbours)
     planes = (
-        [] if slab is None else guard_planes(sources, slab, generator.neighbours, thickness_ratio)
+        []
+        if slab is None
+        else guard_planes(sources, slab, generator.neighbours, thickness_ratio, profile)
     )
     sampler.held_out_planes = slab if planes else None
     start = time.perf_counter()
@@ -329,7 +346,8 @@ def adapt_to_grid(
     guard: dict | None = None,
 ) -> tuple[MISRGenerator, int]:
     """`adapt_to_scan` for upsampling `volume` onto `grid`: the fit of the learned method (its
-    grey values, the grid's axis and factor, the scan's `thickness_ratio`); `generator` is
+    grey values, the grid's axis and factor, the scan's `thickness_ratio` and slice profile,
+    ``meta["slice_profile"]``, from ``--slice-profile``); `generator` is
     already on `device`. One fit serves every frame of a 4D series (`medsr.upsample.series4d`).
     """
     return adapt_to_scan(
@@ -342,6 +360,7 @@ def adapt_to_grid(
         seconds=seconds,
         seed=seed,
         thickness_ratio=thickness_ratio(volume, grid.axis),
+        profile=volume.meta.get("slice_profile"),
         device=device,
         progress=progress,
         guard=guard,

@@ -121,6 +121,8 @@ def upsample_misr(
         "slice_thickness_ratio": ratio,
         "precision": resolved,
     }
+    if volume.meta.get("slice_profile"):  # only then: older records stay the same
+        provenance["slice_profile"] = volume.meta["slice_profile"]
     if guard:
         provenance["fit_guard"] = guard
     return result, provenance, uncertainty

@@ -52,6 +52,7 @@ def upsample_file(
     align: bool = False,
     series: str | None = None,
     slice_thickness: float | str | None = None,
+    slice_profile: str | None = None,
     labels: str | os.PathLike[str] | None = None,
     labels_output: str | os.PathLike[str] | None = None,
     allow_coarser: bool = False,
@@ -69,7 +70,9 @@ def upsample_file(
     (`medsr.histology.alignment`) and the transforms are written beside the output
     (``<output>.transforms.json``). `series` picks a DICOM series of a folder;
     `slice_thickness` (a length, as `spacing`) overrides the header's (DICOM's SliceThickness)
-    and becomes the slice profile of the learned method's fit. `labels`, a label map on the
+    and becomes the slice profile of the learned method's fit, with `slice_profile`'s shape
+    (``"boxcar"``, ``"gaussian"``, ``"sinc"``; default: the model's training family). `labels`,
+    a label map on the
     input's grid (a segmentation drawn on the thick slices), is written on the output's grid
     too (at `labels_output`, default `labels_output_path`), by shape-based interpolation.
     `output_format` ``"dicom"`` writes a DICOM series folder (default ``<input stem>_<method>``
@@ -112,11 +115,13 @@ def upsample_file(
         raise MedsrError(
             f"--align aligns the sections of one volume; '{input_path}' holds {frames}"
         )
+    check_slice_profile(slice_profile)
     volume = _with_thickness(  # a 4D series: its first frame, for the checks
         read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series, frame=0)
         if frames > 1
         else read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series),
         slice_thickness,
+        slice_profile,
     )
     check_outputs(output, labels_path, volume, overwrite, output_format)  # every check first
     if confidence is not None:
@@ -145,10 +150,12 @@ def upsample_file(
         label_result = None if label_map is None else _labels_on_grid(label_map, volume, options)
         settings = dict(input_spacing=input_spacing, input_unit=input_unit)
         settings.update(slice_thickness=slice_thickness)
+        if slice_profile:  # only then: earlier partial folders' settings stay the same
+            settings.update(slice_profile=slice_profile)
         written, result = upsample_series(
             input_path,
             output,
-            lambda: _frames(input_path, input_spacing, input_unit, slice_thickness),
+            lambda: _frames(input_path, input_spacing, input_unit, slice_thickness, slice_profile),
             frames=frames,
             method=method,
             options=options,
@@ -207,18 +214,36 @@ def _frame_count(input_path: Path, output: Path, output_format) -> int:
     return frames
 
 
-def _frames(input_path: Path, spacing, unit, slice_thickness):
+def _frames(input_path: Path, spacing, unit, slice_thickness, slice_profile=None):
     """The frames of a 4D series in order, one in memory at a time, as the checks saw frame 0."""
     for volume in read_volume_frames(input_path, spacing=spacing, unit=unit):
-        yield _with_thickness(volume, slice_thickness)
+        yield _with_thickness(volume, slice_thickness, slice_profile)
 
 
-def _with_thickness(volume: Volume, slice_thickness: float | str | None) -> Volume:
-    """`volume` with ``meta["slice_thickness"]`` set from the option (a length), if given."""
-    if slice_thickness is None:
+#: slice profiles a scan may declare (``--slice-profile``; `medsr.degrade.SliceProfile`)
+SLICE_PROFILES = ("boxcar", "gaussian", "sinc")
+
+
+def check_slice_profile(profile: str | None) -> None:
+    if profile is not None and profile not in SLICE_PROFILES:
+        raise MedsrError(
+            f"unknown slice profile {profile!r}; use one of {', '.join(SLICE_PROFILES)}"
+        )
+
+
+def _with_thickness(
+    volume: Volume, slice_thickness: float | str | None, slice_profile: str | None = None
+) -> Volume:
+    """`volume` with ``meta["slice_thickness"]`` set from the option (a length) and
+    ``meta["slice_profile"]`` from its option, where given."""
+    if slice_thickness is None and slice_profile is None:
         return volume
-    thickness = target_spacing(slice_thickness, volume.unit, "--slice-thickness")
-    return Volume(volume.array, volume.affine, {**volume.meta, "slice_thickness": thickness})
+    meta = dict(volume.meta)
+    if slice_thickness is not None:
+        meta["slice_thickness"] = target_spacing(slice_thickness, volume.unit, "--slice-thickness")
+    if slice_profile is not None:
+        meta["slice_profile"] = slice_profile
+    return Volume(volume.array, volume.affine, meta)
 
 
 def _loaded_model(volume, input_path, method, spacing, scale, axis, misr_options) -> dict:
