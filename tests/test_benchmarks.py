@@ -122,3 +122,19 @@ def test_quick_benchmark_runs_on_a_tiny_synthetic_volume(tmp_path):
     assert benchmark_mri.main([*argv, "--resume"]) == 0
     assert (tmp_path / "table.md").read_text(encoding="utf-8") == table
     assert list(csv.DictReader(out.open(encoding="utf-8"))) == rows
+
+
+def test_fit_curves_points_parse_models_rates_and_the_first_version():
+    import fit_curves
+
+    points = fit_curves.points("tail=run/latest.pt,lr=5e-4", [0, 100], [45])
+    assert [p[0] for p in points] == [
+        ["--model", "run/latest.pt", "--fit-steps", "0"],
+        ["--model", "run/latest.pt", "--fit-steps", "100"],
+    ]
+    assert {p[3] for p in points} == {5e-4} and points[1][1]["steps"] == 100
+    shipped = fit_curves.points("shipped=default", [200], [45])
+    assert shipped[0][0] == ["--fit-steps", "200"] and shipped[0][3] is None
+    first = fit_curves.points("first=first-version:/tmp/old", [200], [15, 45])
+    assert [p[0] for p in first] == [["--fit-seconds", "15"], ["--fit-seconds", "45"]]
+    assert first[0][2] == "/tmp/old" and first[1][1]["fit_seconds"] == 45

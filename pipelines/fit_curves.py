@@ -1,0 +1,144 @@
+"""Fit curves: PSNR / SSIM against fit steps and seconds, for one or more models, on cases of
+the MRI benchmark (issue 16, item 2: how fast a decoder adapts to a scan).
+
+Each point is its own `medsr upsample --fit-steps N` process on the simulated thick volume
+(`benchmark_mri.acquire`: the same acquisition, mask and robust data range as the MRI benchmark),
+scored against the truth; B-spline is run once per case. A model is ``label=checkpoint`` (the
+shipped weights: ``label=default``), or ``label=first-version:PATH`` for a checkout of the
+first version (commit e9434e4, per-factor sub-pixel heads, integer factors only), whose CLI fits
+for ``--fit-seconds`` instead of steps: its points are taken at the seconds given. A model spec
+may end in ``,lr=RATE``: the fit's learning rate for that model (the experiment that chose
+`medsr.upsample.adapt.ADAPTATION_LEARNING_RATE`).
+
+Design choices are made on the validation volume (`haase_t1_head_1.6mm.nii.gz`); the test
+volumes are only measured.
+
+Usage (from the repository root):
+    python pipelines/fit_curves.py --data ../shared/data/mri --volume haase_t1_head_1.6mm.nii.gz \
+        --factor 4 --axis 2 --model shipped=default --steps 0 100 200 400 --out curves.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmark_mri import Case, acquire
+
+from medsr.evaluate.simulate import score
+from medsr.io import read_volume, write_volume
+
+FIELDS = ("volume", "factor", "axis", "profile", "model", "steps", "fit_seconds", "seconds")
+FIELDS += ("psnr", "ssim", "hfen", "bspline_psnr", "bspline_ssim", "delta_psnr", "delta_ssim")
+
+
+def medsr(argv: list[str], pythonpath: str | None = None, lr: float | None = None) -> float:
+    """Run `medsr` in its own process (with the fit's learning rate `lr`); its wall seconds."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    command = [sys.executable, "-m", "medsr.cli", *argv]
+    if lr is not None:
+        code = "import sys, medsr.upsample.adapt as a; from medsr.cli import main; "
+        code += f"a.ADAPTATION_LEARNING_RATE = {lr!r}; sys.exit(main(sys.argv[1:]))"
+        command = [sys.executable, "-c", code, *argv]
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"medsr {' '.join(argv)} failed: {done.stderr[-800:]}")
+    return time.perf_counter() - start
+
+
+def points(model: str, steps: list[int], seconds: list[float]) -> list[tuple]:
+    """(extra argv, row fields, PYTHONPATH, learning rate) per point of one model."""
+    label, _, spec = model.partition("=")
+    spec, _, rate = spec.partition(",lr=")
+    lr = float(rate) if rate else None
+    if spec.startswith("first-version:"):
+        root = spec.split(":", 1)[1]
+        return [
+            (
+                ["--fit-seconds", f"{s:g}"],
+                {"model": label, "fit_seconds": s, "steps": ""},
+                root,
+                None,
+            )
+            for s in seconds
+        ]
+    extra = [] if spec == "default" else ["--model", spec]
+    return [
+        (extra + ["--fit-steps", str(n)], {"model": label, "steps": n, "fit_seconds": ""}, None, lr)
+        for n in steps
+    ]
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    case = Case(args.volume, args.factor, args.axis, "family", args.profile)
+    volume = read_volume(args.data / args.volume)
+    thick, truth, mask, data_range = acquire(volume, case, seed=0)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        source = write_volume(thick, Path(folder) / "thick.nii.gz", overwrite=True)
+        common = ["-o", str(Path(folder) / "out.nii.gz"), "--overwrite", "--quiet"]
+        common += ["--dtype", "float32"]
+        medsr(["upsample", str(source), *common, "--method", "bspline"])
+        base = score(
+            read_volume(Path(folder) / "out.nii.gz").array,
+            truth,
+            mask=mask,
+            axis=args.axis,
+            data_range=data_range,
+        )
+        for model in args.model:
+            for extra, fields, pythonpath, lr in points(model, args.steps, args.seconds):
+                seconds = medsr(["upsample", str(source), *common, *extra], pythonpath, lr)
+                pred = read_volume(Path(folder) / "out.nii.gz").array
+                scores = score(pred, truth, mask=mask, axis=args.axis, data_range=data_range)
+                row = {"volume": args.volume.split(".nii")[0], "factor": args.factor}
+                row |= {"axis": args.axis, "profile": args.profile, **fields}
+                row |= {"seconds": round(seconds, 1), "psnr": scores["psnr"]}
+                row |= {"ssim": scores["ssim"], "hfen": scores["hfen"]}
+                row |= {"bspline_psnr": base["psnr"], "bspline_ssim": base["ssim"]}
+                row |= {"delta_psnr": scores["psnr"] - base["psnr"]}
+                row |= {"delta_ssim": scores["ssim"] - base["ssim"]}
+                print(
+                    " ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in row.items()
+                    ),
+                    flush=True,
+                )
+                rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/mri"))
+    parser.add_argument("--volume", required=True)
+    parser.add_argument("--factor", type=float, required=True)
+    parser.add_argument("--axis", type=int, default=2)
+    parser.add_argument("--profile", default="boxcar")
+    parser.add_argument("--model", action="append", required=True, metavar="LABEL=CKPT")
+    parser.add_argument("--steps", type=int, nargs="+", default=[0, 100, 200, 400])
+    parser.add_argument("--seconds", type=float, nargs="+", default=[15, 45])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    rows = run(args)
+    new = not args.out.exists()
+    with args.out.open("a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
