@@ -1,11 +1,13 @@
-"""The GAN's effect, measured: trained generators compared on held-out volumes, prior alone.
+"""The GAN's effect, measured: trained generators compared on the test volumes, prior alone.
 
-Each model (a checkpoint from `medsr train`) reconstructs thick slices simulated from volumes
-that were never used for training, with no adaptation to the scan (`fit_steps=0`), next to linear
-and cubic B-spline in the same run. Scores inside the head mask: PSNR, 3D SSIM, HFEN (lower is
-better), through-plane sharpness (1 = as sharp as the truth), and a VGG feature distance (the
-relative VGG16 relu2_2 feature error of the perceptual loss, averaged over every 4th plane that
-contains the thick axis; lower is closer to the truth's texture).
+Each model (a checkpoint from `medsr train`) reconstructs thick slices simulated from test
+volumes of `pipelines/configs/split.yaml` (never trained or tuned on), with no adaptation to the
+scan (`fit_steps=0`), next to linear and cubic B-spline in the same run. The acquisition, mask
+and data range are the MRI benchmark's (`benchmark_mri.acquire`: `evaluation_mask`,
+`robust_data_range`) and the scores its `medsr.evaluate.simulate.score`: PSNR, 3D SSIM, HFEN
+(lower is better), through-plane sharpness (1 = as sharp as the truth); plus a VGG feature
+distance (the relative VGG16 relu2_2 feature error of the perceptual loss, averaged over every
+4th plane that contains the thick axis; lower is closer to the truth's texture).
 
 The shipped model's ablation (docs/training.md) compares the same warm-up checkpoint continued
 for the same steps with MSE alone and with MSE + VGG + adversarial losses:
@@ -23,15 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchmark_mri import thicken
+from benchmark_mri import Case, acquire
 
-from medsr.evaluate.metrics import foreground_mask, hfen, psnr, sharpness_ratio, ssim
+from medsr.evaluate.simulate import score
 from medsr.io import read_volume
 from medsr.train.losses import PerceptualLoss, load_vgg_features
 from medsr.upsample.api import upsample_volume
 
-# (held-out volume, factor, profile, thick axis)
+# (test volume, factor, profile, thick axis)
 CASES = [
+    ("nilearn_icbm152_2009a_t1_1mm.nii.gz", 4.0, "boxcar", 1),
     ("heudiconv_b0_1.5mm_run2.nii.gz", 4.0, "boxcar", 2),
     ("heudiconv_b0_1.5mm_run1.nii.gz", 6.0, "gaussian", 1),
     ("inia19_macaque_t1_0.5mm.nii.gz", 10.0, "boxcar", 2),
@@ -66,29 +69,25 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     totals: dict[str, list[np.ndarray]] = {}
     for name, factor, profile, axis in CASES:
-        thick, truth = thicken(read_volume(args.data / name), factor, profile, axis)
-        mask, data_range = foreground_mask(truth), float(truth.max() - truth.min())
-        case = f"{name.split('.nii')[0]} x{factor:g} {profile} axis {axis}"
+        case = Case(name, factor, axis, "family", profile)
+        thick, truth, mask, data_range = acquire(read_volume(args.data / name), case, seed=0)
+        title = f"{name.split('.nii')[0]} x{factor:g} {profile} axis {axis}"
         runs = {m: {"method": m} for m in ("linear", "bspline")}
         runs.update(
             {m: {"method": "misr", "model": path, "fit_steps": 0} for m, path in models.items()}
         )
         for label, options in runs.items():
             pred = upsample_volume(thick, keep_dtype=False, **options).array
+            scores = score(pred, truth, mask=mask, axis=axis, data_range=data_range)
             values = np.array(
-                [
-                    psnr(pred, truth, data_range=data_range, mask=mask),
-                    ssim(pred, truth, data_range=data_range, mask=mask),
-                    hfen(pred, truth, mask=mask),
-                    sharpness_ratio(pred, truth, axis=axis, mask=mask),
-                    vgg_distance(pred, truth, axis, loss),
-                ]
+                [scores[k] for k in ("psnr", "ssim", "hfen", "sharpness")]
+                + [vgg_distance(pred, truth, axis, loss)]
             )
             totals.setdefault(label, []).append(values)
             cells = " | ".join(
                 f"{v:.4f}" if i in (1, 4) else f"{v:.3f}" for i, v in enumerate(values)
             )
-            print(f"| {case} | {label} | {cells} |", flush=True)
+            print(f"| {title} | {label} | {cells} |", flush=True)
     for label, values in totals.items():
         mean = np.mean(values, axis=0)
         cells = " | ".join(f"{v:.4f}" if i in (1, 4) else f"{v:.3f}" for i, v in enumerate(mean))
