@@ -250,6 +250,15 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return _build(Config, values or {}, "")
 
 
+def checkpoint_config(values: dict[str, Any]) -> Config:
+    """The `Config` a checkpoint was written with. A checkpoint from before the decoder's offset
+    tail names no ``model.tail_knots``: its model has no tail (0), whatever today's default."""
+    model = values.get("model", {}) if isinstance(values, dict) else {}
+    if isinstance(model, dict) and "tail_knots" not in model:
+        values = {**values, "model": {**model, "tail_knots": 0}}
+    return config_from_dict(values)
+
+
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain nested dict (YAML- and checkpoint-safe: tuples become lists)."""
 

@@ -156,7 +156,7 @@ def method_argv(method: str, source: Path, output: Path, case: Case, spacing: fl
         argv += ["--fit-steps", str(fit_steps)]
     if method.startswith("misr") and case.thickness is not None:
         argv += ["--slice-thickness", f"{case.thickness * spacing:.6g}"]
-    if method == "misr" and case.condition == "sinc" and options.get("tell_profile", True):
+    if method == "misr" and case.condition == "sinc":
         argv += ["--slice-profile", "sinc"]  # as the protocol (2D multi-slice) tells it
     return argv
 

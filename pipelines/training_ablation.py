@@ -14,8 +14,8 @@ for the same steps with MSE alone and with MSE + VGG + adversarial losses:
 
     python pipelines/training_ablation.py \
         --vgg-weights ../shared/weights/vgg16_imagenet_features.pth \
-        --model "MSE only=runs/default_mse/checkpoints/latest.pt" \
-        --model "MSE + VGG + GAN=runs/default_model/checkpoints/latest.pt"
+        --model "MSE only=runs/prior_tail_mse/checkpoints/latest.pt" \
+        --model "MSE + VGG + GAN=runs/prior_tail/checkpoints/latest.pt"
 """
 
 from __future__ import annotations

@@ -580,6 +580,7 @@ def test_the_fit_guard_uses_the_best_of_the_three(
         assert model is expected
     else:
         assert not torch.any(model.decode[-1].weight)
+        assert model.tail is None or not torch.any(model.tail.weight)
     lines = [r.getMessage() for r in caplog.records if "fit guard" in r.getMessage()]
     name = {"adapted": "the adapted model", "prior": "the prior", "bspline": "cubic B-spline"}
     assert len(lines) == 1 and f"using {name[choice]}" in lines[0]
@@ -642,6 +643,10 @@ def test_slice_profile_option_is_the_fits_profile_and_is_recorded(
     assert drawn and "sinc" not in drawn
     record = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
     assert "slice_profile" not in record
+    out = tmp_path / "prior.nii.gz"  # no fit: no profile was used, none is recorded
+    assert main([*argv, "-o", str(out), "--fit-steps", "0", "--slice-profile", "sinc"]) == 0
+    record = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
+    assert "slice_profile" not in record
     config = adaptation_config(load_generator(identity_checkpoint)[1], 5, 0, profile="gaussian")
     assert config.data.profiles == ("gaussian",)
 
@@ -653,3 +658,29 @@ def test_an_unknown_slice_profile_is_refused_before_any_work(tmp_path, phantom_p
     with pytest.raises(MedsrError, match="unknown slice profile 'rect'"):
         upsample_file(phantom_path, tmp_path / "o.nii.gz", slice_profile="rect")
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_the_guards_bspline_is_exactly_bspline_with_a_trained_tail():
+    """`as_bspline` zeroes every residual path: with the shipped prior (a trained offset tail and
+    MLP) its output is `exact_bspline`'s, as the guard scored it."""
+    from medsr.nets.generator import exact_bspline
+    from medsr.upsample.adapt import as_bspline
+
+    generator, _ = load_generator(default_model_path())
+    assert generator.tail is not None and torch.any(generator.tail.weight)
+    lr = torch.rand(2, generator.neighbours, 12, 7)
+    positions = torch.linspace(-0.4, 6.4, 23)
+    with torch.no_grad():
+        got = as_bspline(generator)(lr, positions, 3.3)
+        k = generator.neighbours // 2
+        torch.testing.assert_close(got, exact_bspline(lr[:, k : k + 1], positions))
+        assert (generator(lr, positions, 3.3) - got).abs().max() > 1e-3
+
+
+def test_slice_profile_needs_the_learned_methods_fit(tmp_path, phantom_path, capsys):
+    out = tmp_path / "o.nii.gz"
+    argv = ["upsample", str(phantom_path), "-o", str(out), "--method", "bspline"]
+    assert main([*argv, "--slice-profile", "sinc"]) == 1
+    error = capsys.readouterr().err
+    assert "--method misr only" in error and len(error.strip().splitlines()) == 1
+    assert not out.exists()

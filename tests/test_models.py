@@ -165,7 +165,8 @@ def test_encode_lays_the_projections_out_for_the_gather():
         )
 
 
-def test_offset_tail_returns_its_knots_and_interpolates_between_them():
+@pytest.mark.parametrize("factor", [2, 3, 4, 5, 6, 7, 8])
+def test_offset_tail_returns_its_knots_and_interpolates_between_them(factor):
     """Knot j of sample i is the residual at i - 0.5 + j / (J - 1); between knots the tail is
     linear. So at an integer factor r <= J - 1 every output position of a slab can take its own
     value, as with the first version's per-factor sub-pixel head."""
@@ -182,14 +183,16 @@ def test_offset_tail_returns_its_knots_and_interpolates_between_them():
     knots = ramp.expand(1, 1, num_knots, count).permute(0, 2, 1, 3).contiguous()
     positions = torch.linspace(-0.5, count - 0.5, 37, dtype=torch.float64)
     torch.testing.assert_close(offset_tail(knots, positions)[0, 0, 0], positions)
-    # at factor 4 the four positions of one slab are four independent values
-    positions = torch.tensor([sample - 0.5 + (p + 0.5) / 4 for p in range(4)], dtype=torch.float64)
+    # at an integer factor up to 8 the positions of one slab are independent values
+    positions = torch.tensor(
+        [sample - 0.5 + (p + 0.5) / factor for p in range(factor)], dtype=torch.float64
+    )
     rows = []
     for j in range(num_knots):
         one_hot = torch.zeros(1, num_knots, 1, count, dtype=torch.float64)
         one_hot[0, j, 0, sample] = 1.0
         rows.append(offset_tail(one_hot, positions)[0, 0, 0])
-    assert torch.linalg.matrix_rank(torch.stack(rows)) == 4
+    assert torch.linalg.matrix_rank(torch.stack(rows)) == factor
 
 
 def test_tail_gives_the_decoder_spatial_context():
@@ -210,8 +213,8 @@ def test_tail_gives_the_decoder_spatial_context():
 
 
 def test_checkpoint_from_before_the_tail_loads_unchanged(tmp_path):
-    """A checkpoint whose config names no tail_knots (written before the tail) loads as the same
-    model with a zero tail: outputs equal those of the model without a tail. A checkpoint that
+    """A checkpoint whose config names no tail_knots (written before the tail) loads as the model
+    it was, without a tail (so a fit cannot grow one either): outputs equal. A checkpoint that
     names tail_knots must hold the tail's weights."""
     from medsr.config import Config, config_to_dict
     from medsr.errors import MedsrError
@@ -225,7 +228,7 @@ def test_checkpoint_from_before_the_tail_loads_unchanged(tmp_path):
     del config["model"]["tail_knots"]
     torch.save({"generator": old.state_dict(), "config": config}, tmp_path / "old.pt")
     loaded, loaded_config = load_generator(tmp_path / "old.pt")
-    assert loaded.tail is not None and loaded_config.model.tail_knots == 9
+    assert loaded.tail is None and loaded_config.model.tail_knots == 0
     lr, positions = torch.rand(2, 3, 10, 6), torch.linspace(-0.5, 5.5, 19)
     with torch.no_grad():
         torch.testing.assert_close(loaded(lr, positions, 3.0), old(lr, positions, 3.0))

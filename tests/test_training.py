@@ -351,3 +351,38 @@ def test_discriminator_warm_up_must_not_be_negative():
 
     with pytest.raises(MedsrError, match="discriminator_warmup_steps"):
         TrainConfig(discriminator_warmup_steps=-1)
+
+
+def test_a_run_from_before_the_offset_tail_resumes_without_one(tmp_path, hr_path, tiny_config):
+    """A checkpoint whose config names no model.tail_knots was written before the tail: --resume
+    continues that model (no tail), it does not fail on the missing weights or grow a tail."""
+    run = tmp_path / "run"
+    config = dataclasses.replace(
+        _with_steps(tiny_config, 1), model=dataclasses.replace(tiny_config.model, tail_knots=0)
+    )
+    run_training([hr_path], run, config)
+    latest = run / "checkpoints" / "latest.pt"
+    state = torch.load(latest, weights_only=True)
+    del state["config"]["model"]["tail_knots"]  # as a pre-tail medsr wrote it
+    torch.save(state, latest)
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(hr_path),
+                "--out",
+                str(run),
+                "--resume",
+                "--quiet",
+                "--set",
+                "train.steps=2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    state = torch.load(latest, weights_only=True)
+    assert state["step"] == 2 and state["config"]["model"]["tail_knots"] == 0
+    assert not any(key.startswith("tail.") for key in state["generator"])

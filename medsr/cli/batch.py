@@ -118,6 +118,10 @@ def batch_settings(args: argparse.Namespace) -> dict:
         "slice_thickness": args.slice_thickness,
     }
     if args.slice_profile:  # only then: older manifests' settings stay the same
+        if args.method != "misr":
+            from medsr.errors import MedsrError
+
+            raise MedsrError("--slice-profile shapes the learned method's fit: --method misr only")
         settings.update(slice_profile=args.slice_profile)
     if args.method == "misr":
         settings.update(fit_settings(args), device=args.device, batch_size=args.batch_size)

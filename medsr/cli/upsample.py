@@ -100,6 +100,8 @@ def upsample_command(args: argparse.Namespace) -> int:
         }
     elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
         raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
+    if args.slice_profile and args.method != "misr":
+        raise MedsrError("--slice-profile shapes the learned method's fit: --method misr only")
     if args.confidence and args.method != "misr":
         raise MedsrError(
             f"--confidence maps the learned method's uncertainty; not --method {args.method}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from medsr.config import Config, config_from_dict
+from medsr.config import Config, checkpoint_config
 from medsr.errors import MedsrError
 from medsr.nets.generator import MISRGenerator
 
@@ -34,9 +34,9 @@ def load_generator(path: str | os.PathLike[str], device: torch.device | str = "c
     """
     try:
         state = torch.load(Path(path), map_location=device, weights_only=True)
-        config = config_from_dict(state["config"])
+        config = checkpoint_config(state["config"])
         generator = build_generator(config)
-        load_weights(generator, state["generator"], state["config"])
+        generator.load_state_dict(state["generator"])
     except Exception as error:  # unpickling errors, missing keys, shape mismatches
         reason = " ".join(str(error).split())[:300]  # state_dict errors list keys on lines
         raise MedsrError(
@@ -44,17 +44,6 @@ def load_generator(path: str | os.PathLike[str], device: torch.device | str = "c
             f"{type(error).__name__}: {reason}"
         ) from error
     return generator.to(device).eval(), config
-
-
-def load_weights(generator: MISRGenerator, weights: dict, config: dict) -> None:
-    """`load_state_dict`, strict, except for a checkpoint written before the decoder had its
-    offset tail (its config names no `tail_knots`): that model is the same model with a tail of
-    zeros, which is how a tail starts, so its outputs are unchanged."""
-    model = config.get("model", {}) if isinstance(config, dict) else {}
-    missing = {key for key in generator.state_dict() if key not in weights}
-    if "tail_knots" not in model and missing and all(k.startswith("tail.") for k in missing):
-        weights = {**generator.state_dict(), **weights}  # the tail as built: zeros
-    generator.load_state_dict(weights)
 
 
 def default_model_path() -> Path:

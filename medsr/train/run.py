@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsr.config import Config, config_from_dict
+from medsr.config import Config, checkpoint_config, config_from_dict
 from medsr.errors import MedsrError
 from medsr.intensity import grey_mean
 from medsr.io import Volume
@@ -117,14 +117,15 @@ def resolve_config(
     run_dir: Path, config_path: str | None, overrides: list[str], resume: bool
 ) -> Config:
     """The run's config: defaults (or, with `resume`, the checkpoint's), then file, then --set."""
-    from medsr.config import apply_overrides, read_config_file
+    from medsr.config import apply_overrides, config_to_dict, read_config_file
 
     values: dict = {}
     latest = run_dir / "checkpoints" / "latest.pt"
     if resume:
         if not latest.exists():
             raise MedsrError(f"--resume: no checkpoint at '{latest}'")
-        values = torch.load(latest, map_location="cpu", weights_only=True)["config"]
+        stored = torch.load(latest, map_location="cpu", weights_only=True)["config"]
+        values = config_to_dict(checkpoint_config(stored))  # a pre-tail run resumes without one
     if config_path is not None:
         for section, fields in read_config_file(config_path).items():
             values[section] = {**values.get(section, {}), **fields}

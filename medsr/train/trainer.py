@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch.nn.parallel import DistributedDataParallel
 
 from medsr._version import __version__
-from medsr.config import Config, config_from_dict, config_to_dict
+from medsr.config import Config, checkpoint_config, config_to_dict
 from medsr.errors import MedsrError
 from medsr.evaluate.metrics import psnr, ssim
 from medsr.io.atomic import write_atomically
@@ -282,7 +282,7 @@ class Trainer:
             MedsrError: the checkpoint's model configuration differs from this run's.
         """
         state = torch.load(Path(path), map_location=self.device, weights_only=True)
-        saved = config_from_dict(state["config"]).model
+        saved = checkpoint_config(state["config"]).model
         if saved != self.config.model:
             changed = [
                 f"{name} {getattr(saved, name)} -> {getattr(self.config.model, name)}"

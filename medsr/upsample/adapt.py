@@ -210,10 +210,13 @@ def guard_score(generator: MISRGenerator | None, planes: list[tuple], device) ->
 
 
 def as_bspline(generator: MISRGenerator) -> MISRGenerator:
-    """A copy of `generator` whose decoder's last layer is zero: exactly cubic B-spline."""
+    """A copy of `generator` whose residual paths end in zeros (the decoder's last layer and the
+    offset tail): exactly cubic B-spline."""
     bspline = copy.deepcopy(generator)
-    torch.nn.init.zeros_(bspline.decode[-1].weight)
-    torch.nn.init.zeros_(bspline.decode[-1].bias)
+    for layer in (bspline.decode[-1], bspline.tail):
+        if layer is not None:
+            torch.nn.init.zeros_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
     return bspline.eval()
 
 

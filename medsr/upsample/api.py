@@ -121,7 +121,7 @@ def upsample_misr(
         "slice_thickness_ratio": ratio,
         "precision": resolved,
     }
-    if volume.meta.get("slice_profile"):  # only then: older records stay the same
+    if volume.meta.get("slice_profile") and steps_run:  # what the fit used; else nothing
         provenance["slice_profile"] = volume.meta["slice_profile"]
     if guard:
         provenance["fit_guard"] = guard

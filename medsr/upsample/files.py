@@ -225,6 +225,7 @@ SLICE_PROFILES = ("boxcar", "gaussian", "sinc")
 
 
 def check_slice_profile(profile: str | None) -> None:
+    """Before any work: a named slice profile must be one the acquisition model knows."""
     if profile is not None and profile not in SLICE_PROFILES:
         raise MedsrError(
             f"unknown slice profile {profile!r}; use one of {', '.join(SLICE_PROFILES)}"

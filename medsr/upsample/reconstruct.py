@@ -40,10 +40,12 @@ DECODER_BUDGET = 32 * 2**20
 
 def position_chunk(generator, planes: int, width: int, count: int) -> int:
     """Output positions decoded per call: all of them, fewer when the decoder's temporaries
-    (about five float32 tensors of hidden x width per position and plane) would pass
+    (about five float32 tensors of hidden x width per position and plane, and two of the offset
+    tail's knots x width) would pass
     `DECODER_BUDGET`."""
     hidden = getattr(getattr(generator, "query", None), "out_features", 1)
-    per_position = 5 * 4 * hidden * width * planes
+    knots = getattr(getattr(generator, "tail", None), "out_channels", 0)  # gathered, weighted
+    per_position = 4 * (5 * hidden + 2 * knots) * width * planes
     return max(1, min(count, DECODER_BUDGET // max(per_position, 1)))
 
 
