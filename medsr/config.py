@@ -130,6 +130,7 @@ class DataConfig:
                 raise MedsrError(f"config data.{name} must be [low, high] with 0 < low <= high")
         if not self.profiles:
             raise MedsrError("config data.profiles must name at least one profile")
+        # medsr.degrade.SLICE_PROFILES (config ranks below degrade; tests/test_config.py ties them)
         unknown = sorted(set(self.profiles) - {"boxcar", "gaussian", "sinc"})
         if unknown:
             raise MedsrError(f"config data.profiles: unknown {unknown}; boxcar, gaussian or sinc")

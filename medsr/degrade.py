@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 SliceProfile = Literal["boxcar", "gaussian", "sinc"]
+#: every slice profile the acquisition model knows (``--slice-profile``, ``data.profiles``)
+SLICE_PROFILES: tuple[str, ...] = get_args(SliceProfile)
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: time-bandwidth product of the truncated sinc RF pulse of the ``"sinc"`` profile
 SINC_TIME_BANDWIDTH = 4.0

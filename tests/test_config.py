@@ -37,3 +37,14 @@ def test_bad_config_values_are_errors(values, message):
 def test_bad_override_syntax():
     with pytest.raises(MedsrError, match="section.field=value"):
         load_config(None, ["steps=3"])
+
+
+def test_the_profiles_config_accepts_are_the_acquisition_models():
+    from typing import get_args, get_type_hints
+
+    from medsr.config import DataConfig
+    from medsr.degrade import SLICE_PROFILES
+
+    (literal,) = get_args(get_type_hints(DataConfig)["profiles"])[:1]
+    assert get_args(literal) == SLICE_PROFILES
+    DataConfig(profiles=SLICE_PROFILES)  # every one is accepted

@@ -45,9 +45,11 @@ def add_input_geometry(
         "spacing is a gap; the learned method's fit uses it as the slice profile",
     )
     if profile:
+        from medsr.degrade import SLICE_PROFILES  # numpy only: the CLI stays light to start
+
         parser.add_argument(
             "--slice-profile",
-            choices=["boxcar", "gaussian", "sinc"],
+            choices=SLICE_PROFILES,
             help="shape of the slice profile, for the learned method's fit (sinc: a 2D "
             "multi-slice MRI's truncated-sinc RF pulse, side lobes into the neighbours; "
             "default: boxcar and Gaussian, as the model was trained)",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from medsr.degrade import SLICE_PROFILES
 from medsr.errors import MedsrError
 from medsr.geometry import plan_output_grid
 from medsr.io.paths import split_volume_name, volume_format
@@ -218,10 +219,6 @@ def _frames(input_path: Path, spacing, unit, slice_thickness, slice_profile=None
     """The frames of a 4D series in order, one in memory at a time, as the checks saw frame 0."""
     for volume in read_volume_frames(input_path, spacing=spacing, unit=unit):
         yield _with_thickness(volume, slice_thickness, slice_profile)
-
-
-#: slice profiles a scan may declare (``--slice-profile``; `medsr.degrade.SliceProfile`)
-SLICE_PROFILES = ("boxcar", "gaussian", "sinc")
 
 
 def check_slice_profile(profile: str | None) -> None:
