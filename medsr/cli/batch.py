@@ -13,6 +13,7 @@ from medsr.cli.options import (
     add_runtime_options,
     add_target_options,
     check_dicom_options,
+    check_learned_options,
     fit_settings,
     input_geometry,
 )
@@ -117,20 +118,13 @@ def batch_settings(args: argparse.Namespace) -> dict:
         "allow_coarser": args.allow_coarser,
         "slice_thickness": args.slice_thickness,
     }
+    check_learned_options(args)
     if args.slice_profile:  # only then: older manifests' settings stay the same
-        if args.method != "misr":
-            from medsr.errors import MedsrError
-
-            raise MedsrError("--slice-profile shapes the learned method's fit: --method misr only")
         settings.update(slice_profile=args.slice_profile)
     if args.method == "misr":
         settings.update(fit_settings(args), device=args.device, batch_size=args.batch_size)
         if args.precision != "auto":  # only then: older manifests' settings stay the same
             settings.update(precision=args.precision)
-    elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
-        from medsr.errors import MedsrError
-
-        raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
     check_dicom_options(args)
     if args.output_format == "dicom":  # only then: older manifests' settings stay the same
         settings.update(

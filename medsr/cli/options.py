@@ -172,6 +172,19 @@ def fit_settings(args: argparse.Namespace) -> dict:
     }
 
 
+def check_learned_options(args: argparse.Namespace) -> None:
+    """Before any work: the learned method's own options with another method are errors, not
+    silently ignored (``upsample`` and ``batch`` alike)."""
+    from medsr.errors import MedsrError
+
+    if args.method == "misr":
+        return
+    if args.model or args.fit_seconds is not None or args.fit_steps is not None:
+        raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
+    if args.slice_profile:
+        raise MedsrError("--slice-profile shapes the learned method's fit: --method misr only")
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors in one line on stderr (exit 2), pointing at --help."""
 

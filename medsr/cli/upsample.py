@@ -11,6 +11,7 @@ from medsr.cli.options import (
     add_runtime_options,
     add_target_options,
     check_dicom_options,
+    check_learned_options,
     fit_settings,
     input_geometry,
 )
@@ -98,10 +99,7 @@ def upsample_command(args: argparse.Namespace) -> int:
             "precision": args.precision,
             "progress": not args.quiet,
         }
-    elif args.model or args.fit_seconds is not None or args.fit_steps is not None:
-        raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
-    if args.slice_profile and args.method != "misr":
-        raise MedsrError("--slice-profile shapes the learned method's fit: --method misr only")
+    check_learned_options(args)
     if args.confidence and args.method != "misr":
         raise MedsrError(
             f"--confidence maps the learned method's uncertainty; not --method {args.method}"

@@ -117,7 +117,7 @@ def upsample_file(
             f"--align aligns the sections of one volume; '{input_path}' holds {frames}"
         )
     check_slice_profile(slice_profile)
-    volume = _with_thickness(  # a 4D series: its first frame, for the checks
+    volume = _with_acquisition(  # a 4D series: its first frame, for the checks
         read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series, frame=0)
         if frames > 1
         else read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series),
@@ -215,10 +215,10 @@ def _frame_count(input_path: Path, output: Path, output_format) -> int:
     return frames
 
 
-def _frames(input_path: Path, spacing, unit, slice_thickness, slice_profile=None):
+def _frames(input_path: Path, spacing, unit, slice_thickness, slice_profile):
     """The frames of a 4D series in order, one in memory at a time, as the checks saw frame 0."""
     for volume in read_volume_frames(input_path, spacing=spacing, unit=unit):
-        yield _with_thickness(volume, slice_thickness, slice_profile)
+        yield _with_acquisition(volume, slice_thickness, slice_profile)
 
 
 def check_slice_profile(profile: str | None) -> None:
@@ -229,7 +229,7 @@ def check_slice_profile(profile: str | None) -> None:
         )
 
 
-def _with_thickness(
+def _with_acquisition(
     volume: Volume, slice_thickness: float | str | None, slice_profile: str | None = None
 ) -> Volume:
     """`volume` with ``meta["slice_thickness"]`` set from the option (a length) and
