@@ -240,11 +240,18 @@ def test_an_output_root_holding_the_input_root_is_refused(where, tree, tmp_path,
 def test_dry_run_lists_pairs_and_problems_and_writes_nothing(tree, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["batch", str(tree), str(out), "--method", "linear", "--dry-run"]
-    assert main(argv) == 0
+    assert main(argv) == 1  # the corrupt input is found by the dry run, not by the batch
     lines = capsys.readouterr().out.splitlines()
     assert f"{tree / 'a.nii.gz'} -> {out / 'a.nii.gz'}  [run]" in lines
     assert f"{tree / 'site2' / 'slide7'} -> {out / 'site2' / 'slide7.ome.tif'}  [run]" in lines
+    broken = tree / "site2" / "broken.nii.gz"
+    assert f"{broken} -> {out / 'site2' / 'broken.nii.gz'}  [would fail]" in lines
+    assert [line for line in lines if line.startswith("problem:")] == [
+        next(line for line in lines if line.startswith("problem: site2/broken.nii.gz: "))
+    ]
+    assert lines[-1].startswith("4 inputs: 4 to run, 0 done, 1 problem(s)")
     assert not out.exists()
+    broken.unlink()
     foreign = _nifti(out / "a.nii.gz", 9)
     _nifti(tree / "a.nii", 3)  # a.nii and a.nii.gz both become a.nii.gz
     assert main([*argv, "--output-suffix", ".nii.gz"]) == 1
@@ -253,6 +260,31 @@ def test_dry_run_lists_pairs_and_problems_and_writes_nothing(tree, tmp_path, cap
     assert f"{tree / 'a.nii'} -> {out / 'a.nii.gz'}  [collides]" in text
     assert f"problem: a.nii.gz: output exists and is not this batch's: '{foreign}'" in text
     assert [p for p in out.rglob("*")] == [foreign]
+
+
+def test_dry_run_gives_every_input_the_upsample_checks(tmp_path, capsys):
+    root, out = tmp_path / "in", tmp_path / "out"
+    _nifti(root / "thick.nii.gz", 0)
+    iso = root / "iso.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 4), np.float32), np.eye(4)), iso)
+    thin = root / "one_slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 1), np.float32), np.diag([1, 1, 3, 1.0])), thin)
+    argv = ["batch", str(root), str(out), "--dry-run"]
+    assert main([*argv, "--method", "bspline"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    problems = sorted(line for line in lines if line.startswith("problem:"))
+    assert len(problems) == 2
+    assert problems[0].startswith("problem: iso.nii.gz: ") and "isotropic" in problems[0]
+    assert problems[1].startswith("problem: one_slice.nii.gz: ") and "slice" in problems[1]
+    assert f"{root / 'thick.nii.gz'} -> {out / 'thick.nii.gz'}  [run]" in lines
+    iso.unlink(), thin.unlink()
+    # the learned method's own checks: a factor beyond the model's range
+    assert main([*argv, "--spacing", "0.1"]) == 1
+    text = capsys.readouterr().out
+    assert "problem: thick.nii.gz: " in text and "[would fail]" in text
+    assert main([*argv, "--fit-steps", "0"]) == 0
+    assert "0 problem(s); dry run, nothing written" in capsys.readouterr().out
+    assert not out.exists()
 
 
 def _count_input_reads(monkeypatch, root: Path) -> dict[str, int]:

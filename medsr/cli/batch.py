@@ -160,9 +160,21 @@ class _Progress:
             self.bar.close()
 
 
+#: batch settings that concern only the outputs, which `check_input_file` does not take
+OUTPUT_SETTINGS = ("keep_dtype", "align", "allow_coarser", "output_format")
+OUTPUT_SETTINGS += ("dicom_patient_id", "dicom_modality", "device", "batch_size", "precision")
+
+
 def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
-    """`medsr batch --dry-run`: every input -> output pair and every problem; writes nothing."""
+    """`medsr batch --dry-run`: every input -> output pair and every problem; writes nothing.
+
+    Besides the plan's problems (collisions, outputs it may not replace), every input to run is
+    read and given `upsample_file`'s input checks (`check_input_file`: thick axis, slices,
+    isotropy, the model's factor range, the fit's extent), so a dry run finds what the batch
+    would fail on before it starts; inputs that are done are not read."""
     from medsr.batch import plan_batch
+    from medsr.errors import MedsrError
+    from medsr.upsample.files import check_input_file
 
     plan = plan_batch(
         args.input_root,
@@ -175,15 +187,23 @@ def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
     action = {t.key: "run" for t in plan.run}
     action.update({e["input"]: "skip (done)" for e in plan.skip})
     action.update({e["input"]: "refused" for e in plan.refuse})
+    inputs = {k: v for k, v in settings.items() if k not in OUTPUT_SETTINGS}
+    problems = list(plan.problems)
+    for task in plan.run:
+        try:
+            check_input_file(task.source, series=task.series, **inputs)
+        except MedsrError as error:
+            action[task.key] = "would fail"
+            problems.append(f"{task.key}: {error}")
     for task in plan.tasks:
         if task.key in plan.colliding:
             action[task.key] = "collides"
         source = task.source + (f" (series {task.series})" if task.series else "")
         print(f"{source} -> {task.output}  [{action[task.key]}]")
-    for line in plan.problems:
+    for line in problems:
         print(f"problem: {line}")
     print(
         f"{len(plan.tasks)} inputs: {len(plan.run)} to run, {len(plan.skip)} done, "
-        f"{len(plan.problems)} problem(s); dry run, nothing written"
+        f"{len(problems)} problem(s); dry run, nothing written"
     )
-    return 1 if plan.problems else 0
+    return 1 if problems else 0

@@ -110,19 +110,25 @@ def upsample_file(
             f"--confidence maps one volume; '{input_path}' holds {frames} (a 4D series): "
             "upsample a frame on its own for its map"
         )
-    steps = misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
-    check_series_fit(frames, method, steps, fit_frame, fit_per_frame, input_path)
     if frames > 1 and align:
         raise MedsrError(
             f"--align aligns the sections of one volume; '{input_path}' holds {frames}"
         )
-    check_slice_profile(slice_profile)
-    volume = _with_acquisition(  # a 4D series: its first frame, for the checks
-        read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series, frame=0)
-        if frames > 1
-        else read_volume(input_path, spacing=input_spacing, unit=input_unit, series=series),
-        slice_thickness,
-        slice_profile,
+    volume, spacing, misr_options = _checked_input(
+        input_path,
+        frames,
+        method=method,
+        spacing=spacing,
+        scale=scale,
+        axis=axis,
+        input_spacing=input_spacing,
+        input_unit=input_unit,
+        series=series,
+        slice_thickness=slice_thickness,
+        slice_profile=slice_profile,
+        fit_frame=fit_frame,
+        fit_per_frame=fit_per_frame,
+        misr_options=misr_options,
     )
     check_outputs(output, labels_path, volume, overwrite, output_format)  # every check first
     if confidence is not None:
@@ -131,8 +137,6 @@ def upsample_file(
         from medsr.io.dicom_tags import check_dicom_input
 
         check_dicom_input(volume, patient_id=dicom_patient_id, modality=dicom_modality)
-    spacing = target_spacing(spacing, volume.unit)
-    check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
     if label_map is not None:
         check_same_grid(label_map, volume, labels)
     if confidence is not None:
@@ -140,7 +144,6 @@ def upsample_file(
             volume.spatial_shape, volume.affine, spacing=spacing, scale=scale, axis=axis
         )
         check_confidence(method, grid)
-    misr_options = _loaded_model(volume, input_path, method, spacing, scale, axis, misr_options)
     options = dict(spacing=spacing, scale=scale, axis=axis, keep_dtype=keep_dtype)
     options.update(allow_coarser=allow_coarser, **misr_options)
     records = None
@@ -194,6 +197,77 @@ def upsample_file(
 
         save_transforms(records, written.with_name(written.name + ".transforms.json"))
     return written
+
+
+def check_input_file(
+    input_path: str | os.PathLike[str],
+    *,
+    method: Method = "misr",
+    spacing: float | str | None = None,
+    scale: float | None = None,
+    axis: int | None = None,
+    input_spacing: Sequence[float] | None = None,
+    input_unit: Unit | None = None,
+    series: str | None = None,
+    slice_thickness: float | str | None = None,
+    slice_profile: str | None = None,
+    fit_frame: int | None = None,
+    fit_per_frame: bool = False,
+    **misr_options,
+) -> Volume:
+    """Every check of `upsample_file` on its input and settings (none on its outputs), without
+    any reconstruction: the input is read (a 4D series: its first frame), its thick axis,
+    slices, isotropy, target spacing, slice profile and, for the learned method, the model's
+    factor range and the fit's extent are checked. `medsr batch --dry-run` runs it per input.
+
+    Returns:
+        the volume as read, with the acquisition options applied.
+
+    Raises:
+        MedsrError: the first problem found, in one line.
+    """
+    input_path = Path(input_path)
+    frames = volume_frames(input_path) if input_path.is_file() else 1
+    volume, _, _ = _checked_input(
+        input_path,
+        frames,
+        method=method,
+        spacing=spacing,
+        scale=scale,
+        axis=axis,
+        input_spacing=input_spacing,
+        input_unit=input_unit,
+        series=series,
+        slice_thickness=slice_thickness,
+        slice_profile=slice_profile,
+        fit_frame=fit_frame,
+        fit_per_frame=fit_per_frame,
+        misr_options=misr_options,
+    )
+    return volume
+
+
+def _checked_input(input_path: Path, frames: int, *, misr_options: dict, **settings) -> tuple:
+    """(volume, target spacing in its unit, `misr_options` with the model loaded): the input's
+    checks shared by `upsample_file` and `check_input_file`, before any work."""
+    method, axis, scale = settings["method"], settings["axis"], settings["scale"]
+    steps = misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
+    check_series_fit(
+        frames, method, steps, settings["fit_frame"], settings["fit_per_frame"], input_path
+    )
+    check_slice_profile(settings["slice_profile"])
+    read = dict(
+        spacing=settings["input_spacing"], unit=settings["input_unit"], series=settings["series"]
+    )
+    volume = _with_acquisition(  # a 4D series: its first frame, for the checks
+        read_volume(input_path, **read, frame=0) if frames > 1 else read_volume(input_path, **read),
+        settings["slice_thickness"],
+        settings["slice_profile"],
+    )
+    spacing = target_spacing(settings["spacing"], volume.unit)
+    check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
+    misr_options = _loaded_model(volume, input_path, method, spacing, scale, axis, misr_options)
+    return volume, spacing, misr_options
 
 
 def _checked_output(input_path: Path, output_path, method: str, output_format, overwrite) -> Path:
