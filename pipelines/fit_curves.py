@@ -7,14 +7,16 @@ scored against the truth; B-spline is run once per case. A model is ``label=chec
 shipped weights: ``label=default``), or ``label=first-version:PATH`` for a checkout of the
 first version (commit e9434e4, per-factor sub-pixel heads, integer factors only), whose CLI fits
 for ``--fit-seconds`` instead of steps: its points are taken at the seconds given. A model spec
-may end in ``,lr=RATE``: the fit's learning rate for that model (the experiment that chose
-`medsr.upsample.adapt.ADAPTATION_LEARNING_RATE`).
+may end in ``,lr=RATE`` and ``,schedule=constant|cosine``: the fit's learning rate and schedule
+for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEARNING_RATE` and
+`ADAPTATION_LR_SCHEDULE`).
 
-Design choices are made on the validation volume (`haase_t1_head_1.6mm.nii.gz`); the test
-volumes are only measured.
+Design choices are made on the validation volume of pipelines/configs/split.yaml
+(`itk_t1_2x2x3mm.nii.gz` since 2026-12-02; the Haase T1 before); the test volumes are only
+measured.
 
 Usage (from the repository root):
-    python pipelines/fit_curves.py --data ../shared/data/mri --volume haase_t1_head_1.6mm.nii.gz \
+    python pipelines/fit_curves.py --data ../shared/data/mri --volume itk_t1_2x2x3mm.nii.gz \
         --factor 4 --axis 2 --model shipped=default --steps 0 100 200 400 --out curves.csv
 """
 
@@ -38,15 +40,24 @@ FIELDS = ("volume", "factor", "axis", "profile", "model", "steps", "fit_seconds"
 FIELDS += ("psnr", "ssim", "hfen", "bspline_psnr", "bspline_ssim", "delta_psnr", "delta_ssim")
 
 
-def medsr(argv: list[str], pythonpath: str | None = None, lr: float | None = None) -> float:
-    """Run `medsr` in its own process (with the fit's learning rate `lr`); its wall seconds."""
+#: what a model spec's ``,key=value`` sets in `medsr.upsample.adapt`, and how it is read
+FIT_OPTIONS = {
+    "lr": ("ADAPTATION_LEARNING_RATE", float),
+    "schedule": ("ADAPTATION_LR_SCHEDULE", str),
+}
+
+
+def medsr(argv: list[str], pythonpath: str | None = None, fit: dict | None = None) -> float:
+    """Run `medsr` in its own process (with the fit's settings `fit`, names of
+    `medsr.upsample.adapt` to values); its wall seconds."""
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     command = [sys.executable, "-m", "medsr.cli", *argv]
-    if lr is not None:
+    if fit:
         code = "import sys, medsr.upsample.adapt as a; from medsr.cli import main; "
-        code += f"a.ADAPTATION_LEARNING_RATE = {lr!r}; sys.exit(main(sys.argv[1:]))"
+        code += "".join(f"a.{name} = {value!r}; " for name, value in fit.items())
+        code += "sys.exit(main(sys.argv[1:]))"
         command = [sys.executable, "-c", code, *argv]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -55,11 +66,23 @@ def medsr(argv: list[str], pythonpath: str | None = None, lr: float | None = Non
     return time.perf_counter() - start
 
 
+def fit_settings(options: list[str]) -> dict:
+    """`FIT_OPTIONS` of a model spec's ``key=value`` parts, as {name in adapt: value}."""
+    fit = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in FIT_OPTIONS or not value:
+            raise ValueError(f"unknown fit option {option!r} (known: {sorted(FIT_OPTIONS)})")
+        name, kind = FIT_OPTIONS[key]
+        fit[name] = kind(value)
+    return fit
+
+
 def points(model: str, steps: list[int], seconds: list[float]) -> list[tuple]:
-    """(extra argv, row fields, PYTHONPATH, learning rate) per point of one model."""
+    """(extra argv, row fields, PYTHONPATH, fit settings) per point of one model."""
     label, _, spec = model.partition("=")
-    spec, _, rate = spec.partition(",lr=")
-    lr = float(rate) if rate else None
+    spec, *options = spec.split(",")
+    fit = fit_settings(options) or None
     if spec.startswith("first-version:"):
         root = spec.split(":", 1)[1]
         return [
@@ -73,7 +96,12 @@ def points(model: str, steps: list[int], seconds: list[float]) -> list[tuple]:
         ]
     extra = [] if spec == "default" else ["--model", spec]
     return [
-        (extra + ["--fit-steps", str(n)], {"model": label, "steps": n, "fit_seconds": ""}, None, lr)
+        (
+            extra + ["--fit-steps", str(n)],
+            {"model": label, "steps": n, "fit_seconds": ""},
+            None,
+            fit,
+        )
         for n in steps
     ]
 
@@ -96,8 +124,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             data_range=data_range,
         )
         for model in args.model:
-            for extra, fields, pythonpath, lr in points(model, args.steps, args.seconds):
-                seconds = medsr(["upsample", str(source), *common, *extra], pythonpath, lr)
+            for extra, fields, pythonpath, fit in points(model, args.steps, args.seconds):
+                seconds = medsr(["upsample", str(source), *common, *extra], pythonpath, fit)
                 pred = read_volume(Path(folder) / "out.nii.gz").array
                 scores = score(pred, truth, mask=mask, axis=args.axis, data_range=data_range)
                 row = {"volume": args.volume.split(".nii")[0], "factor": args.factor}

@@ -27,7 +27,7 @@ def test_split_keeps_the_test_subjects_out_of_training_and_the_lists_follow_it()
     assert {"nilearn_icbm152_2009a_t1_1mm.nii.gz", "inia19_macaque_t1_0.5mm.nii.gz"} <= set(tests)
     assert set(B0_RUNS) <= set(tests)  # one subject, one session: all three runs
     assert set(benchmark_mri.VOLUMES) <= set(tests)
-    assert [e["path"] for e in split["validation"]] == ["mri/haase_t1_head_1.6mm.nii.gz"]
+    assert [e["path"] for e in split["validation"]] == ["mri/itk_t1_2x2x3mm.nii.gz"]
     data, validation = CONFIGS / "default_model_data.txt", CONFIGS / "default_model_validation.txt"
     check_lists(split, data, validation)
     listed = [line for path in (data, validation) for line in read_list(path)]
@@ -47,9 +47,9 @@ def test_a_training_list_with_a_test_volume_is_refused(tmp_path):
 
 def test_a_subject_in_two_roles_is_refused(tmp_path):
     text = (CONFIGS / "split.yaml").read_text(encoding="utf-8")
-    moved = text.replace("validation:\n  - path: mri/haase", "validation:\n  - path: mri/haase_x")
+    moved = text.replace("validation:\n  - path: mri/itk", "validation:\n  - path: mri/itk_x")
     moved = moved.replace(
-        "    subject: Haase tfl3d1 T1 head (one adult, not a test subject)",
+        "    subject: ITK KmeansTest T1 subject (not a test subject)",
         "    subject: ICBM 152 2009a population template",
     )
     (tmp_path / "split.yaml").write_text(moved, encoding="utf-8")
@@ -127,12 +127,15 @@ def test_quick_benchmark_runs_on_a_tiny_synthetic_volume(tmp_path):
 def test_fit_curves_points_parse_models_rates_and_the_first_version():
     import fit_curves
 
-    points = fit_curves.points("tail=run/latest.pt,lr=5e-4", [0, 100], [45])
+    points = fit_curves.points("tail=run/latest.pt,lr=5e-4,schedule=cosine", [0, 100], [45])
     assert [p[0] for p in points] == [
         ["--model", "run/latest.pt", "--fit-steps", "0"],
         ["--model", "run/latest.pt", "--fit-steps", "100"],
     ]
-    assert {p[3] for p in points} == {5e-4} and points[1][1]["steps"] == 100
+    fit = {"ADAPTATION_LEARNING_RATE": 5e-4, "ADAPTATION_LR_SCHEDULE": "cosine"}
+    assert points[0][3] == fit and points[1][1]["steps"] == 100
+    with pytest.raises(ValueError, match="unknown fit option"):
+        fit_curves.points("tail=run/latest.pt,rate=5e-4", [0], [45])
     shipped = fit_curves.points("shipped=default", [200], [45])
     assert shipped[0][0] == ["--fit-steps", "200"] and shipped[0][3] is None
     first = fit_curves.points("first=first-version:/tmp/old", [200], [15, 45])

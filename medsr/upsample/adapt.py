@@ -48,10 +48,13 @@ from medsr.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
-#: learning rate of the fine-tuning (constant: short fits gain nothing from a decay). Chosen on
-#: the validation volume's fit curves (pipelines/fit_curves.py, docs/benchmarks.md): at 200 steps
-#: 2e-4 / 5e-4 / 1e-3 / 2e-3 gave +0.21 / +0.24 / +0.31 / +0.31 dB over B-spline
-ADAPTATION_LEARNING_RATE = 1e-3
+#: peak learning rate of the fine-tuning and its schedule over the fit's steps (``"cosine"``: to
+#: 0 at the last step; `medsr.config.TrainConfig.lr_schedule`). Chosen on the validation
+#: volume's fit curves (pipelines/fit_curves.py, docs/benchmarks.md): on the ITK T1 at x4 and x2
+#: (boxcar) and x7 (Gaussian), 200 steps, constant 1e-3 / cosine 1e-3 / cosine 2e-3 gave
+#: +0.29 / +0.39 / +0.44, +0.77 / +0.75 / +0.81 and +1.13 / +1.07 / +1.07 dB over B-spline
+ADAPTATION_LEARNING_RATE = 2e-3
+ADAPTATION_LR_SCHEDULE = "cosine"
 #: the environment variable that fixes cuBLAS's workspace, and the value PyTorch documents for
 #: deterministic results (https://docs.pytorch.org/docs/stable/notes/randomness.html)
 CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
@@ -70,8 +73,9 @@ def adaptation_config(
     Taken from the checkpoint is only what describes the model and how it learns: its sizes
     (`config.model`), the slice profiles and thickness ratios it was trained for, its patch and
     batch sizes, and whether it trains in mixed precision. Everything else is the fit's own:
-    pixel loss only, no intensity or noise augmentation, patches centred on the foreground, a
-    constant learning rate, `steps` steps
+    pixel loss only, no intensity or noise augmentation, patches centred on the foreground, the
+    fit's learning rate and schedule (`ADAPTATION_LEARNING_RATE`, `ADAPTATION_LR_SCHEDULE`),
+    `steps` steps
     (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that thickness only; with `profile` (``--slice-profile``), that
@@ -102,7 +106,7 @@ def adaptation_config(
             steps=max(1, steps),
             warmup_steps=0,
             learning_rate=ADAPTATION_LEARNING_RATE,
-            lr_schedule="constant",
+            lr_schedule=ADAPTATION_LR_SCHEDULE,
             validate_every=10**9,
             checkpoint_every=10**9,
             seed=seed,
