@@ -281,7 +281,14 @@ def test_dry_run_gives_every_input_the_upsample_checks(tmp_path, capsys):
     # the learned method's own checks: a factor beyond the model's range
     assert main([*argv, "--spacing", "0.1"]) == 1
     text = capsys.readouterr().out
-    assert "problem: thick.nii.gz: " in text and "[would fail]" in text
+    assert "problem: thick.nii.gz: factor 30 is above the learned method's range" in text
+    assert "[would fail]" in text
+    # and the fit's extent: x5 needs five voxels on both other axes; axis 1 has three
+    small = root / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((6, 3, 4), np.float32), np.diag([1, 1, 5, 1.0])), small)
+    assert main([*argv, "--pattern", "small*"]) == 1
+    assert "problem: small.nii.gz: " in (text := capsys.readouterr().out) and "too small" in text
+    small.unlink()
     assert main([*argv, "--fit-steps", "0"]) == 0
     assert "0 problem(s); dry run, nothing written" in capsys.readouterr().out
     assert not out.exists()

@@ -347,6 +347,22 @@ def test_the_fit_config_is_the_fits_own(tiny_config):
     assert fit.data.workers == 0 and fit.data.noise_max == 0 and fit.data.self_supervised
     assert fit.data.profiles == ("gaussian",) and fit.data.batch_size == trained.data.batch_size
     assert fit.loss.perceptual_weight == 0 and fit.loss.adversarial_weight == 0
+    # the fit's own rate and schedule (chosen on validation curves), not the training run's
+    assert (train.learning_rate, train.lr_schedule) == (2e-3, "cosine")
+
+
+def test_the_fits_cosine_reaches_zero_at_its_last_step(tiny_config):
+    import math
+    from types import SimpleNamespace
+
+    from medsr.train.trainer import Trainer
+    from medsr.upsample.adapt import adaptation_config
+
+    fit = adaptation_config(tiny_config, steps=200, seed=0)
+    # the schedule a fresh Trainer of this config holds: (start 0, factor 1, end train.steps)
+    trainer = SimpleNamespace(config=fit, schedule=(0, 1.0, fit.train.steps))
+    factors = [Trainer.schedule_factor(trainer, step) for step in (0, 100, 200)]
+    assert factors[0] == 1.0 and math.isclose(factors[1], 0.5) and factors[2] < 1e-12
 
 
 def _fit_sources(monkeypatch) -> list:

@@ -160,9 +160,10 @@ class _Progress:
             self.bar.close()
 
 
-#: batch settings that concern only the outputs, which `check_input_file` does not take
-OUTPUT_SETTINGS = ("keep_dtype", "align", "allow_coarser", "output_format")
-OUTPUT_SETTINGS += ("dicom_patient_id", "dicom_modality", "device", "batch_size", "precision")
+#: the batch settings that `check_input_file` takes (an inclusion list: a setting added later
+#: is not passed on unchecked)
+INPUT_SETTINGS = ("method", "spacing", "scale", "input_spacing", "input_unit")
+INPUT_SETTINGS += ("slice_thickness", "slice_profile", "model", "fit_steps", "fit_seconds", "seed")
 
 
 def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
@@ -171,7 +172,9 @@ def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
     Besides the plan's problems (collisions, outputs it may not replace), every input to run is
     read and given `upsample_file`'s input checks (`check_input_file`: thick axis, slices,
     isotropy, the model's factor range, the fit's extent), so a dry run finds what the batch
-    would fail on before it starts; inputs that are done are not read."""
+    would fail on before it starts; inputs that are done are not read. Not checked: the
+    output-side checks that need the volume (a 4D input to a non-NIfTI output, ``--align``
+    with a 4D input, DICOM output tags), which the batch still reports per input."""
     from medsr.batch import plan_batch
     from medsr.errors import MedsrError
     from medsr.upsample.files import check_input_file
@@ -187,14 +190,15 @@ def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
     action = {t.key: "run" for t in plan.run}
     action.update({e["input"]: "skip (done)" for e in plan.skip})
     action.update({e["input"]: "refused" for e in plan.refuse})
-    inputs = {k: v for k, v in settings.items() if k not in OUTPUT_SETTINGS}
+    inputs = {k: v for k, v in settings.items() if k in INPUT_SETTINGS}
     problems = list(plan.problems)
     for task in plan.run:
         try:
             check_input_file(task.source, series=task.series, **inputs)
-        except MedsrError as error:
+        except Exception as error:  # as the batch's process_one: one input, one line
             action[task.key] = "would fail"
-            problems.append(f"{task.key}: {error}")
+            reason = error if isinstance(error, MedsrError) else f"{type(error).__name__}: {error}"
+            problems.append(f"{task.key}: {reason}")
     for task in plan.tasks:
         if task.key in plan.colliding:
             action[task.key] = "collides"

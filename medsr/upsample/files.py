@@ -215,10 +215,12 @@ def check_input_file(
     fit_per_frame: bool = False,
     **misr_options,
 ) -> Volume:
-    """Every check of `upsample_file` on its input and settings (none on its outputs), without
-    any reconstruction: the input is read (a 4D series: its first frame), its thick axis,
-    slices, isotropy, target spacing, slice profile and, for the learned method, the model's
-    factor range and the fit's extent are checked. `medsr batch --dry-run` runs it per input.
+    """`upsample_file`'s checks of its input and the reconstruction's settings, without any
+    reconstruction: the input is read (a 4D series: its first frame), its thick axis, slices,
+    isotropy, target spacing, slice profile and, for the learned method, the model's factor
+    range and the fit's extent are checked. Not the output side (paths, a 4D input to a
+    non-NIfTI output, ``align`` with a 4D input, DICOM output tags). `medsr batch --dry-run`
+    runs it per input.
 
     Returns:
         the volume as read, with the acquisition options applied.
@@ -249,7 +251,9 @@ def check_input_file(
 
 def _checked_input(input_path: Path, frames: int, *, misr_options: dict, **settings) -> tuple:
     """(volume, target spacing in its unit, `misr_options` with the model loaded): the input's
-    checks shared by `upsample_file` and `check_input_file`, before any work."""
+    checks shared by `upsample_file` and `check_input_file`, before any work. The model is
+    loaded (its factor range checked) before `upsample_file`'s output checks that need the
+    volume: an error in both reports the model's first; nothing has been computed either way."""
     method, axis, scale = settings["method"], settings["axis"], settings["scale"]
     steps = misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
     check_series_fit(
