@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from medsr.degrade import SLICE_PROFILES
 from medsr.errors import MedsrError
@@ -114,9 +114,8 @@ def upsample_file(
         raise MedsrError(
             f"--align aligns the sections of one volume; '{input_path}' holds {frames}"
         )
-    volume, spacing, misr_options = _checked_input(
+    volume, spacing, misr_options = check_input_file(
         input_path,
-        frames,
         method=method,
         spacing=spacing,
         scale=scale,
@@ -128,7 +127,7 @@ def upsample_file(
         slice_profile=slice_profile,
         fit_frame=fit_frame,
         fit_per_frame=fit_per_frame,
-        misr_options=misr_options,
+        **misr_options,
     )
     check_outputs(output, labels_path, volume, overwrite, output_format)  # every check first
     if confidence is not None:
@@ -199,6 +198,16 @@ def upsample_file(
     return written
 
 
+class CheckedInput(NamedTuple):
+    """What `check_input_file` read and resolved: the volume (a 4D series: its first frame, with
+    the acquisition options applied), the target spacing in its unit (or None), and the learned
+    method's options with the model loaded (``"loaded"``)."""
+
+    volume: Volume
+    spacing: float | None
+    misr_options: dict
+
+
 def check_input_file(
     input_path: str | os.PathLike[str],
     *,
@@ -214,64 +223,33 @@ def check_input_file(
     fit_frame: int | None = None,
     fit_per_frame: bool = False,
     **misr_options,
-) -> Volume:
+) -> CheckedInput:
     """`upsample_file`'s checks of its input and the reconstruction's settings, without any
     reconstruction: the input is read (a 4D series: its first frame), its thick axis, slices,
     isotropy, target spacing, slice profile and, for the learned method, the model's factor
     range and the fit's extent are checked. Not the output side (paths, a 4D input to a
-    non-NIfTI output, ``align`` with a 4D input, DICOM output tags). `medsr batch --dry-run`
-    runs it per input.
-
-    Returns:
-        the volume as read, with the acquisition options applied.
+    non-NIfTI output, ``align`` with a 4D input, DICOM output tags). `upsample_file` runs it
+    before its output checks that need the volume (so an error in both reports the input's
+    first; nothing has been computed either way); `medsr batch --dry-run` runs it per input.
 
     Raises:
         MedsrError: the first problem found, in one line.
     """
     input_path = Path(input_path)
     frames = volume_frames(input_path) if input_path.is_file() else 1
-    volume, _, _ = _checked_input(
-        input_path,
-        frames,
-        method=method,
-        spacing=spacing,
-        scale=scale,
-        axis=axis,
-        input_spacing=input_spacing,
-        input_unit=input_unit,
-        series=series,
-        slice_thickness=slice_thickness,
-        slice_profile=slice_profile,
-        fit_frame=fit_frame,
-        fit_per_frame=fit_per_frame,
-        misr_options=misr_options,
-    )
-    return volume
-
-
-def _checked_input(input_path: Path, frames: int, *, misr_options: dict, **settings) -> tuple:
-    """(volume, target spacing in its unit, `misr_options` with the model loaded): the input's
-    checks shared by `upsample_file` and `check_input_file`, before any work. The model is
-    loaded (its factor range checked) before `upsample_file`'s output checks that need the
-    volume: an error in both reports the model's first; nothing has been computed either way."""
-    method, axis, scale = settings["method"], settings["axis"], settings["scale"]
     steps = misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
-    check_series_fit(
-        frames, method, steps, settings["fit_frame"], settings["fit_per_frame"], input_path
-    )
-    check_slice_profile(settings["slice_profile"])
-    read = dict(
-        spacing=settings["input_spacing"], unit=settings["input_unit"], series=settings["series"]
-    )
+    check_series_fit(frames, method, steps, fit_frame, fit_per_frame, input_path)
+    check_slice_profile(slice_profile)
+    read = dict(spacing=input_spacing, unit=input_unit, series=series)
     volume = _with_acquisition(  # a 4D series: its first frame, for the checks
         read_volume(input_path, **read, frame=0) if frames > 1 else read_volume(input_path, **read),
-        settings["slice_thickness"],
-        settings["slice_profile"],
+        slice_thickness,
+        slice_profile,
     )
-    spacing = target_spacing(settings["spacing"], volume.unit)
+    spacing = target_spacing(spacing, volume.unit)
     check_input(volume, input_path, axis, explicit=spacing is not None or scale is not None)
     misr_options = _loaded_model(volume, input_path, method, spacing, scale, axis, misr_options)
-    return volume, spacing, misr_options
+    return CheckedInput(volume, spacing, misr_options)
 
 
 def _checked_output(input_path: Path, output_path, method: str, output_format, overwrite) -> Path:
