@@ -77,12 +77,16 @@ def process_one(task: Task, settings: dict) -> dict:
         record.update(
             status="done", output_sha256=sha256(output), output_stat=_file_stat(Path(output))
         )
-    except MedsrError as error:
-        record.update(status="failed", error=str(error))
     except Exception as error:  # a bug or an unexpected library error must not stop the batch
-        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        record.update(status="failed", error=failure_reason(error))
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
+
+
+def failure_reason(error: Exception) -> str:
+    """The one line a failed input gets: a MedsrError's own message; any other error's type
+    too (a bug or an unexpected library error)."""
+    return str(error) if isinstance(error, MedsrError) else f"{type(error).__name__}: {error}"
 
 
 def _save_manifest(path: Path, entries: dict, settings: dict) -> None:

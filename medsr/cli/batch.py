@@ -176,7 +176,7 @@ def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
     output-side checks that need the volume (a 4D input to a non-NIfTI output, ``--align``
     with a 4D input, DICOM output tags), which the batch still reports per input."""
     from medsr.batch import plan_batch
-    from medsr.errors import MedsrError
+    from medsr.batch.run import failure_reason
     from medsr.upsample.files import check_input_file
 
     plan = plan_batch(
@@ -197,8 +197,7 @@ def dry_run_batch(args: argparse.Namespace, settings: dict) -> int:
             check_input_file(task.source, series=task.series, **inputs)
         except Exception as error:  # as the batch's process_one: one input, one line
             action[task.key] = "would fail"
-            reason = error if isinstance(error, MedsrError) else f"{type(error).__name__}: {error}"
-            problems.append(f"{task.key}: {reason}")
+            problems.append(f"{task.key}: {failure_reason(error)}")
     for task in plan.tasks:
         if task.key in plan.colliding:
             action[task.key] = "collides"
