@@ -9,7 +9,9 @@ first version (commit e9434e4, per-factor sub-pixel heads, integer factors only)
 for ``--fit-seconds`` instead of steps: its points are taken at the seconds given. A model spec
 may end in ``,lr=RATE`` and ``,schedule=constant|cosine``: the fit's learning rate and schedule
 for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEARNING_RATE` and
-`ADAPTATION_LR_SCHEDULE`).
+`ADAPTATION_LR_SCHEDULE`), and in ``,profile=boxcar|gaussian|sinc`` and ``,thickness=RATIO``:
+what the fit is told of the acquisition (``--slice-profile``; ``--slice-thickness`` as RATIO times
+the thick spacing), as a header or the user would.
 
 Design choices are made on the validation volume of pipelines/configs/split.yaml
 (`itk_t1_2x2x3mm.nii.gz` since 2026-12-02; the Haase T1 before); the test volumes are only
@@ -46,6 +48,10 @@ FIT_OPTIONS = {
     "schedule": ("ADAPTATION_LR_SCHEDULE", str),
 }
 
+#: a model spec's ``,key=value`` that tells the fit the acquisition, as `medsr upsample` options
+#: (``thickness`` is the slice thickness / the thick spacing; ``profile`` the profile's shape)
+ACQUISITION_OPTIONS = {"thickness": "--slice-thickness", "profile": "--slice-profile"}
+
 
 def medsr(argv: list[str], pythonpath: str | None = None, fit: dict | None = None) -> float:
     """Run `medsr` in its own process (with the fit's settings `fit`, names of
@@ -67,19 +73,37 @@ def medsr(argv: list[str], pythonpath: str | None = None, fit: dict | None = Non
 
 
 def fit_settings(options: list[str]) -> dict:
-    """`FIT_OPTIONS` of a model spec's ``key=value`` parts, as {name in adapt: value}."""
+    """`FIT_OPTIONS` of a model spec's ``key=value`` parts, as {name in adapt: value}
+    (`ACQUISITION_OPTIONS` are skipped: `acquisition_argv` reads them)."""
     fit = {}
     for option in options:
         key, _, value = option.partition("=")
+        if key in ACQUISITION_OPTIONS and value:
+            continue
         if key not in FIT_OPTIONS or not value:
-            raise ValueError(f"unknown fit option {option!r} (known: {sorted(FIT_OPTIONS)})")
+            known = sorted(FIT_OPTIONS) + sorted(ACQUISITION_OPTIONS)
+            raise ValueError(f"unknown fit option {option!r} (known: {known})")
         name, kind = FIT_OPTIONS[key]
         fit[name] = kind(value)
     return fit
 
 
-def points(model: str, steps: list[int], seconds: list[float]) -> list[tuple]:
-    """(extra argv, row fields, PYTHONPATH, fit settings) per point of one model."""
+def acquisition_argv(options: list[str], spacing: float) -> list[str]:
+    """`medsr upsample` options for a model spec's `ACQUISITION_OPTIONS` (``thickness`` in units
+    of the thick input's `spacing`)."""
+    argv = []
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "thickness":
+            argv += [ACQUISITION_OPTIONS[key], f"{float(value) * spacing:.6g}"]
+        elif key in ACQUISITION_OPTIONS:
+            argv += [ACQUISITION_OPTIONS[key], value]
+    return argv
+
+
+def points(model: str, steps: list[int], seconds: list[float], spacing: float) -> list[tuple]:
+    """(extra argv, row fields, PYTHONPATH, fit settings) per point of one model (`spacing`: the
+    thick input's, for a ``thickness=`` option)."""
     label, _, spec = model.partition("=")
     spec, *options = spec.split(",")
     fit = fit_settings(options) or None
@@ -95,6 +119,7 @@ def points(model: str, steps: list[int], seconds: list[float]) -> list[tuple]:
             for s in seconds
         ]
     extra = [] if spec == "default" else ["--model", spec]
+    extra += acquisition_argv(options, spacing)
     return [
         (
             extra + ["--fit-steps", str(n)],
@@ -110,6 +135,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     case = Case(args.volume, args.factor, args.axis, "family", args.profile)
     volume = read_volume(args.data / args.volume)
     thick, truth, mask, data_range = acquire(volume, case, seed=0)
+    spacing = float(thick.spacing[args.axis])
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         source = write_volume(thick, Path(folder) / "thick.nii.gz", overwrite=True)
@@ -124,7 +150,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             data_range=data_range,
         )
         for model in args.model:
-            for extra, fields, pythonpath, fit in points(model, args.steps, args.seconds):
+            for extra, fields, pythonpath, fit in points(model, args.steps, args.seconds, spacing):
                 seconds = medsr(["upsample", str(source), *common, *extra], pythonpath, fit)
                 pred = read_volume(Path(folder) / "out.nii.gz").array
                 scores = score(pred, truth, mask=mask, axis=args.axis, data_range=data_range)

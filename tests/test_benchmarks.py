@@ -127,7 +127,7 @@ def test_quick_benchmark_runs_on_a_tiny_synthetic_volume(tmp_path):
 def test_fit_curves_points_parse_models_rates_and_the_first_version():
     import fit_curves
 
-    points = fit_curves.points("tail=run/latest.pt,lr=5e-4,schedule=cosine", [0, 100], [45])
+    points = fit_curves.points("tail=run/latest.pt,lr=5e-4,schedule=cosine", [0, 100], [45], 3.0)
     assert [p[0] for p in points] == [
         ["--model", "run/latest.pt", "--fit-steps", "0"],
         ["--model", "run/latest.pt", "--fit-steps", "100"],
@@ -135,9 +135,13 @@ def test_fit_curves_points_parse_models_rates_and_the_first_version():
     fit = {"ADAPTATION_LEARNING_RATE": 5e-4, "ADAPTATION_LR_SCHEDULE": "cosine"}
     assert points[0][3] == fit and points[1][1]["steps"] == 100
     with pytest.raises(ValueError, match="unknown fit option"):
-        fit_curves.points("tail=run/latest.pt,rate=5e-4", [0], [45])
-    shipped = fit_curves.points("shipped=default", [200], [45])
+        fit_curves.points("tail=run/latest.pt,rate=5e-4", [0], [45], 3.0)
+    shipped = fit_curves.points("shipped=default", [200], [45], 3.0)
     assert shipped[0][0] == ["--fit-steps", "200"] and shipped[0][3] is None
-    first = fit_curves.points("first=first-version:/tmp/old", [200], [15, 45])
+    first = fit_curves.points("first=first-version:/tmp/old", [200], [15, 45], 3.0)
     assert [p[0] for p in first] == [["--fit-seconds", "15"], ["--fit-seconds", "45"]]
     assert first[0][2] == "/tmp/old" and first[1][1]["fit_seconds"] == 45
+    # the acquisition a header or the user would state: thickness in units of the thick spacing
+    told = fit_curves.points("told=default,thickness=1.25,profile=sinc,lr=1e-3", [200], [45], 8.0)
+    assert told[0][0] == ["--slice-thickness", "10", "--slice-profile", "sinc", "--fit-steps", "200"]
+    assert told[0][3] == {"ADAPTATION_LEARNING_RATE": 1e-3}

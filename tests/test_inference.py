@@ -346,6 +346,10 @@ def test_the_fit_config_is_the_fits_own(tiny_config):
     assert (train.steps, train.stop_at, train.warmup_steps, train.seed) == (7, None, 0, 3)
     assert fit.data.workers == 0 and fit.data.noise_max == 0 and fit.data.self_supervised
     assert fit.data.profiles == ("gaussian",) and fit.data.batch_size == trained.data.batch_size
+    # a scan that does not state its thickness is taken as contiguous, not the training range
+    assert fit.data.thickness_ratios == (1.0, 1.0)
+    told = adaptation_config(trained, steps=7, seed=3, thickness_ratio=0.6)
+    assert told.data.thickness_ratios == (0.6, 0.6)
     assert fit.loss.perceptual_weight == 0 and fit.loss.adversarial_weight == 0
     # the fit's own rate and schedule (chosen on validation curves), not the training run's
     assert (train.learning_rate, train.lr_schedule) == (2e-3, "cosine")
@@ -666,6 +670,8 @@ def test_slice_profile_option_is_the_fits_profile_and_is_recorded(
     assert drawn and "sinc" not in drawn
     record = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
     assert "slice_profile" not in record
+    # the header is silent on thickness: the record says the fit took contiguous slices
+    assert record["slice_thickness_ratio"] is None and record["fit_thickness_ratio"] == 1.0
     out = tmp_path / "prior.nii.gz"  # no fit: no profile was used, none is recorded
     assert main([*argv, "-o", str(out), "--fit-steps", "0", "--slice-profile", "sinc"]) == 0
     record = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))

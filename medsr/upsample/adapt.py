@@ -61,6 +61,13 @@ CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 DETERMINISTIC_WORKSPACE = ":4096:8"
 
 
+#: the slice thickness / spacing the fit assumes when the scan does not say (no DICOM
+#: SliceThickness, no ``--slice-thickness``): contiguous slices, as cubic B-spline and the fit
+#: guard assume. Chosen on the validation volume (docs/benchmarks.md, 2026-12-02 evening): against
+#: the training range 0.8-1.2 it gained +0.11 / +0.03 / +0.00 dB at x2 / x4 boxcar and x7 Gaussian
+ASSUMED_THICKNESS_RATIO = 1.0
+
+
 def adaptation_config(
     config: Config,
     steps: int,
@@ -78,11 +85,11 @@ def adaptation_config(
     `steps` steps
     (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
-    thickness / spacing), that thickness only; with `profile` (``--slice-profile``), that
-    profile's shape only.
+    thickness / spacing), that thickness only, else `ASSUMED_THICKNESS_RATIO`; with `profile`
+    (``--slice-profile``), that profile's shape only, else the profiles the model was trained on.
     """
     trained = config.data
-    ratios = trained.thickness_ratios if thickness_ratio is None else (thickness_ratio,) * 2
+    ratio = fit_thickness_ratio(thickness_ratio)
     profiles = trained.profiles if profile is None else (profile,)
     return Config(
         model=config.model,
@@ -90,7 +97,7 @@ def adaptation_config(
         data=DataConfig(
             self_supervised=True,
             profiles=profiles,
-            thickness_ratios=ratios,
+            thickness_ratios=(ratio, ratio),
             patch_width=trained.patch_width,
             patch_slices=trained.patch_slices,
             max_thin_slices=trained.max_thin_slices,
@@ -182,7 +189,7 @@ def guard_planes(
 ) -> list[tuple]:
     """(lr, hr, positions, factor) of the slab's middle slice of every source, thickened along
     its `a` axis as the fit thickens (the scan's slice profile if given, else boxcar; the scan's
-    thickness ratio if known)."""
+    thickness ratio if known, else `ASSUMED_THICKNESS_RATIO`)."""
     planes = []
     for source in sources:
         count, length, factor = source.array.shape[0], source.array.shape[2], source.factor
@@ -191,7 +198,8 @@ def guard_planes(
             continue
         index = neighbour_indices(np.array([(slab[0] + slab[1]) // 2]), neighbours, 1, count)[0]
         patch = np.ascontiguousarray(source.array[index, :, : thin_slices(slices, factor, length)])
-        lr = thicken_last_axis(patch, factor, factor * (ratio or 1.0), profile or "boxcar")
+        thickness = factor * fit_thickness_ratio(ratio)
+        lr = thicken_last_axis(patch, factor, thickness, profile or "boxcar")
         positions = slab_positions(slices, factor)
         hr = patch[neighbours // 2][..., : len(positions)]
         planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
@@ -333,6 +341,12 @@ def adapt_to_scan(
     if guard is not None:
         guard.update(record)
     return adapted, trainer.step
+
+
+def fit_thickness_ratio(ratio: float | None) -> float:
+    """The slice thickness / spacing the fit thickens by: the scan's `ratio` if known, else
+    `ASSUMED_THICKNESS_RATIO`."""
+    return ASSUMED_THICKNESS_RATIO if ratio is None else float(ratio)
 
 
 def thickness_ratio(volume: Volume, axis: int) -> float | None:
