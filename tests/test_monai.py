@@ -254,24 +254,42 @@ def test_misr_fits_the_dicom_gap_as_the_cli_does(tmp_path, identity_checkpoint):
         ThroughPlaneUpsample(slice_profile="rect")
 
 
-def test_a_4d_series_is_upsampled_frame_by_frame_as_the_cli_does(tmp_path, identity_checkpoint):
+def test_a_4d_series_is_fitted_once_as_the_cli_does(tmp_path, identity_checkpoint):
+    """One fit on the mean of the frames serves every frame, as `medsr upsample` fits a series
+    (`medsr.upsample.series4d`); `fit_per_frame` is the CLI's --fit-per-frame."""
+    import json
+
     import nibabel as nib
 
     frames = np.stack([phantom_array((24, 22, 6), seed=s) for s in (0, 1)], axis=-1)
     series = tmp_path / "dwi.nii.gz"
     nib.save(nib.Nifti1Image(frames, make_affine("RAS", (1.0, 1.0, 3.0))), series)
-    out = tmp_path / "cli.nii.gz"
-    argv = ["upsample", str(series), "-o", str(out), "--dtype", "float32", "--quiet"]
-    # the transform fits each frame on its own: the CLI's --fit-per-frame (its default fits once)
-    fit = ["--fit-steps", "2", "--fit-per-frame"]
-    assert main([*argv, "--model", str(identity_checkpoint), *fit]) == 0
     image = LoadImage(reader=MedsrReader(), image_only=True, ensure_channel_first=True)(series)
     assert image.shape == (2, 24, 22, 6) and image.meta["frames"] == 2
-    upsample = ThroughPlaneUpsample(
-        method="misr", keep_dtype=False, model=identity_checkpoint, fit_steps=2
-    )
-    result = upsample(image)
-    for frame in range(2):
-        cli = read_volume(out, frame=frame)
-        np.testing.assert_allclose(result[frame].numpy(), cli.array, rtol=1e-5, atol=1e-3)
-        np.testing.assert_allclose(result.affine.numpy(), cli.affine, atol=1e-6)
+    argv = ["upsample", str(series), "--dtype", "float32", "--quiet"]
+    argv += ["--model", str(identity_checkpoint), "--fit-steps", "2"]
+    for per_frame in (False, True):
+        out = tmp_path / f"cli_{per_frame}.nii.gz"
+        assert main([*argv, "-o", str(out), *(["--fit-per-frame"] if per_frame else [])]) == 0
+        upsample = ThroughPlaneUpsample(
+            method="misr",
+            keep_dtype=False,
+            model=identity_checkpoint,
+            fit_steps=2,
+            fit_per_frame=per_frame,
+        )
+        result = upsample(image)
+        for frame in range(2):
+            cli = read_volume(out, frame=frame)
+            np.testing.assert_allclose(result[frame].numpy(), cli.array, rtol=1e-5, atol=1e-3)
+            np.testing.assert_allclose(result.affine.numpy(), cli.affine, atol=1e-6)
+        record = json.loads(result.meta["medsr_provenance"])
+        cli_record = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
+        assert record.get("fit_mode") == cli_record.get("fit_mode")
+        assert record["fit_steps_run"] == cli_record["fit_steps_run"] == 2
+    assert record["fit_mode"] == "per-frame"
+    # the one fit: the transform's own record says it was on the mean
+    once = ThroughPlaneUpsample(method="misr", model=identity_checkpoint, fit_steps=2)(image)
+    assert json.loads(once.meta["medsr_provenance"])["fit_mode"] == "mean"
+    with pytest.raises(MedsrError, match="out of range"):
+        ThroughPlaneUpsample(model=identity_checkpoint, fit_steps=2, fit_frame=5)(image)

@@ -42,7 +42,8 @@ def add_input_geometry(
         type=length,
         metavar="LENGTH",
         help="slice thickness, overriding the header's (DICOM SliceThickness); below the "
-        "spacing is a gap; the learned method's fit uses it as the slice profile",
+        "spacing is a gap; the learned method's fit uses it as the slice profile's width "
+        "(default: the header's; where it has none, the slice spacing: contiguous slices)",
     )
     if profile:
         from medsr.degrade import SLICE_PROFILES  # numpy only: the CLI stays light to start

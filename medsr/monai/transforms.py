@@ -97,9 +97,11 @@ class ThroughPlaneUpsample(Transform):
     The slice thickness (``meta["slice_thickness"]`` from `MedsrReader`: DICOM's SliceThickness,
     a section folder's ``thickness``; or `slice_thickness`) is the slice profile of the learned
     method's fit, as in ``medsr upsample``: a gap (thickness below the spacing) is fitted as a
-    gap. The channels of a 4D series (``meta["frames"]``) are its frames, each upsampled on its
-    own as the CLI does; other channels too, except RGB (three uint8 channels), which share one
-    model. `with_confidence` also returns the learned method's confidence map
+    gap. The channels of a 4D series (``meta["frames"]``) are its frames, fitted as the CLI fits
+    a series (`medsr.upsample.series4d`): once, on the mean of the frames (`fit_frame`: on that
+    frame; `fit_per_frame`: each frame on its own), and every frame is reconstructed with that
+    fit. Other channels are upsampled one by one, except RGB (three uint8 channels), which share
+    one model. `with_confidence` also returns the learned method's confidence map
     (`medsr.upsample.confidence`, what ``--confidence`` writes): one channel per output channel
     (one for RGB), on the output's affine.
 
@@ -114,6 +116,8 @@ class ThroughPlaneUpsample(Transform):
             ``--slice-thickness``.
         slice_profile: the shape of the slice profile for the fit (``"boxcar"``, ``"gaussian"``,
             ``"sinc"``), as the CLI's ``--slice-profile``; default: the model's training family.
+        fit_frame: a 4D series' fit on this frame instead of the mean (``--fit-frame``).
+        fit_per_frame: a 4D series' frames each fitted on their own (``--fit-per-frame``).
         **misr_options: the learned method's options as in the CLI: model, fit_steps,
             fit_seconds, seed, device, batch_size, progress.
     """
@@ -127,6 +131,8 @@ class ThroughPlaneUpsample(Transform):
         keep_dtype: bool = True,
         slice_thickness: float | str | None = None,
         slice_profile: str | None = None,
+        fit_frame: int | None = None,
+        fit_per_frame: bool = False,
         **misr_options: Any,
     ) -> None:
         if method not in ("misr", "bspline", "linear"):
@@ -138,11 +144,13 @@ class ThroughPlaneUpsample(Transform):
 
         check_slice_profile(slice_profile)
         self.slice_profile = slice_profile
+        self.fit_frame, self.fit_per_frame = fit_frame, fit_per_frame
 
-    def _upsample(self, volume: Volume, confidence: bool = False) -> Volume:
+    def _upsample(self, volume: Volume, confidence: bool = False, options=None) -> Volume:
         from medsr.upsample.api import upsample_volume
 
-        options = self.misr_options if self.method == "misr" else {}
+        if options is None:
+            options = self.misr_options if self.method == "misr" else {}
         if confidence:
             options = dict(options, confidence=True)
         return upsample_volume(
@@ -154,6 +162,47 @@ class ThroughPlaneUpsample(Transform):
             keep_dtype=self.keep_dtype,
             **options,
         )
+
+    def _check_series_options(self, frames: int) -> None:
+        """`fit_frame` / `fit_per_frame` as the CLI checks ``--fit-frame`` / ``--fit-per-frame``."""
+        if self.fit_frame is None and not self.fit_per_frame:
+            return
+        from pathlib import Path
+
+        from medsr.upsample.checks import DEFAULT_FIT_STEPS, check_series_fit
+
+        steps = self.misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
+        where = Path("the image")
+        check_series_fit(frames, self.method, steps, self.fit_frame, self.fit_per_frame, where)
+
+    def _upsample_series(self, frames: list[Volume], confidence: bool) -> list[Volume]:
+        """The frames of a 4D series, fitted as `medsr.upsample.series4d` fits them: one fit (on
+        the mean or `fit_frame`) serves every frame, and their records say so."""
+        from medsr.geometry import plan_output_grid
+        from medsr.upsample import series4d
+        from medsr.upsample.checks import check_fit, load_model
+
+        first = frames[0]
+        target = {"spacing": self.spacing, "scale": self.scale, "axis": self.axis}
+        grid = plan_output_grid(first.spatial_shape, first.affine, **target)
+        options = dict(self.misr_options, loaded=load_model(first, grid, self.misr_options))
+        mode = series4d.fit_mode("misr", options, self.fit_frame, self.fit_per_frame)
+        if mode in (None, "per-frame"):  # each frame as the 3D command does it
+            outputs = [self._upsample(frame, confidence) for frame in frames]
+            for output in outputs:
+                series4d.add_fit_record(output, {"fit_mode": mode} if mode else {})
+            return outputs
+        if mode == "mean":
+            volume = series4d.mean_frame(lambda: iter(frames))
+        else:
+            volume = frames[self.fit_frame]
+        check_fit(volume, grid, options, "the series")
+        fitted = series4d.fit_once(volume, {**options, **target})
+        served, record = series4d.serve_fitted(options, mode, *fitted)
+        outputs = [self._upsample(frame, confidence, served) for frame in frames]
+        for output in outputs:
+            series4d.add_fit_record(output, record)
+        return outputs
 
     def _input_meta(self, img: torch.Tensor) -> dict:
         """What `upsample_volume` reads from the input's metadata: unit and slice thickness."""
@@ -185,11 +234,14 @@ class ThroughPlaneUpsample(Transform):
         meta = self._input_meta(img)
         affine = _affine(img)
         series = isinstance(img, MetaTensor) and int(img.meta.get("frames", 1)) > 1
+        self._check_series_options(len(array) if series else 1)
         if array.shape[0] == 3 and array.dtype == np.uint8 and not series:  # RGB: one model
             outputs = [self._upsample(Volume(np.moveaxis(array, 0, -1), affine, meta), confidence)]
             result = np.moveaxis(outputs[0].array, -1, 0)
-        else:
-            # grey channels and the frames of a 4D series: each exactly as the CLI does it
+        elif series and self.method == "misr":  # one fit for the frames, as the CLI
+            outputs = self._upsample_series([Volume(c, affine, meta) for c in array], confidence)
+            result = np.stack([out.array for out in outputs])
+        else:  # grey channels (and a series by interpolation): each as the CLI does it
             outputs = [self._upsample(Volume(c, affine, meta), confidence) for c in array]
             result = np.stack([out.array for out in outputs])
         out = _with_geometry(result, outputs[0].affine, img)

@@ -102,12 +102,8 @@ def upsample_series(
     folder = _kept_frames_folder(output, input_path, frames, key)
     served, fit_record = dict(options), {} if mode is None else {"fit_mode": mode}
     if mode not in (None, "per-frame"):  # one fit serves every frame
-        generator, steps_run, guard = _fitted_once(folder, read_frames, mode, fit_frame, options)
-        served.update(loaded=(generator, options["loaded"][1]), fit_steps=0)
-        steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
-        fit_record.update(fit_steps=int(steps), fit_steps_run=int(steps_run))
-        if guard:
-            fit_record["fit_guard"] = guard
+        fitted = _fitted_once(folder, read_frames, mode, fit_frame, options)
+        served, fit_record = serve_fitted(options, mode, *fitted)
     for index, volume in enumerate(read_frames()):
         if (folder / _frame_name(index)).exists():  # kept by an interrupted run
             continue
@@ -138,6 +134,55 @@ def mean_frame(read_frames: FrameReader) -> Volume:
     return first.with_array((total / count).astype(np.float32))
 
 
+def fit_once(volume: Volume, options: dict):
+    """(the adapted generator on the device, steps run, the fit guard's record): the series' one
+    fit, on `volume` (the mean of the frames or the chosen frame), for `options`' target and
+    model (``options["loaded"]``), as `upsample_volume` would fit that volume."""
+    from medsr.runtime import resolve_device
+    from medsr.upsample.adapt import adapt_to_grid
+
+    device = resolve_device(options.get("device"))
+    prior, config = options["loaded"]
+    grid = plan_output_grid(
+        volume.spatial_shape,
+        volume.affine,
+        spacing=options.get("spacing"),
+        scale=options.get("scale"),
+        axis=options.get("axis"),
+    )
+    adapted, steps_run = adapt_to_grid(
+        prior.to(device),
+        config,
+        volume,
+        grid,
+        steps=options.get("fit_steps", DEFAULT_FIT_STEPS),
+        device=device,
+        seed=options.get("seed", DEFAULT_SEED),
+        seconds=options.get("fit_seconds"),
+        progress=options.get("progress", False),
+        guard=(guard := {}),
+    )
+    return adapted, int(steps_run), guard
+
+
+def serve_fitted(options: dict, mode: str, generator, steps_run: int, guard: dict):
+    """(`upsample_volume` options that reconstruct a frame with the series' adapted `generator`
+    and fit no more, what every frame's provenance adds: the fit mode, steps and guard)."""
+    served = dict(options, loaded=(generator, options["loaded"][1]), fit_steps=0)
+    steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
+    record = {"fit_mode": mode, "fit_steps": int(steps), "fit_steps_run": int(steps_run)}
+    if guard:
+        record["fit_guard"] = guard
+    return served, record
+
+
+def add_fit_record(result: Volume, fit_record: dict) -> None:
+    """`result`'s provenance (and description) with the series fit's `fit_record`."""
+    if fit_record:
+        record = dict(result.meta["provenance"], **fit_record)
+        result.meta.update(provenance=record, description=provenance_description(record))
+
+
 def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, options: dict):
     """(the adapted generator on the device, steps run, the fit guard's record): loaded from
     `folder` when an interrupted run kept it, else fitted on the mean or the chosen frame and
@@ -147,33 +192,14 @@ def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, o
 
     from medsr.nets.checkpoint import build_generator
     from medsr.runtime import resolve_device
-    from medsr.upsample.adapt import adapt_to_grid
 
     device = resolve_device(options.get("device"))
-    prior, config = options["loaded"]
+    config = options["loaded"][1]
     kept = folder / _MODEL
     if not kept.exists():
         volume = mean_frame(read_frames) if mode == "mean" else _one_frame(read_frames, fit_frame)
-        grid = plan_output_grid(
-            volume.spatial_shape,
-            volume.affine,
-            spacing=options.get("spacing"),
-            scale=options.get("scale"),
-            axis=options.get("axis"),
-        )
         logger.info("fitting once for the series, on the %s", mode)
-        adapted, steps_run = adapt_to_grid(
-            prior.to(device),
-            config,
-            volume,
-            grid,
-            steps=options.get("fit_steps", DEFAULT_FIT_STEPS),
-            device=device,
-            seed=options.get("seed", DEFAULT_SEED),
-            seconds=options.get("fit_seconds"),
-            progress=options.get("progress", False),
-            guard=(guard := {}),
-        )
+        adapted, steps_run, guard = fit_once(volume, options)
         weights = {name: value.detach().cpu() for name, value in adapted.state_dict().items()}
         state = {"generator": weights, "steps_run": int(steps_run), "fit_guard": guard}
         write_atomically(kept, lambda staged: torch.save(state, staged))
@@ -251,9 +277,7 @@ def _frame_name(index: int) -> str:
 def _keep_frame(folder: Path, index: int, result: Volume, fit_record: dict) -> None:
     """`result`'s array as ``frame_N.npy`` (after, for frame 0, its affine and meta: the
     template of the series), each atomically: a frame whose ``.npy`` exists is complete."""
-    if fit_record:
-        record = dict(result.meta["provenance"], **fit_record)
-        result.meta.update(provenance=record, description=provenance_description(record))
+    add_fit_record(result, fit_record)
     if index == 0:
         template = {"affine": result.affine.tolist(), "meta": result.meta}
         text = json.dumps(template, default=_plain)
