@@ -84,6 +84,10 @@ class DataConfig:
         thickness_ratios: range of slice thickness / slice spacing (< 1 gap, > 1 overlap).
         noise_max: largest Rician noise std (normalised units) added to the thin truth before
             thickening (in 2 of 3 batches).
+        input_noise: the per-scan fit's: the std (normalised units) of the scan's voxel noise.
+            Thickening the scan's in-plane slices averages their noise down, while the thick
+            slices being upsampled carry it in full; Gaussian noise puts the missing variance
+            back on every thickened input (`medsr.degrade.thickened_noise_share`). 0: none.
         gamma_range: range of the contrast change (a gamma, drawn log-uniformly).
         gain_range: range of the intensity gain.
         patch_width: in-plane size of a training patch (voxels).
@@ -106,6 +110,7 @@ class DataConfig:
     profiles: tuple[Literal["boxcar", "gaussian", "sinc"], ...] = ("boxcar", "gaussian")
     thickness_ratios: tuple[float, float] = (0.8, 1.2)
     noise_max: float = 0.03
+    input_noise: float = 0.0
     gamma_range: tuple[float, float] = (0.7, 1.4)
     gain_range: tuple[float, float] = (0.8, 1.2)
     patch_width: int = 48
@@ -140,6 +145,8 @@ class DataConfig:
             )
         if self.noise_max < 0:
             raise MedsrError(f"config data.noise_max must be >= 0, got {self.noise_max}")
+        if self.input_noise < 0:
+            raise MedsrError(f"config data.input_noise must be >= 0, got {self.input_noise}")
         for name in ("patch_width", "patch_slices", "max_thin_slices", "batch_size"):
             if getattr(self, name) < 1:
                 raise MedsrError(f"config data.{name} must be >= 1, got {getattr(self, name)}")

@@ -134,6 +134,15 @@ def thin_slices(slices: int, factor: float, length: int) -> int:
     return min(int(np.ceil(slices * factor - 1e-6)), length)
 
 
+def thickened_noise_share(count: int, factor: float, thickness: float, profile: str) -> float:
+    """The share of white noise's variance that thick slices of `count` thin slices keep (the
+    mean over rows of the squared `slice_profile_weights`: 1 / thickness for a boxcar of whole
+    slices). A real thick-slice scan carries its voxels' noise in full; slices thickened from
+    its in-plane slices keep this share of it."""
+    weights = slice_profile_weights(count, factor, thickness=thickness, profile=profile)
+    return float(np.mean(np.sum(weights * weights, axis=1)))
+
+
 def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of the image plus complex Gaussian noise of std `sigma` (MRI magnitude noise)."""
     real = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)

@@ -11,7 +11,9 @@ may end in ``,lr=RATE`` and ``,schedule=constant|cosine``: the fit's learning ra
 for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEARNING_RATE` and
 `ADAPTATION_LR_SCHEDULE`), and in ``,profile=boxcar|gaussian|sinc`` and ``,thickness=RATIO``:
 what the fit is told of the acquisition (``--slice-profile``; ``--slice-thickness`` as RATIO times
-the thick spacing), as a header or the user would.
+the thick spacing), as a header or the user would; ``,noise=on|off`` puts the scan's noise back on
+the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`). ``--condition noise``
+adds the MRI benchmark's Rician noise to the thick slices.
 
 Design choices are made on the validation volume of pipelines/configs/split.yaml
 (`itk_t1_2x2x3mm.nii.gz` since 2026-12-02; the Haase T1 before); the test volumes are only
@@ -38,7 +40,17 @@ from benchmark_mri import Case, acquire
 from medsr.evaluate.simulate import score
 from medsr.io import read_volume, write_volume
 
-FIELDS = ("volume", "factor", "axis", "profile", "model", "steps", "fit_seconds", "seconds")
+FIELDS = (
+    "volume",
+    "factor",
+    "axis",
+    "condition",
+    "profile",
+    "model",
+    "steps",
+    "fit_seconds",
+    "seconds",
+)
 FIELDS += ("psnr", "ssim", "hfen", "bspline_psnr", "bspline_ssim", "delta_psnr", "delta_ssim")
 
 
@@ -46,6 +58,7 @@ FIELDS += ("psnr", "ssim", "hfen", "bspline_psnr", "bspline_ssim", "delta_psnr",
 FIT_OPTIONS = {
     "lr": ("ADAPTATION_LEARNING_RATE", float),
     "schedule": ("ADAPTATION_LR_SCHEDULE", str),
+    "noise": ("MATCH_SCAN_NOISE", lambda value: {"on": True, "off": False}[value]),
 }
 
 #: a model spec's ``,key=value`` that tells the fit the acquisition, as `medsr upsample` options
@@ -132,7 +145,7 @@ def points(model: str, steps: list[int], seconds: list[float], spacing: float) -
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    case = Case(args.volume, args.factor, args.axis, "family", args.profile)
+    case = Case(args.volume, args.factor, args.axis, args.condition, args.profile)
     volume = read_volume(args.data / args.volume)
     thick, truth, mask, data_range = acquire(volume, case, seed=0)
     spacing = float(thick.spacing[args.axis])
@@ -155,7 +168,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 pred = read_volume(Path(folder) / "out.nii.gz").array
                 scores = score(pred, truth, mask=mask, axis=args.axis, data_range=data_range)
                 row = {"volume": args.volume.split(".nii")[0], "factor": args.factor}
-                row |= {"axis": args.axis, "profile": args.profile, **fields}
+                row |= {"axis": args.axis, "condition": args.condition}
+                row |= {"profile": args.profile, **fields}
                 row |= {"seconds": round(seconds, 1), "psnr": scores["psnr"]}
                 row |= {"ssim": scores["ssim"], "hfen": scores["hfen"]}
                 row |= {"bspline_psnr": base["psnr"], "bspline_ssim": base["ssim"]}
@@ -179,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, required=True)
     parser.add_argument("--axis", type=int, default=2)
     parser.add_argument("--profile", default="boxcar")
+    parser.add_argument(
+        "--condition",
+        default="family",
+        choices=("family", "noise"),
+        help="the MRI benchmark's acquisition condition (noise: Rician noise on the thick slices)",
+    )
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=CKPT")
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 100, 200, 400])
     parser.add_argument("--seconds", type=float, nargs="+", default=[15, 45])

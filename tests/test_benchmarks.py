@@ -143,5 +143,12 @@ def test_fit_curves_points_parse_models_rates_and_the_first_version():
     assert first[0][2] == "/tmp/old" and first[1][1]["fit_seconds"] == 45
     # the acquisition a header or the user would state: thickness in units of the thick spacing
     told = fit_curves.points("told=default,thickness=1.25,profile=sinc,lr=1e-3", [200], [45], 8.0)
-    assert told[0][0] == ["--slice-thickness", "10", "--slice-profile", "sinc", "--fit-steps", "200"]
+    assert told[0][0] == [
+        "--slice-thickness",
+        "10",
+        "--slice-profile",
+        "sinc",
+        "--fit-steps",
+        "200",
+    ]
     assert told[0][3] == {"ADAPTATION_LEARNING_RATE": 1e-3}

@@ -209,3 +209,57 @@ def test_the_fit_samples_the_foreground():
 
     assert adaptation_config(Config(), 10, 0).data.foreground_sampling
     assert not Config().data.foreground_sampling  # training runs: off unless asked
+
+
+def test_thickening_keeps_the_share_of_noise_its_weights_say():
+    from medsr.degrade import thickened_noise_share
+
+    # a boxcar of four whole slices averages white noise to a quarter of its variance
+    assert thickened_noise_share(40, 4.0, 4.0, "boxcar") == pytest.approx(0.25)
+    # wider profiles average more; a slice one thin slice thick, centred on one, keeps all of it
+    assert thickened_noise_share(30, 3.0, 1.0, "boxcar") == pytest.approx(1.0)
+    assert thickened_noise_share(40, 4.0, 6.0, "gaussian") < thickened_noise_share(
+        40, 4.0, 3.0, "gaussian"
+    )
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 1.0, (200, 64, 40)).astype(np.float32)
+    measured = thicken_last_axis(noise, 4.0, 5.0, "gaussian").var()
+    assert measured == pytest.approx(thickened_noise_share(40, 4.0, 5.0, "gaussian"), rel=0.03)
+
+
+def test_the_scans_noise_is_put_back_on_the_inputs_it_thickens():
+    """Thick slices made from the scan's in-plane slices carry the scan's voxel noise in full
+    (`DataConfig.input_noise`), as the scan's own thick slices do; without it, what thickening
+    left of it."""
+    from medsr.config import DataConfig
+    from medsr.train.pairs import PairSampler, sources_self_supervised
+
+    sigma = 0.05
+    rng = np.random.default_rng(1)
+    flat = Volume(
+        array=(0.5 + rng.normal(0.0, sigma, (48, 48, 16))).astype(np.float32),
+        affine=np.diag([1.0, 1.0, 4.0, 1.0]),
+    )
+    sources = sources_self_supervised(flat, "flat", axis=2, factor=4.0)
+    scale = float(sources[0].array.std() / flat.array.std())  # what the sources normalise by
+    stds = {}
+    for noise in (0.0, sigma):
+        config = DataConfig(
+            self_supervised=True,
+            profiles=("boxcar",),
+            thickness_ratios=(1.0, 1.0),
+            patch_width=32,
+            patch_slices=6,
+            batch_size=8,
+            validation_fraction=0.0,
+            input_noise=noise * scale if noise else 0.0,
+            **CLEAN,
+        )
+        lr, hr, _, _ = PairSampler(sources, config, 3).sample(np.random.default_rng(0))
+        stds[noise] = (float(lr.numpy().std()), float(hr.numpy().std()))
+    (thickened, truth), (restored, truth_again) = stds[0.0], stds[sigma]
+    assert truth == pytest.approx(truth_again)  # the target is the scan's slice, untouched
+    assert thickened == pytest.approx(truth / 2, rel=0.15)  # 4 slices: half the std
+    assert restored == pytest.approx(truth, rel=0.15)  # put back: the scan's own
+    with pytest.raises(MedsrError, match="input_noise"):
+        DataConfig(input_noise=-0.1)

@@ -569,6 +569,7 @@ def test_the_fit_guard_keeps_a_good_fit_and_the_fit_stays_deterministic(
         records.append(json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8")))
     assert digests[0] == digests[1] and records[0] == records[1]
     guard = records[0]["fit_guard"]
+    assert guard["scan_noise"] > 0  # the voxel noise the fit put back (the scan is noisy)
     # the identity prior is B-spline; six steps improve on it a little: the adapted model wins
     assert guard["planes"] == 2 and guard["choice"] == "adapted"
     assert guard["psnr_prior"] == pytest.approx(guard["psnr_bspline"])
@@ -713,3 +714,29 @@ def test_slice_profile_needs_the_learned_methods_fit(tmp_path, phantom_path, cap
     error = capsys.readouterr().err
     assert "--method misr only" in error and len(error.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_scans_noise_is_measured_by_its_finest_diagonal_detail():
+    """`scan_noise` finds the std of Rician (MRI magnitude) and of Gaussian noise on a smooth
+    object within 10 %, and 0 on the object without noise; the fit's config carries it."""
+    from scipy.ndimage import gaussian_filter
+
+    from medsr.config import Config
+    from medsr.degrade import add_rician_noise
+    from medsr.train.pairs import sources_self_supervised
+    from medsr.upsample.adapt import adaptation_config, scan_noise
+
+    smooth = gaussian_filter(phantom_array((96, 96, 20), seed=0).astype(np.float64), 2.0)
+    smooth = ((smooth - smooth.min()) / np.ptp(smooth)).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 4.0, 1.0])
+    rng = np.random.default_rng(0)
+    gaussian = smooth + rng.normal(0.0, 0.04, smooth.shape).astype(np.float32)
+    for image, sigma in (
+        (add_rician_noise(smooth, 0.04, rng), 0.04),
+        (gaussian, 0.04),
+        (smooth, 0),
+    ):
+        sources = sources_self_supervised(Volume(image, affine), "s", axis=2, factor=4.0)
+        scale = float(sources[0].array.std() / image.std())  # normalised units per input unit
+        assert scan_noise(sources) / scale == pytest.approx(sigma, rel=0.1, abs=1e-3)
+    assert adaptation_config(Config(), 5, 0, input_noise=0.02).data.input_noise == 0.02

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from medsr.config import DataConfig
-from medsr.degrade import add_rician_noise, thicken_last_axis, thin_slices
+from medsr.degrade import add_rician_noise, thicken_last_axis, thickened_noise_share, thin_slices
 from medsr.errors import MedsrError
 from medsr.geometry import (
     anisotropy,
@@ -134,6 +134,17 @@ def sources_from_volume(volume: Volume, name: str, min_width: int = 16) -> list[
                 PlaneSource(view, (spacing[p], spacing[w], spacing[a]), f"{name}:a{a}p{p}")
             )
     return sources
+
+
+def restore_thick_noise(
+    lr: np.ndarray, sigma: float, acquisition: tuple, rng: np.random.Generator
+) -> np.ndarray:
+    """`lr` (thickened from slices whose voxel noise has std `sigma`) with Gaussian noise of the
+    variance thickening removed: its voxels then carry `sigma` in full, as a real thick slice's
+    do. `acquisition`: (thin slices, factor, thickness, profile) of the thickening."""
+    kept = thickened_noise_share(*acquisition)
+    extra = sigma * np.sqrt(max(0.0, 1.0 - kept))
+    return (lr + rng.normal(0.0, extra, lr.shape)).astype(np.float32)
 
 
 def sources_self_supervised(
@@ -247,6 +258,8 @@ class PairSampler:
         profile = data.profiles[int(rng.integers(len(data.profiles)))]
         thickness = factor * rng.uniform(*data.thickness_ratios)
         lr = thicken_last_axis(patches, factor, thickness, profile)
+        if data.input_noise > 0:  # the scan's noise that thickening averaged away, put back
+            lr = restore_thick_noise(lr, data.input_noise, (thin, factor, thickness, profile), rng)
         positions = slab_positions(slices, factor)
         hr = np.ascontiguousarray(patches[:, self.neighbours // 2 : self.neighbours // 2 + 1])
         hr = hr[..., : len(positions)]

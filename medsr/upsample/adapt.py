@@ -68,12 +68,49 @@ DETERMINISTIC_WORKSPACE = ":4096:8"
 ASSUMED_THICKNESS_RATIO = 1.0
 
 
+#: whether the fit puts the scan's own voxel noise back on the slices it thickens
+#: (`scan_noise`, `medsr.config.DataConfig.input_noise`)
+MATCH_SCAN_NOISE = True
+#: median absolute deviation / std of a Gaussian
+_MAD_PER_STD = 0.6744897501960817
+#: std of magnitude (Rayleigh) noise / the std of the complex Gaussian noise behind it: MRI's
+#: background, where the signal is zero
+_RAYLEIGH_STD_PER_SIGMA = float(np.sqrt(2.0 - np.pi / 2.0))
+
+
+def scan_noise(sources: list[PlaneSource]) -> float:
+    """The std of the scan's voxel noise (normalised units), from its in-plane slices.
+
+    The finest diagonal detail, ``(a - b - c + d) / 2`` of each 2 x 2 block, has the std of white
+    noise and cancels smooth signal and straight edges; its median absolute value gives that std
+    (Donoho's wavelet MAD). Over the foreground (`medsr.train.patches.foreground_voxels`) it
+    also sees the anatomy's finest texture; over the background it sees noise alone, which in a
+    magnitude MRI is Rayleigh-distributed (its std 0.655 of the Gaussian's). The smaller of the
+    two is taken: a background-corrected estimate, never more than the foreground shows. A
+    scan without background, or with a zeroed one (noise-free, skull-stripped), gives 0.
+    """
+    from medsr.train.patches import foreground_voxels
+
+    planes = sources[0].array  # (planes, w, a): the same voxels as every source
+    detail = planes[:, :-1, :-1] - planes[:, 1:, :-1] - planes[:, :-1, 1:] + planes[:, 1:, 1:]
+    inside = np.zeros(planes.size, bool)
+    inside[foreground_voxels(planes)] = True
+    inside = inside.reshape(planes.shape)[:, :-1, :-1]
+    if inside.all() or not inside.any():
+        return 0.0
+    spread = [
+        float(np.median(np.abs(detail[part]))) / 2 / _MAD_PER_STD for part in (inside, ~inside)
+    ]
+    return min(spread[0], spread[1] / _RAYLEIGH_STD_PER_SIGMA)
+
+
 def adaptation_config(
     config: Config,
     steps: int,
     seed: int,
     thickness_ratio: float | None = None,
     profile: str | None = None,
+    input_noise: float = 0.0,
 ) -> Config:
     """The fine-tuning's own config for the model of `config` (a checkpoint's).
 
@@ -86,7 +123,8 @@ def adaptation_config(
     (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that thickness only, else `ASSUMED_THICKNESS_RATIO`; with `profile`
-    (``--slice-profile``), that profile's shape only, else the profiles the model was trained on.
+    (``--slice-profile``), that profile's shape only, else the profiles the model was trained on;
+    `input_noise` (`scan_noise`) is put back on the thickened inputs.
     """
     trained = config.data
     ratio = fit_thickness_ratio(thickness_ratio)
@@ -103,6 +141,7 @@ def adaptation_config(
             max_thin_slices=trained.max_thin_slices,
             batch_size=trained.batch_size,
             noise_max=0.0,
+            input_noise=input_noise,
             gamma_range=(1.0, 1.0),
             gain_range=(1.0, 1.0),
             validation_fraction=0.0,
@@ -186,10 +225,15 @@ def guard_planes(
     neighbours: int,
     ratio: float | None,
     profile: str | None = None,
+    noise: float = 0.0,
 ) -> list[tuple]:
     """(lr, hr, positions, factor) of the slab's middle slice of every source, thickened along
     its `a` axis as the fit thickens (the scan's slice profile if given, else boxcar; the scan's
-    thickness ratio if known, else `ASSUMED_THICKNESS_RATIO`)."""
+    thickness ratio if known, else `ASSUMED_THICKNESS_RATIO`; the scan's `noise` put back, drawn
+    from a fixed seed)."""
+    from medsr.train.pairs import restore_thick_noise
+
+    rng = np.random.default_rng(0)
     planes = []
     for source in sources:
         count, length, factor = source.array.shape[0], source.array.shape[2], source.factor
@@ -200,6 +244,9 @@ def guard_planes(
         patch = np.ascontiguousarray(source.array[index, :, : thin_slices(slices, factor, length)])
         thickness = factor * fit_thickness_ratio(ratio)
         lr = thicken_last_axis(patch, factor, thickness, profile or "boxcar")
+        if noise > 0:
+            acquisition = (patch.shape[-1], factor, thickness, profile or "boxcar")
+            lr = restore_thick_noise(lr, noise, acquisition, rng)
         positions = slab_positions(slices, factor)
         hr = patch[neighbours // 2][..., : len(positions)]
         planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
@@ -301,7 +348,7 @@ def adapt_to_scan(
         seed: seed of the patch sampling.
         seconds: optional wall-clock upper bound on the fit.
         thickness_ratio: the scan's slice thickness / slice spacing, if known (below 1: a gap);
-            default: the range the model was trained with.
+            default: `ASSUMED_THICKNESS_RATIO` (contiguous).
         profile: the scan's slice profile (``"boxcar"``, ``"gaussian"`` or ``"sinc"``, the
             2D multi-slice profile; `medsr.degrade.slice_profile_weights`), if known; default:
             the profiles the model was trained with.
@@ -314,14 +361,18 @@ def adapt_to_scan(
     """
     if steps <= 0:
         return generator.eval(), 0
-    adapt_config = adaptation_config(config, steps, seed, thickness_ratio, profile)
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
+    noise = scan_noise(sources) if MATCH_SCAN_NOISE else 0.0
+    logger.info(
+        "the scan's voxel noise: std %.4g (normalised units), put back when thickening", noise
+    )
+    adapt_config = adaptation_config(config, steps, seed, thickness_ratio, profile, noise)
     sampler = PairSampler(sources, adapt_config.data, generator.neighbours)
     slab = guard_slab(sources[0].array.shape[0], generator.neighbours)
     planes = (
         []
         if slab is None
-        else guard_planes(sources, slab, generator.neighbours, thickness_ratio, profile)
+        else guard_planes(sources, slab, generator.neighbours, thickness_ratio, profile, noise)
     )
     sampler.held_out_planes = slab if planes else None
     start = time.perf_counter()
@@ -338,6 +389,7 @@ def adapt_to_scan(
         adapted, record = apply_guard(adapted, generator.to(device), planes, device)
     else:
         record["reason"] = "the upsampled axis is too short to hold slices back"
+    record["scan_noise"] = round(noise, 6)
     if guard is not None:
         guard.update(record)
     return adapted, trainer.step
