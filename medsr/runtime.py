@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -12,6 +13,11 @@ import torch
 import torch.distributed as dist
 
 from medsr.errors import MedsrError
+
+#: the environment variable that fixes cuBLAS's workspace, and the value PyTorch documents for
+#: deterministic results (https://docs.pytorch.org/docs/stable/notes/randomness.html)
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+DETERMINISTIC_WORKSPACE = ":4096:8"
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
@@ -100,3 +106,35 @@ def close_distributed(*, synchronise: bool = False) -> None:
         if synchronise:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(device: torch.device) -> Iterator[None]:
+    """On CUDA, deterministic kernels for the duration of the fit, then the caller's settings.
+
+    cuBLAS is deterministic only with a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``); a value the
+    user set is kept, and the variable is removed again if it was set here. Kernels without a
+    deterministic version warn instead of failing (``warn_only``). A no-op on the CPU, whose
+    kernels are deterministic for a given thread count.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    workspace = os.environ.get(CUBLAS_WORKSPACE)
+    if workspace is None:
+        os.environ[CUBLAS_WORKSPACE] = DETERMINISTIC_WORKSPACE
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+        if workspace is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)

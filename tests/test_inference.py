@@ -422,7 +422,7 @@ def test_deterministic_algorithms_during_a_cuda_fit_only(monkeypatch):
     # the flags are process-wide: set for the fit, then the caller's settings come back
     import os
 
-    from medsr.upsample.adapt import deterministic_algorithms
+    from medsr.runtime import deterministic_algorithms
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     with deterministic_algorithms(torch.device("cpu")):
@@ -723,8 +723,9 @@ def test_the_scans_noise_is_measured_by_its_finest_diagonal_detail():
 
     from medsr.config import Config
     from medsr.degrade import add_rician_noise
+    from medsr.train.noise import scan_noise
     from medsr.train.pairs import sources_self_supervised
-    from medsr.upsample.adapt import adaptation_config, scan_noise
+    from medsr.upsample.adapt import adaptation_config
 
     smooth = gaussian_filter(phantom_array((96, 96, 20), seed=0).astype(np.float64), 2.0)
     smooth = ((smooth - smooth.min()) / np.ptp(smooth)).astype(np.float32)
@@ -738,5 +739,5 @@ def test_the_scans_noise_is_measured_by_its_finest_diagonal_detail():
     ):
         sources = sources_self_supervised(Volume(image, affine), "s", axis=2, factor=4.0)
         scale = float(sources[0].array.std() / image.std())  # normalised units per input unit
-        assert scan_noise(sources) / scale == pytest.approx(sigma, rel=0.1, abs=1e-3)
+        assert scan_noise(sources[0].array) / scale == pytest.approx(sigma, rel=0.1, abs=1e-3)
     assert adaptation_config(Config(), 5, 0, input_noise=0.02).data.input_noise == 0.02

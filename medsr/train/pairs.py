@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from medsr.config import DataConfig
-from medsr.degrade import add_rician_noise, thicken_last_axis, thickened_noise_share, thin_slices
+from medsr.degrade import add_rician_noise, thicken_last_axis, thin_slices
 from medsr.errors import MedsrError
 from medsr.geometry import (
     anisotropy,
@@ -42,6 +42,7 @@ from medsr.geometry import (
 )
 from medsr.intensity import grey_array, intensity_range, normalise_intensity
 from medsr.io import Volume
+from medsr.train.noise import restore_thick_noise
 from medsr.train.patches import (
     PlaneSlab,
     foreground_starts,
@@ -134,17 +135,6 @@ def sources_from_volume(volume: Volume, name: str, min_width: int = 16) -> list[
                 PlaneSource(view, (spacing[p], spacing[w], spacing[a]), f"{name}:a{a}p{p}")
             )
     return sources
-
-
-def restore_thick_noise(
-    lr: np.ndarray, sigma: float, acquisition: tuple, rng: np.random.Generator
-) -> np.ndarray:
-    """`lr` (thickened from slices whose voxel noise has std `sigma`) with Gaussian noise of the
-    variance thickening removed: its voxels then carry `sigma` in full, as a real thick slice's
-    do. `acquisition`: (thin slices, factor, thickness, profile) of the thickening."""
-    kept = thickened_noise_share(*acquisition)
-    extra = sigma * np.sqrt(max(0.0, 1.0 - kept))
-    return (lr + rng.normal(0.0, extra, lr.shape)).astype(np.float32)
 
 
 def sources_self_supervised(

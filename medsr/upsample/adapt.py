@@ -24,12 +24,9 @@ bound on top (then the result depends on the machine's speed, and the steps run 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -43,6 +40,8 @@ from medsr.intensity import grey_array
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.nets.generator import exact_bspline
+from medsr.runtime import deterministic_algorithms
+from medsr.train.noise import restore_thick_noise, scan_noise
 from medsr.train.pairs import MIN_PATCH_SLICES, PairSampler, PlaneSource, sources_self_supervised
 from medsr.train.trainer import Trainer
 
@@ -55,10 +54,6 @@ logger = logging.getLogger(__name__)
 #: +0.29 / +0.39 / +0.44, +0.77 / +0.75 / +0.81 and +1.13 / +1.07 / +1.07 dB over B-spline
 ADAPTATION_LEARNING_RATE = 2e-3
 ADAPTATION_LR_SCHEDULE = "cosine"
-#: the environment variable that fixes cuBLAS's workspace, and the value PyTorch documents for
-#: deterministic results (https://docs.pytorch.org/docs/stable/notes/randomness.html)
-CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
-DETERMINISTIC_WORKSPACE = ":4096:8"
 
 
 #: the slice thickness / spacing the fit assumes when the scan does not say (no DICOM
@@ -71,37 +66,6 @@ ASSUMED_THICKNESS_RATIO = 1.0
 #: whether the fit puts the scan's own voxel noise back on the slices it thickens
 #: (`scan_noise`, `medsr.config.DataConfig.input_noise`)
 MATCH_SCAN_NOISE = True
-#: median absolute deviation / std of a Gaussian
-_MAD_PER_STD = 0.6744897501960817
-#: std of magnitude (Rayleigh) noise / the std of the complex Gaussian noise behind it: MRI's
-#: background, where the signal is zero
-_RAYLEIGH_STD_PER_SIGMA = float(np.sqrt(2.0 - np.pi / 2.0))
-
-
-def scan_noise(sources: list[PlaneSource]) -> float:
-    """The std of the scan's voxel noise (normalised units), from its in-plane slices.
-
-    The finest diagonal detail, ``(a - b - c + d) / 2`` of each 2 x 2 block, has the std of white
-    noise and cancels smooth signal and straight edges; its median absolute value gives that std
-    (Donoho's wavelet MAD). Over the foreground (`medsr.train.patches.foreground_voxels`) it
-    also sees the anatomy's finest texture; over the background it sees noise alone, which in a
-    magnitude MRI is Rayleigh-distributed (its std 0.655 of the Gaussian's). The smaller of the
-    two is taken: a background-corrected estimate, never more than the foreground shows. A
-    scan without background, or with a zeroed one (noise-free, skull-stripped), gives 0.
-    """
-    from medsr.train.patches import foreground_voxels
-
-    planes = sources[0].array  # (planes, w, a): the same voxels as every source
-    detail = planes[:, :-1, :-1] - planes[:, 1:, :-1] - planes[:, :-1, 1:] + planes[:, 1:, 1:]
-    inside = np.zeros(planes.size, bool)
-    inside[foreground_voxels(planes)] = True
-    inside = inside.reshape(planes.shape)[:, :-1, :-1]
-    if inside.all() or not inside.any():
-        return 0.0
-    spread = [
-        float(np.median(np.abs(detail[part]))) / 2 / _MAD_PER_STD for part in (inside, ~inside)
-    ]
-    return min(spread[0], spread[1] / _RAYLEIGH_STD_PER_SIGMA)
 
 
 def adaptation_config(
@@ -177,38 +141,6 @@ def check_fit_extent(shape: tuple[int, ...], axis: int, factor: float, name: str
             )
 
 
-@contextlib.contextmanager
-def deterministic_algorithms(device: torch.device) -> Iterator[None]:
-    """On CUDA, deterministic kernels for the duration of the fit, then the caller's settings.
-
-    cuBLAS is deterministic only with a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``); a value the
-    user set is kept, and the variable is removed again if it was set here. Kernels without a
-    deterministic version warn instead of failing (``warn_only``). A no-op on the CPU, whose
-    kernels are deterministic for a given thread count.
-    """
-    if device.type != "cuda":
-        yield
-        return
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    workspace = os.environ.get(CUBLAS_WORKSPACE)
-    if workspace is None:
-        os.environ[CUBLAS_WORKSPACE] = DETERMINISTIC_WORKSPACE
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
-        if workspace is None:
-            os.environ.pop(CUBLAS_WORKSPACE, None)
-
-
 def guard_slab(count: int, neighbours: int) -> tuple[int, int] | None:
     """The planes [start, stop) along the upsampled axis held back from the fit: the `neighbours`
     slices around its middle; None when the axis is too short to spare them (fewer than four
@@ -231,8 +163,6 @@ def guard_planes(
     its `a` axis as the fit thickens (the scan's slice profile if given, else boxcar; the scan's
     thickness ratio if known, else `ASSUMED_THICKNESS_RATIO`; the scan's `noise` put back, drawn
     from a fixed seed)."""
-    from medsr.train.pairs import restore_thick_noise
-
     rng = np.random.default_rng(0)
     planes = []
     for source in sources:
@@ -362,7 +292,7 @@ def adapt_to_scan(
     if steps <= 0:
         return generator.eval(), 0
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
-    noise = scan_noise(sources) if MATCH_SCAN_NOISE else 0.0
+    noise = scan_noise(sources[0].array) if MATCH_SCAN_NOISE else 0.0
     logger.info(
         "the scan's voxel noise: std %.4g (normalised units), put back when thickening", noise
     )

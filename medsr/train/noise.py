@@ -1,0 +1,51 @@
+"""The scan's noise in the per-scan fit: measured on its in-plane slices (`scan_noise`), and put
+back on the slices the fit thickens from them (`restore_thick_noise`), so that the fit's inputs
+are as noisy as the thick slices it will upsample (`medsr.config.DataConfig.input_noise`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medsr.degrade import thickened_noise_share
+from medsr.train.patches import foreground_voxels
+
+#: median absolute deviation / std of a Gaussian
+_MAD_PER_STD = 0.6744897501960817
+#: std of magnitude (Rayleigh) noise / the std of the complex Gaussian noise behind it: MRI's
+#: background, where the signal is zero
+_RAYLEIGH_STD_PER_SIGMA = float(np.sqrt(2.0 - np.pi / 2.0))
+
+
+def scan_noise(planes: np.ndarray) -> float:
+    """The std of the voxel noise of a scan's in-plane slices `planes` (planes, w, a), in their
+    units (the fit's: normalised).
+
+    The finest diagonal detail, ``(a - b - c + d) / 2`` of each 2 x 2 block, has the std of white
+    noise and cancels smooth signal and straight edges; its median absolute value gives that std
+    (Donoho's wavelet MAD). Over the foreground (`medsr.train.patches.foreground_voxels`) it
+    also sees the anatomy's finest texture; over the background it sees noise alone, which in a
+    magnitude MRI is Rayleigh-distributed (its std 0.655 of the Gaussian's). The smaller of the
+    two is taken: a background-corrected estimate, never more than the foreground shows. A
+    scan without background, or with a zeroed one (noise-free, skull-stripped), gives 0.
+    """
+    detail = planes[:, :-1, :-1] - planes[:, 1:, :-1] - planes[:, :-1, 1:] + planes[:, 1:, 1:]
+    inside = np.zeros(planes.size, bool)
+    inside[foreground_voxels(planes)] = True
+    inside = inside.reshape(planes.shape)[:, :-1, :-1]
+    if inside.all() or not inside.any():
+        return 0.0
+    spread = [
+        float(np.median(np.abs(detail[part]))) / 2 / _MAD_PER_STD for part in (inside, ~inside)
+    ]
+    return min(spread[0], spread[1] / _RAYLEIGH_STD_PER_SIGMA)
+
+
+def restore_thick_noise(
+    lr: np.ndarray, sigma: float, acquisition: tuple, rng: np.random.Generator
+) -> np.ndarray:
+    """`lr` (thickened from slices whose voxel noise has std `sigma`) with Gaussian noise of the
+    variance thickening removed: its voxels then carry `sigma` in full, as a real thick slice's
+    do. `acquisition`: (thin slices, factor, thickness, profile) of the thickening."""
+    kept = thickened_noise_share(*acquisition)
+    extra = sigma * np.sqrt(max(0.0, 1.0 - kept))
+    return (lr + rng.normal(0.0, extra, lr.shape)).astype(np.float32)
