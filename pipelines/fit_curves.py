@@ -58,12 +58,18 @@ FIELDS += ("psnr", "ssim", "hfen", "bspline_psnr", "bspline_ssim", "delta_psnr",
 FIT_OPTIONS = {
     "lr": ("ADAPTATION_LEARNING_RATE", float),
     "schedule": ("ADAPTATION_LR_SCHEDULE", str),
-    "noise": ("MATCH_SCAN_NOISE", lambda value: {"on": True, "off": False}[value]),
+    "noise": ("MATCH_SCAN_NOISE", lambda value: _on_off(value)),
 }
 
 #: a model spec's ``,key=value`` that tells the fit the acquisition, as `medsr upsample` options
 #: (``thickness`` is the slice thickness / the thick spacing; ``profile`` the profile's shape)
 ACQUISITION_OPTIONS = {"thickness": "--slice-thickness", "profile": "--slice-profile"}
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise ValueError(f"noise= takes on or off, not {value!r}")
+    return value == "on"
 
 
 def medsr(argv: list[str], pythonpath: str | None = None, fit: dict | None = None) -> float:
@@ -121,6 +127,8 @@ def points(model: str, steps: list[int], seconds: list[float], spacing: float) -
     spec, *options = spec.split(",")
     fit = fit_settings(options) or None
     if spec.startswith("first-version:"):
+        if options:
+            raise ValueError(f"the first version takes no fit options, got {options}")
         root = spec.split(":", 1)[1]
         return [
             (

@@ -152,3 +152,10 @@ def test_fit_curves_points_parse_models_rates_and_the_first_version():
         "200",
     ]
     assert told[0][3] == {"ADAPTATION_LEARNING_RATE": 1e-3}
+    assert fit_curves.points("n=default,noise=off", [0], [45], 3.0)[0][3] == {
+        "MATCH_SCAN_NOISE": False
+    }
+    with pytest.raises(ValueError, match="on or off"):
+        fit_curves.points("n=default,noise=yes", [0], [45], 3.0)
+    with pytest.raises(ValueError, match="no fit options"):
+        fit_curves.points("f=first-version:/tmp/old,thickness=1", [0], [45], 3.0)

@@ -287,9 +287,19 @@ def test_a_4d_series_is_fitted_once_as_the_cli_does(tmp_path, identity_checkpoin
         cli_record = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
         assert record.get("fit_mode") == cli_record.get("fit_mode")
         assert record["fit_steps_run"] == cli_record["fit_steps_run"] == 2
+        assert record["fit_guard"] == cli_record["fit_guard"]
     assert record["fit_mode"] == "per-frame"
     # the one fit: the transform's own record says it was on the mean
     once = ThroughPlaneUpsample(method="misr", model=identity_checkpoint, fit_steps=2)(image)
-    assert json.loads(once.meta["medsr_provenance"])["fit_mode"] == "mean"
+    once_record = json.loads(once.meta["medsr_provenance"])
+    assert once_record["fit_mode"] == "mean"
+    # the noise put back is a frame's, not the mean's (averaging two frames lowers it)
+    from medsr.geometry import plan_output_grid
+    from medsr.upsample.adapt import grid_noise
+
+    first = read_volume(series, frame=0)
+    grid = plan_output_grid(first.spatial_shape, first.affine)
+    expected = grid_noise(first.with_array(first.array.astype(np.float32)), grid)
+    assert once_record["fit_guard"]["scan_noise"] == pytest.approx(expected, abs=2e-6)
     with pytest.raises(MedsrError, match="out of range"):
         ThroughPlaneUpsample(model=identity_checkpoint, fit_steps=2, fit_frame=5)(image)

@@ -185,6 +185,8 @@ class ThroughPlaneUpsample(Transform):
         first = frames[0]
         target = {"spacing": self.spacing, "scale": self.scale, "axis": self.axis}
         grid = plan_output_grid(first.spatial_shape, first.affine, **target)
+        if grid.step > 1 + 1e-6:  # a coarser target: no model, slab averages (as the CLI)
+            return [self._upsample(frame, confidence) for frame in frames]
         options = dict(self.misr_options, loaded=load_model(first, grid, self.misr_options))
         mode = series4d.fit_mode("misr", options, self.fit_frame, self.fit_per_frame)
         if mode in (None, "per-frame"):  # each frame as the 3D command does it
@@ -197,7 +199,8 @@ class ThroughPlaneUpsample(Transform):
         else:
             volume = frames[self.fit_frame]
         check_fit(volume, grid, options, "the series")
-        fitted = series4d.fit_once(volume, {**options, **target})
+        noise_from = first if mode == "mean" else None  # one frame's noise, not the mean's
+        fitted = series4d.fit_once(volume, {**options, **target}, noise_from)
         served, record = series4d.serve_fitted(options, mode, *fitted)
         outputs = [self._upsample(frame, confidence, served) for frame in frames]
         for output in outputs:

@@ -261,6 +261,7 @@ def adapt_to_scan(
     profile: str | None = None,
     progress: bool = False,
     guard: dict | None = None,
+    noise: float | None = None,
 ) -> tuple[MISRGenerator, int]:
     """Fine-tune a copy of `generator` on `volume`'s slices across `axis`.
 
@@ -283,6 +284,8 @@ def adapt_to_scan(
             2D multi-slice profile; `medsr.degrade.slice_profile_weights`), if known; default:
             the profiles the model was trained with.
         progress: show a progress bar.
+        noise: the voxel noise to put back on the thickened inputs (normalised units); default:
+            `volume`'s own (`scan_noise`; a series fitted on its mean passes one frame's).
         guard: a dict that receives the fit guard's record (scores of the adapted model, the
             prior and B-spline on the held-back slices, the choice; or why there was none).
 
@@ -292,7 +295,10 @@ def adapt_to_scan(
     if steps <= 0:
         return generator.eval(), 0
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
-    noise = scan_noise(sources[0].array) if MATCH_SCAN_NOISE else 0.0
+    if not MATCH_SCAN_NOISE:
+        noise = 0.0
+    elif noise is None:
+        noise = scan_noise(sources[0].array)
     logger.info(
         "the scan's voxel noise: std %.4g (normalised units), put back when thickening", noise
     )
@@ -349,12 +355,16 @@ def adapt_to_grid(
     seconds: float | None = None,
     progress: bool = False,
     guard: dict | None = None,
+    noise_from: Volume | None = None,
 ) -> tuple[MISRGenerator, int]:
     """`adapt_to_scan` for upsampling `volume` onto `grid`: the fit of the learned method (its
     grey values, the grid's axis and factor, the scan's `thickness_ratio` and slice profile,
     ``meta["slice_profile"]``, from ``--slice-profile``); `generator` is
-    already on `device`. One fit serves every frame of a 4D series (`medsr.upsample.series4d`).
+    already on `device`. One fit serves every frame of a 4D series (`medsr.upsample.series4d`);
+    fitted on the frames' mean, whose noise averaging lowered, it takes the voxel noise of one
+    frame, `noise_from`.
     """
+    noise = None if noise_from is None else grid_noise(noise_from, grid)
     return adapt_to_scan(
         generator,
         config,
@@ -369,4 +379,13 @@ def adapt_to_grid(
         device=device,
         progress=progress,
         guard=guard,
+        noise=noise,
     )
+
+
+def grid_noise(volume: Volume, grid: OutputGrid) -> float:
+    """`scan_noise` of `volume`'s slices across `grid`'s axis, in the fit's normalised units."""
+    factor = float(volume.spacing[grid.axis] / grid.spacing)
+    grey = volume.with_array(grey_array(volume))
+    sources = sources_self_supervised(grey, "scan", axis=grid.axis, factor=factor)
+    return scan_noise(sources[0].array)

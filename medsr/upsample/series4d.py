@@ -134,10 +134,11 @@ def mean_frame(read_frames: FrameReader) -> Volume:
     return first.with_array((total / count).astype(np.float32))
 
 
-def fit_once(volume: Volume, options: dict):
+def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
     """(the adapted generator on the device, steps run, the fit guard's record): the series' one
     fit, on `volume` (the mean of the frames or the chosen frame), for `options`' target and
-    model (``options["loaded"]``), as `upsample_volume` would fit that volume."""
+    model (``options["loaded"]``), as `upsample_volume` would fit that volume; the noise put back
+    on its inputs is that of `noise_from` (one frame: the mean's noise is averaged down)."""
     from medsr.runtime import resolve_device
     from medsr.upsample.adapt import adapt_to_grid
 
@@ -161,6 +162,7 @@ def fit_once(volume: Volume, options: dict):
         seconds=options.get("fit_seconds"),
         progress=options.get("progress", False),
         guard=(guard := {}),
+        noise_from=noise_from,
     )
     return adapted, int(steps_run), guard
 
@@ -198,8 +200,9 @@ def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, o
     kept = folder / _MODEL
     if not kept.exists():
         volume = mean_frame(read_frames) if mode == "mean" else _one_frame(read_frames, fit_frame)
+        noise_from = _one_frame(read_frames, 0) if mode == "mean" else None
         logger.info("fitting once for the series, on the %s", mode)
-        adapted, steps_run, guard = fit_once(volume, options)
+        adapted, steps_run, guard = fit_once(volume, options, noise_from)
         weights = {name: value.detach().cpu() for name, value in adapted.state_dict().items()}
         state = {"generator": weights, "steps_run": int(steps_run), "fit_guard": guard}
         write_atomically(kept, lambda staged: torch.save(state, staged))
