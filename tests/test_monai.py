@@ -288,6 +288,8 @@ def test_a_4d_series_is_fitted_once_as_the_cli_does(tmp_path, identity_checkpoin
         assert record.get("fit_mode") == cli_record.get("fit_mode")
         assert record["fit_steps_run"] == cli_record["fit_steps_run"] == 2
         assert record["fit_guard"] == cli_record["fit_guard"]
+        # what the fit took of the acquisition, also where the frames reuse one fit
+        assert record["fit_thickness_ratio"] == cli_record["fit_thickness_ratio"] == 1.0
     assert record["fit_mode"] == "per-frame"
     # the one fit: the transform's own record says it was on the mean
     once = ThroughPlaneUpsample(method="misr", model=identity_checkpoint, fit_steps=2)(image)

@@ -135,12 +135,13 @@ def mean_frame(read_frames: FrameReader) -> Volume:
 
 
 def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
-    """(the adapted generator on the device, steps run, the fit guard's record): the series' one
+    """(the adapted generator on the device, steps run, the fit guard's record, what the fit took
+    of the acquisition: `fit_thickness_ratio` and any `slice_profile`): the series' one
     fit, on `volume` (the mean of the frames or the chosen frame), for `options`' target and
     model (``options["loaded"]``), as `upsample_volume` would fit that volume; the noise put back
     on its inputs is that of `noise_from` (one frame: the mean's noise is averaged down)."""
     from medsr.runtime import resolve_device
-    from medsr.upsample.adapt import adapt_to_grid
+    from medsr.upsample.adapt import adapt_to_grid, fit_thickness_ratio, thickness_ratio
 
     device = resolve_device(options.get("device"))
     prior, config = options["loaded"]
@@ -164,15 +165,21 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         guard=(guard := {}),
         noise_from=noise_from,
     )
-    return adapted, int(steps_run), guard
+    facts = {"fit_thickness_ratio": fit_thickness_ratio(thickness_ratio(volume, grid.axis))}
+    if volume.meta.get("slice_profile"):
+        facts["slice_profile"] = volume.meta["slice_profile"]
+    return adapted, int(steps_run), guard, facts
 
 
-def serve_fitted(options: dict, mode: str, generator, steps_run: int, guard: dict):
+def serve_fitted(
+    options: dict, mode: str, generator, steps_run: int, guard: dict, facts: dict | None = None
+):
     """(`upsample_volume` options that reconstruct a frame with the series' adapted `generator`
     and fit no more, what every frame's provenance adds: the fit mode, steps and guard)."""
     served = dict(options, loaded=(generator, options["loaded"][1]), fit_steps=0)
     steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
     record = {"fit_mode": mode, "fit_steps": int(steps), "fit_steps_run": int(steps_run)}
+    record.update(facts or {})  # the frames run with fit_steps 0: the fit's own acquisition
     if guard:
         record["fit_guard"] = guard
     return served, record
@@ -202,14 +209,16 @@ def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, o
         volume = mean_frame(read_frames) if mode == "mean" else _one_frame(read_frames, fit_frame)
         noise_from = _one_frame(read_frames, 0) if mode == "mean" else None
         logger.info("fitting once for the series, on the %s", mode)
-        adapted, steps_run, guard = fit_once(volume, options, noise_from)
+        adapted, steps_run, guard, facts = fit_once(volume, options, noise_from)
         weights = {name: value.detach().cpu() for name, value in adapted.state_dict().items()}
         state = {"generator": weights, "steps_run": int(steps_run), "fit_guard": guard}
+        state["facts"] = facts
         write_atomically(kept, lambda staged: torch.save(state, staged))
     state = torch.load(kept, map_location="cpu", weights_only=True)
     generator = build_generator(config)
     generator.load_state_dict(state["generator"])
-    return generator.to(device).eval(), int(state["steps_run"]), state.get("fit_guard", {})
+    steps_run, guard = int(state["steps_run"]), state.get("fit_guard", {})
+    return generator.to(device).eval(), steps_run, guard, state.get("facts", {})
 
 
 def _one_frame(read_frames: FrameReader, index: int) -> Volume:
