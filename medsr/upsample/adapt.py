@@ -337,6 +337,15 @@ def fit_thickness_ratio(ratio: float | None) -> float:
     return ASSUMED_THICKNESS_RATIO if ratio is None else float(ratio)
 
 
+def fit_facts(volume: Volume, axis: int) -> dict:
+    """What a fit of `volume` along `axis` took of the acquisition, for its provenance: the
+    thickness it thickened by (`fit_thickness_ratio`) and the slice profile it was told, if any."""
+    facts = {"fit_thickness_ratio": fit_thickness_ratio(thickness_ratio(volume, axis))}
+    if volume.meta.get("slice_profile"):
+        facts["slice_profile"] = volume.meta["slice_profile"]
+    return facts
+
+
 def thickness_ratio(volume: Volume, axis: int) -> float | None:
     """The scan's slice thickness / spacing along `axis` (``meta["slice_thickness"]``), if known."""
     thickness = volume.meta.get("slice_thickness")

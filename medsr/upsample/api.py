@@ -68,7 +68,7 @@ def upsample_misr(
     from tqdm import tqdm
 
     from medsr.runtime import resolve_device, resolve_precision
-    from medsr.upsample.adapt import adapt_to_grid, fit_thickness_ratio, thickness_ratio
+    from medsr.upsample.adapt import adapt_to_grid, fit_facts, thickness_ratio
     from medsr.upsample.reconstruct import reconstruct_volume
 
     model_path = Path(model) if model else default_model_path()
@@ -121,10 +121,8 @@ def upsample_misr(
         "slice_thickness_ratio": ratio,
         "precision": resolved,
     }
-    if steps_run:  # the thickness the fit thickened by (the scan's, or the assumed one)
-        provenance["fit_thickness_ratio"] = fit_thickness_ratio(ratio)
-    if volume.meta.get("slice_profile") and steps_run:  # what the fit used; else nothing
-        provenance["slice_profile"] = volume.meta["slice_profile"]
+    if steps_run:  # what the fit took of the acquisition; without a fit, nothing
+        provenance.update(fit_facts(volume, grid.axis))
     if guard:
         provenance["fit_guard"] = guard
     return result, provenance, uncertainty

@@ -141,7 +141,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
     model (``options["loaded"]``), as `upsample_volume` would fit that volume; the noise put back
     on its inputs is that of `noise_from` (one frame: the mean's noise is averaged down)."""
     from medsr.runtime import resolve_device
-    from medsr.upsample.adapt import adapt_to_grid, fit_thickness_ratio, thickness_ratio
+    from medsr.upsample.adapt import adapt_to_grid, fit_facts
 
     device = resolve_device(options.get("device"))
     prior, config = options["loaded"]
@@ -165,17 +165,15 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         guard=(guard := {}),
         noise_from=noise_from,
     )
-    facts = {"fit_thickness_ratio": fit_thickness_ratio(thickness_ratio(volume, grid.axis))}
-    if volume.meta.get("slice_profile"):
-        facts["slice_profile"] = volume.meta["slice_profile"]
-    return adapted, int(steps_run), guard, facts
+    return adapted, int(steps_run), guard, fit_facts(volume, grid.axis)
 
 
 def serve_fitted(
     options: dict, mode: str, generator, steps_run: int, guard: dict, facts: dict | None = None
 ):
     """(`upsample_volume` options that reconstruct a frame with the series' adapted `generator`
-    and fit no more, what every frame's provenance adds: the fit mode, steps and guard)."""
+    and fit no more, what every frame's provenance adds: the fit mode, steps, guard and what the
+    fit took of the acquisition, `facts`)."""
     served = dict(options, loaded=(generator, options["loaded"][1]), fit_steps=0)
     steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
     record = {"fit_mode": mode, "fit_steps": int(steps), "fit_steps_run": int(steps_run)}
@@ -193,7 +191,7 @@ def add_fit_record(result: Volume, fit_record: dict) -> None:
 
 
 def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, options: dict):
-    """(the adapted generator on the device, steps run, the fit guard's record): loaded from
+    """`fit_once`'s (generator on the device, steps run, guard record, facts): loaded from
     `folder` when an interrupted run kept it, else fitted on the mean or the chosen frame and
     kept there. Both ways the generator is built from the kept weights, so a resumed run
     computes the same."""
