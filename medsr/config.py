@@ -84,6 +84,11 @@ class DataConfig:
         thickness_ratios: range of slice thickness / slice spacing (< 1 gap, > 1 overlap).
         noise_max: largest Rician noise std (normalised units) added to the thin truth before
             thickening (in 2 of 3 batches).
+        blur_max: largest Gaussian sigma (voxels of the source) that smooths the content of 1 in
+            3 batches in-plane before it is degraded, input and target alike, so that the prior
+            also learns smooth, high-SNR content (population templates, heavily filtered or
+            interpolated scans) and does not sharpen it; 0: off (the per-scan fit's, which
+            learns from the scan's own content).
         input_noise: the per-scan fit's: the std (normalised units) of the scan's voxel noise.
             Thickening the scan's in-plane slices averages their noise down, while the thick
             slices being upsampled carry it in full; Gaussian noise puts the missing variance
@@ -110,6 +115,7 @@ class DataConfig:
     profiles: tuple[Literal["boxcar", "gaussian", "sinc"], ...] = ("boxcar", "gaussian")
     thickness_ratios: tuple[float, float] = (0.8, 1.2)
     noise_max: float = 0.03
+    blur_max: float = 0.0
     input_noise: float = 0.0
     gamma_range: tuple[float, float] = (0.7, 1.4)
     gain_range: tuple[float, float] = (0.8, 1.2)
@@ -145,6 +151,8 @@ class DataConfig:
             )
         if self.noise_max < 0:
             raise MedsrError(f"config data.noise_max must be >= 0, got {self.noise_max}")
+        if self.blur_max < 0:
+            raise MedsrError(f"config data.blur_max must be >= 0, got {self.blur_max}")
         if self.input_noise < 0:
             raise MedsrError(f"config data.input_noise must be >= 0, got {self.input_noise}")
         for name in ("patch_width", "patch_slices", "max_thin_slices", "batch_size"):

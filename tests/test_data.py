@@ -264,3 +264,29 @@ def test_the_scans_noise_is_put_back_on_the_inputs_it_thickens():
     assert restored**2 == pytest.approx(truth**2, rel=0.06)
     with pytest.raises(MedsrError, match="input_noise"):
         DataConfig(input_noise=-0.1)
+
+
+def test_smoothed_content_is_drawn_in_a_share_of_batches_input_and_target_alike(hr_volume):
+    from medsr.train import content
+
+    config = DataConfig(
+        profiles=("boxcar",), thickness_ratios=(1.0, 1.0), patch_width=16, batch_size=4, **CLEAN
+    )
+    blurred = DataConfig(**{**config.__dict__, "blur_max": 2.0})
+    plain, smooth = (build_sampler([(hr_volume, "hr")], c, neighbours=3) for c in (config, blurred))
+    roughness = lambda hr: float(np.mean(np.diff(hr.numpy(), axis=-2) ** 2))  # noqa: E731
+    smoother = 0
+    for seed in range(30):
+        _, hr_plain, _, factor = plain.sample(np.random.default_rng(seed))
+        lr, hr, _, _ = smooth.sample(np.random.default_rng(seed))
+        rough, now = roughness(hr_plain), roughness(hr)
+        smoother += now < 0.9 * rough
+        assert now <= rough * (1 + 1e-6)  # never rougher; the same plane otherwise
+        # the input is thickened from the smoothed truth, not from the original
+        expected = thicken_last_axis(hr[:, 0].numpy(), factor, factor, "boxcar")[..., :-1]
+        got = lr[:, 1, :, : expected.shape[-1]].numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert 5 <= smoother <= 16  # about a third of 30 batches (BLUR_SHARE)
+    assert content.BLUR_SHARE == pytest.approx(1 / 3)
+    with pytest.raises(MedsrError, match="blur_max"):
+        DataConfig(blur_max=-1.0)

@@ -8,7 +8,8 @@ Pairs are made on the fly, one small patch at a time, by the same degradation th
 acquisition (`medsr.degrade.slice_profile_weights`): a factor drawn log-uniformly over the
 supported range (or the scan's own, for self-supervision), a boxcar or Gaussian profile, a slice
 thickness that leaves a gap or an overlap, Rician noise on the thin truth (thick slices average it
-down, as a thick acquisition's higher SNR does), and intensity and contrast changes.
+down, as a thick acquisition's higher SNR does), and changes of the content itself (contrast, gain
+and smoothness, `medsr.train.content`).
 Nothing but one normalised copy of each volume is held in memory: sources are transposed views.
 
 Without held-out volumes, validation uses a block of each volume (`held_out_block`): the last
@@ -42,6 +43,7 @@ from medsr.geometry import (
 )
 from medsr.intensity import grey_array, intensity_range, normalise_intensity
 from medsr.io import Volume
+from medsr.train.content import change_content
 from medsr.train.noise import restore_thick_noise
 from medsr.train.patches import (
     PlaneSlab,
@@ -240,7 +242,7 @@ class PairSampler:
             if rng.random() < 0.5:  # neighbours in reverse order
                 patch = patch[::-1]
             patches[b] = patch
-        patches = self._intensity_change(patches, rng)
+        patches = change_content(patches, data, rng)
         if data.noise_max > 0 and rng.random() < 2 / 3:
             # noise on the thin truth before thickening: thick slices average it down (a thick
             # acquisition has the higher SNR), and the target keeps the noise floor it would have
@@ -290,13 +292,6 @@ class PairSampler:
         return foreground_starts(
             starts, voxels, source.array.shape, (width, thin), spans, allowed, rng
         )
-
-    def _intensity_change(self, patches: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        # contrast (gamma) and gain, the same for input and target: the content varies, the
-        # acquisition model does not
-        gamma = float(np.exp(rng.uniform(*np.log(self.config.gamma_range))))
-        gain = float(rng.uniform(*self.config.gain_range))
-        return (np.sign(patches) * np.abs(patches) ** gamma * gain).astype(np.float32)
 
     def validation_planes(self, max_sources: int = 12) -> list[Batch]:
         """Fixed planes of each source (up to `max_sources`): the middle plane of its held-out
