@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medsr.degrade import thickened_noise_share
+from medsr.degrade import thicken_last_axis, thickened_noise_share
 from medsr.train.patches import foreground_voxels
 
 #: median absolute deviation / std of a Gaussian
@@ -49,3 +49,20 @@ def restore_thick_noise(
     kept = thickened_noise_share(*acquisition)
     extra = sigma * np.sqrt(max(0.0, 1.0 - kept))
     return (lr + rng.normal(0.0, extra, lr.shape)).astype(np.float32)
+
+
+def thicken_like_scan(
+    thin: np.ndarray,
+    factor: float,
+    thickness: float,
+    profile: str,
+    sigma: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """`thin` made thick along its last axis (`medsr.degrade.thicken_last_axis`), with the scan's
+    voxel noise `sigma` put back (`restore_thick_noise`; 0: none): the fit's inputs and its
+    guard's are thickened so."""
+    lr = thicken_last_axis(thin, factor, thickness, profile)
+    if sigma > 0:
+        lr = restore_thick_noise(lr, sigma, (thin.shape[-1], factor, thickness, profile), rng)
+    return lr

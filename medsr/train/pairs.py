@@ -44,7 +44,7 @@ from medsr.geometry import (
 from medsr.intensity import grey_array, intensity_range, normalise_intensity
 from medsr.io import Volume
 from medsr.train.content import change_content
-from medsr.train.noise import restore_thick_noise
+from medsr.train.noise import thicken_like_scan
 from medsr.train.patches import (
     PlaneSlab,
     foreground_starts,
@@ -249,9 +249,8 @@ class PairSampler:
             patches = add_rician_noise(patches, rng.uniform(0, data.noise_max), rng)
         profile = data.profiles[int(rng.integers(len(data.profiles)))]
         thickness = factor * rng.uniform(*data.thickness_ratios)
-        lr = thicken_last_axis(patches, factor, thickness, profile)
-        if data.input_noise > 0:  # the scan's noise that thickening averaged away, put back
-            lr = restore_thick_noise(lr, data.input_noise, (thin, factor, thickness, profile), rng)
+        # the scan's noise that thickening averaged away, put back (the per-scan fit)
+        lr = thicken_like_scan(patches, factor, thickness, profile, data.input_noise, rng)
         positions = slab_positions(slices, factor)
         hr = np.ascontiguousarray(patches[:, self.neighbours // 2 : self.neighbours // 2 + 1])
         hr = hr[..., : len(positions)]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from medsr.config import Config, DataConfig, LossConfig, TrainConfig
-from medsr.degrade import thicken_last_axis, thin_slices
+from medsr.degrade import thin_slices
 from medsr.errors import MedsrError
 from medsr.evaluate.metrics import psnr
 from medsr.geometry import OutputGrid, neighbour_indices, slab_positions
@@ -41,7 +41,7 @@ from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.nets.generator import exact_bspline
 from medsr.runtime import deterministic_algorithms
-from medsr.train.noise import restore_thick_noise, scan_noise
+from medsr.train.noise import scan_noise, thicken_like_scan
 from medsr.train.pairs import MIN_PATCH_SLICES, PairSampler, PlaneSource, sources_self_supervised
 from medsr.train.trainer import Trainer
 
@@ -173,10 +173,7 @@ def guard_planes(
         index = neighbour_indices(np.array([(slab[0] + slab[1]) // 2]), neighbours, 1, count)[0]
         patch = np.ascontiguousarray(source.array[index, :, : thin_slices(slices, factor, length)])
         thickness = factor * fit_thickness_ratio(ratio)
-        lr = thicken_last_axis(patch, factor, thickness, profile or "boxcar")
-        if noise > 0:
-            acquisition = (patch.shape[-1], factor, thickness, profile or "boxcar")
-            lr = restore_thick_noise(lr, noise, acquisition, rng)
+        lr = thicken_like_scan(patch, factor, thickness, profile or "boxcar", noise, rng)
         positions = slab_positions(slices, factor)
         hr = patch[neighbours // 2][..., : len(positions)]
         planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
