@@ -194,12 +194,8 @@ class ThroughPlaneUpsample(Transform):
             for output in outputs:
                 series4d.add_fit_record(output, {"fit_mode": mode} if mode else {})
             return outputs
-        if mode == "mean":
-            volume = series4d.mean_frame(lambda: iter(frames))
-        else:
-            volume = frames[self.fit_frame]
+        volume, noise_from = series4d.fit_source(lambda: iter(frames), mode, self.fit_frame)
         check_fit(volume, grid, options, "the series")
-        noise_from = first if mode == "mean" else None  # one frame's noise, not the mean's
         fitted = series4d.fit_once(volume, {**options, **target}, noise_from)
         served, record = series4d.serve_fitted(options, mode, *fitted)
         outputs = [self._upsample(frame, confidence, served) for frame in frames]

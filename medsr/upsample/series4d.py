@@ -204,8 +204,7 @@ def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, o
     config = options["loaded"][1]
     kept = folder / _MODEL
     if not kept.exists():
-        volume = mean_frame(read_frames) if mode == "mean" else _one_frame(read_frames, fit_frame)
-        noise_from = _one_frame(read_frames, 0) if mode == "mean" else None
+        volume, noise_from = fit_source(read_frames, mode, fit_frame)
         logger.info("fitting once for the series, on the %s", mode)
         adapted, steps_run, guard, facts = fit_once(volume, options, noise_from)
         weights = {name: value.detach().cpu() for name, value in adapted.state_dict().items()}
@@ -219,12 +218,25 @@ def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, o
     return generator.to(device).eval(), steps_run, guard, state.get("facts", {})
 
 
+def fit_source(
+    read_frames: FrameReader, mode: str, fit_frame: int | None
+) -> tuple[Volume, Volume | None]:
+    """What a series' one fit learns from: the mean of its frames (mode ``"mean"``) or frame
+    `fit_frame`; and the frame whose voxel noise the fit puts back (frame 0 for the mean, whose
+    noise averaging lowered; None for one frame, which carries its own)."""
+    if mode == "mean":
+        return mean_frame(read_frames), _one_frame(read_frames, 0)
+    return _one_frame(read_frames, fit_frame), None
+
+
 def _one_frame(read_frames: FrameReader, index: int) -> Volume:
     frames = read_frames()
     try:
         return next(itertools.islice(frames, index, None))
     finally:
-        frames.close()
+        close = getattr(frames, "close", None)  # a generator; a list's iterator has nothing
+        if close is not None:
+            close()
 
 
 def _settings_key(method: str, mode: str | None, options: dict) -> dict:
