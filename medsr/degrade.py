@@ -134,13 +134,14 @@ def thin_slices(slices: int, factor: float, length: int) -> int:
     return min(int(np.ceil(slices * factor - 1e-6)), length)
 
 
-def thickened_noise_share(count: int, factor: float, thickness: float, profile: str) -> float:
-    """The share of white noise's variance that thick slices of `count` thin slices keep (the
-    mean over rows of the squared `slice_profile_weights`: 1 / thickness for a boxcar of whole
-    slices). A real thick-slice scan carries its voxels' noise in full; slices thickened from
-    its in-plane slices keep this share of it."""
+def thickened_noise_share(count: int, factor: float, thickness: float, profile: str) -> np.ndarray:
+    """The share of white noise's variance that each thick slice of `count` thin slices keeps
+    (its row's sum of squared `slice_profile_weights`: 1 / thickness for a boxcar of whole
+    slices; more at the ends, where a profile is cut by the patch's edge). A real thick-slice
+    scan carries its voxels' noise in full; slices thickened from its in-plane slices keep this
+    share of it."""
     weights = slice_profile_weights(count, factor, thickness=thickness, profile=profile)
-    return float(np.mean(np.sum(weights * weights, axis=1)))
+    return np.sum(weights * weights, axis=1)
 
 
 def add_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:

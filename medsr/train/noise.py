@@ -46,9 +46,9 @@ def restore_thick_noise(
     """`lr` (thickened from slices whose voxel noise has std `sigma`) with Gaussian noise of the
     variance thickening removed: its voxels then carry `sigma` in full, as a real thick slice's
     do. `acquisition`: (thin slices, factor, thickness, profile) of the thickening."""
-    kept = thickened_noise_share(*acquisition)
-    extra = sigma * np.sqrt(max(0.0, 1.0 - kept))
-    return (lr + rng.normal(0.0, extra, lr.shape)).astype(np.float32)
+    kept = thickened_noise_share(*acquisition)  # per thick slice (the last axis)
+    extra = sigma * np.sqrt(np.clip(1.0 - kept, 0.0, None))
+    return (lr + rng.normal(0.0, 1.0, lr.shape) * extra).astype(np.float32)
 
 
 def thicken_like_scan(
