@@ -642,8 +642,7 @@ def test_slice_profile_option_is_the_fits_profile_and_is_recorded(
     provenance says so; without the option the trained family is drawn and nothing is recorded."""
     import json
 
-    import medsr.train.pairs
-    import medsr.upsample.adapt
+    import medsr.train.noise
     from medsr.upsample.adapt import adaptation_config
 
     drawn = []
@@ -657,8 +656,7 @@ def test_slice_profile_option_is_the_fits_profile_and_is_recorded(
 
         monkeypatch.setattr(module, "thicken_last_axis", thicken)
 
-    spy(medsr.train.pairs)
-    spy(medsr.upsample.adapt)
+    spy(medsr.train.noise)  # thicken_like_scan: the fit's pairs and its guard's slices
     argv = ["upsample", str(phantom_path), "--model", str(identity_checkpoint), "--quiet"]
     out = tmp_path / "sinc.nii.gz"
     assert main([*argv, "-o", str(out), "--fit-steps", "3", "--slice-profile", "sinc"]) == 0
