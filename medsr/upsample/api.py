@@ -67,7 +67,7 @@ def upsample_misr(
     """
     from tqdm import tqdm
 
-    from medsr.runtime import resolve_device, resolve_precision
+    from medsr.runtime import release_freed_memory, resolve_device, resolve_precision
     from medsr.upsample.adapt import adapt_to_grid, fit_facts, thickness_ratio
     from medsr.upsample.reconstruct import reconstruct_volume
 
@@ -89,6 +89,7 @@ def upsample_misr(
         progress=progress,
         guard=(guard := {}),
     )
+    release_freed_memory()  # the fit's freed buffers, before the output is allocated
     planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis)
     bar = tqdm(
         total=planes * volume.num_channels, disable=not progress, unit="plane", desc="reconstruct"
