@@ -85,7 +85,9 @@ class DataConfig:
         noise_max: largest Rician noise std (normalised units) added to the thin truth before
             thickening (in 2 of 3 batches).
         blur_max: largest Gaussian sigma (voxels of the source) that smooths the content of 1 in
-            3 batches in-plane before it is degraded, input and target alike, so that the prior
+            3 batches before it is degraded, input and target alike, within each neighbour plane
+            (along the axis made thick and the plane's other axis, not across the neighbour
+            planes; the patch's own edges mirrored), so that the prior
             also learns smooth, high-SNR content (population templates, heavily filtered or
             interpolated scans) and does not sharpen it; 0: off (the per-scan fit's, which
             learns from the scan's own content).

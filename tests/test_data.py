@@ -209,6 +209,9 @@ def test_the_fit_samples_the_foreground():
 
     assert adaptation_config(Config(), 10, 0).data.foreground_sampling
     assert not Config().data.foreground_sampling  # training runs: off unless asked
+    # the fit learns from the scan's own content: never smoothed, whatever the prior trained with
+    trained = Config(data=DataConfig(blur_max=2.0))
+    assert adaptation_config(trained, 10, 0).data.blur_max == 0
 
 
 def test_thickening_keeps_the_share_of_noise_its_weights_say():
@@ -269,16 +272,18 @@ def test_the_scans_noise_is_put_back_on_the_inputs_it_thickens():
 
 
 def test_smoothed_content_is_drawn_in_a_share_of_batches_input_and_target_alike(hr_volume):
-    from medsr.train import content
-
     config = DataConfig(
         profiles=("boxcar",), thickness_ratios=(1.0, 1.0), patch_width=16, batch_size=4, **CLEAN
     )
     blurred = DataConfig(**{**config.__dict__, "blur_max": 2.0})
     plain, smooth = (build_sampler([(hr_volume, "hr")], c, neighbours=3) for c in (config, blurred))
-    roughness = lambda hr: float(np.mean(np.diff(hr.numpy(), axis=-2) ** 2))  # noqa: E731
+
+    def roughness(hr):  # along both plane axes: w and a (the axis made thick)
+        array = hr.numpy()
+        return float(np.mean(np.diff(array, axis=-2) ** 2) + np.mean(np.diff(array, axis=-1) ** 2))
+
     smoother = 0
-    for seed in range(30):
+    for seed in range(60):
         _, hr_plain, _, factor = plain.sample(np.random.default_rng(seed))
         lr, hr, _, _ = smooth.sample(np.random.default_rng(seed))
         rough, now = roughness(hr_plain), roughness(hr)
@@ -288,7 +293,31 @@ def test_smoothed_content_is_drawn_in_a_share_of_batches_input_and_target_alike(
         expected = thicken_last_axis(hr[:, 0].numpy(), factor, factor, "boxcar")[..., :-1]
         got = lr[:, 1, :, : expected.shape[-1]].numpy()
         np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert 5 <= smoother <= 16  # about a third of 30 batches (BLUR_SHARE)
-    assert content.BLUR_SHARE == pytest.approx(1 / 3)
+    assert 12 <= smoother <= 28  # about a third of 60 batches (BLUR_SHARE; a half would be 30)
     with pytest.raises(MedsrError, match="blur_max"):
         DataConfig(blur_max=-1.0)
+
+
+def test_smoothing_spreads_along_both_plane_axes_and_never_across_planes():
+    from medsr.train.content import smooth_planes
+
+    patches = np.zeros((1, 3, 21, 21), np.float32)
+    patches[0, 1, 10, 10] = 1.0
+    out = smooth_planes(patches, 1.5)
+    assert out[0, 1].sum() == pytest.approx(1.0, abs=1e-5)  # mass kept in its own plane
+    assert not out[0, 0].any() and not out[0, 2].any()  # neighbour planes untouched
+    assert out[0, 1, 10, 12] > 0.01 and out[0, 1, 12, 10] > 0.01  # along w and along a
+    np.testing.assert_allclose(out[0, 1], out[0, 1].T, atol=1e-7)  # the same sigma on both
+
+
+def test_the_noise_put_back_is_the_scans_in_every_thick_slice():
+    """A Gaussian cut by the patch's ends averages less there: each thick slice, end slices too,
+    gets the variance that brings it to the scan's sigma squared."""
+    from medsr.train.noise import restore_thick_noise, thicken_like_scan
+
+    sigma, rng = 0.05, np.random.default_rng(3)
+    thin = rng.normal(0.0, sigma, (400, 64, 40)).astype(np.float32)
+    lr = thicken_like_scan(thin, 4.0, 8.0, "gaussian", sigma, rng)
+    np.testing.assert_allclose(lr.var(axis=(0, 1)), sigma**2, rtol=0.05)
+    with pytest.raises(ValueError, match="thick slices"):
+        restore_thick_noise(lr[..., :3], sigma, (40, 4.0, 8.0, "gaussian"), rng)

@@ -302,3 +302,19 @@ def test_kept_frames_of_other_settings_or_a_changed_input_are_not_reused(
     assert main(linear) == 0
     assert capsys.readouterr().err.count("starting over") == 1
     assert nib.load(out).shape == (24, 22, 27, 3)
+
+
+def test_the_series_fit_source_is_the_mean_or_the_chosen_frame():
+    from medsr.io import Volume
+    from medsr.upsample.series4d import fit_source
+
+    frames = [
+        Volume(array=np.full((4, 4, 3), float(i), np.float32), affine=np.eye(4)) for i in (1, 3)
+    ]
+    volume, noise_from = fit_source(lambda: iter(frames), "mean", None)
+    np.testing.assert_allclose(volume.array, 2.0)  # the mean; its noise is taken from frame 0
+    assert noise_from.array[0, 0, 0] == 1.0
+    volume, noise_from = fit_source(lambda: iter(frames), "frame 1", 1)
+    assert volume.array[0, 0, 0] == 3.0 and noise_from is None
+    with pytest.raises(ValueError, match="give fit_frame"):
+        fit_source(lambda: iter(frames), "frame 1", None)

@@ -47,6 +47,8 @@ def restore_thick_noise(
     variance thickening removed: its voxels then carry `sigma` in full, as a real thick slice's
     do. `acquisition`: (thin slices, factor, thickness, profile) of the thickening."""
     kept = thickened_noise_share(*acquisition)  # per thick slice (the last axis)
+    if kept.shape != (lr.shape[-1],):
+        raise ValueError(f"{len(kept)} thick slices in {acquisition}, {lr.shape[-1]} in lr")
     extra = sigma * np.sqrt(np.clip(1.0 - kept, 0.0, None))
     return (lr + rng.normal(0.0, 1.0, lr.shape) * extra).astype(np.float32)
 
@@ -60,8 +62,8 @@ def thicken_like_scan(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """`thin` made thick along its last axis (`medsr.degrade.thicken_last_axis`), with the scan's
-    voxel noise `sigma` put back (`restore_thick_noise`; 0: none): the fit's inputs and its
-    guard's are thickened so."""
+    voxel noise `sigma` put back (`restore_thick_noise`; 0: none): every training pair is
+    thickened so (sigma 0 outside the per-scan fit), and the fit's guard slices."""
     lr = thicken_last_axis(thin, factor, thickness, profile)
     if sigma > 0:
         lr = restore_thick_noise(lr, sigma, (thin.shape[-1], factor, thickness, profile), rng)

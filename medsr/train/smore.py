@@ -33,6 +33,7 @@ def fit_smore(
         self_supervised=True,
         validation_fraction=0.0,
         noise_max=0.0,
+        blur_max=0.0,
         gamma_range=(1.0, 1.0),
         gain_range=(1.0, 1.0),
     )

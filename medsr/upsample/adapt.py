@@ -81,9 +81,9 @@ def adaptation_config(
     Taken from the checkpoint is only what describes the model and how it learns: its sizes
     (`config.model`), the slice profiles and thickness ratios it was trained for, its patch and
     batch sizes, and whether it trains in mixed precision. Everything else is the fit's own:
-    pixel loss only, no intensity or noise augmentation, patches centred on the foreground, the
-    fit's learning rate and schedule (`ADAPTATION_LEARNING_RATE`, `ADAPTATION_LR_SCHEDULE`),
-    `steps` steps
+    pixel loss only, no intensity, noise or smoothing augmentation, patches centred on the
+    foreground, the fit's learning rate and schedule (`ADAPTATION_LEARNING_RATE`,
+    `ADAPTATION_LR_SCHEDULE`), `steps` steps
     (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that thickness only, else `ASSUMED_THICKNESS_RATIO`; with `profile`
@@ -105,6 +105,7 @@ def adaptation_config(
             max_thin_slices=trained.max_thin_slices,
             batch_size=trained.batch_size,
             noise_max=0.0,
+            blur_max=0.0,
             input_noise=input_noise,
             gamma_range=(1.0, 1.0),
             gain_range=(1.0, 1.0),

@@ -226,6 +226,8 @@ def fit_source(
     noise averaging lowered; None for one frame, which carries its own)."""
     if mode == "mean":
         return mean_frame(read_frames), _one_frame(read_frames, 0)
+    if fit_frame is None:
+        raise ValueError(f"fit mode {mode!r} learns from one frame: give fit_frame")
     return _one_frame(read_frames, fit_frame), None
 
 
