@@ -11,7 +11,11 @@ from medsr.io.volume import Volume, scaled_values
 
 
 def restore_dtype(
-    array: np.ndarray, dtype: np.dtype | type, scaling: dict[str, Any] | None = None
+    array: np.ndarray,
+    dtype: np.dtype | type,
+    scaling: dict[str, Any] | None = None,
+    *,
+    in_place: bool = False,
 ) -> np.ndarray:
     """Bring float results back to the input dtype.
 
@@ -25,6 +29,11 @@ def restore_dtype(
         array: float result, any shape.
         dtype: the input's dtype.
         scaling: the input's stored type, slope and intercept (`medsr.io.volume.scaled_values`).
+        in_place: the caller gives `array` up: integers of at most 4 bytes are written over its
+            own memory, row by row (row i's integers end before float row i + 1 begins), and
+            a view of that memory is returned, so that no second full-size buffer is allocated
+            (the peak of a large output). `array` holds garbage afterwards. Only for a
+            C-contiguous float32 `array` without `scaling`; otherwise a new array, as without.
 
     Returns:
         An array of `dtype`.
@@ -39,11 +48,21 @@ def restore_dtype(
     if dtype.kind not in "iu":
         return array.astype(dtype, copy=False)
     info = np.iinfo(dtype)
-    out = np.empty(array.shape, dtype=dtype)
+    if in_place and _can_overwrite(array, dtype):
+        out = array.reshape(-1).view(dtype)[: array.size].reshape(array.shape)
+    else:
+        out = np.empty(array.shape, dtype=dtype)
     flat_in, flat_out = array.reshape(array.shape[0], -1), out.reshape(out.shape[0], -1)
     for row in range(flat_in.shape[0]):  # row by row: no full-size float temporary
-        flat_out[row] = np.clip(np.rint(flat_in[row]), info.min, info.max)
+        # the row's integers are made whole before they are stored (in place, they overlap it)
+        flat_out[row] = np.clip(np.rint(flat_in[row]), info.min, info.max).astype(dtype)
     return out
+
+
+def _can_overwrite(array: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether `restore_dtype` can write integers of `dtype` over `array`'s own memory."""
+    contiguous = array.flags.c_contiguous and array.flags.writeable and array.ndim >= 1
+    return contiguous and array.dtype == np.float32 and dtype.itemsize <= 4
 
 
 def intensity_range(array: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple:

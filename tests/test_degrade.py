@@ -86,3 +86,21 @@ def test_restore_dtype_rounds_and_clips():
     out = restore_dtype(np.array([[-3.4, 2.5, 70000.0]]), np.uint16)
     assert out.dtype == np.uint16 and out.tolist() == [[0, 2, 65535]]
     assert restore_dtype(np.array([1.5]), np.float32).dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.uint16])
+def test_restore_dtype_in_place_gives_the_same_integers_in_the_floats_own_memory(dtype):
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype)
+    floats = rng.uniform(info.min - 50.0, min(info.max, 2e6) + 50.0, (7, 5, 6)).astype(np.float32)
+    expected = restore_dtype(floats.copy(), dtype)
+    given = floats.copy()
+    out = restore_dtype(given, dtype, in_place=True)
+    assert out.dtype == dtype and out.shape == floats.shape
+    np.testing.assert_array_equal(out, expected)
+    assert np.shares_memory(out, given)  # no second buffer
+    # not overwritable (a strided view, float64): a new array, the input left as it was
+    view = floats[:, ::2]
+    out = restore_dtype(view, dtype, in_place=True)
+    np.testing.assert_array_equal(out, expected[:, ::2])
+    assert not np.shares_memory(out, floats)

@@ -105,6 +105,7 @@ def upsample_misr(
         disagreement=confidence,
     )
     bar.close()
+    release_freed_memory()  # the reconstruction's batches, before the dtype is restored
     uncertainty = None
     if confidence:
         from medsr.upsample.confidence import confidence_map
@@ -212,7 +213,9 @@ def upsample_volume(
             volume, grid, confidence=confidence, **misr_options
         )
         if keep_dtype:
-            array = restore_dtype(array, volume.array.dtype, volume.meta.get("scaling"))
+            # over the float result's own memory: no second output-sized buffer at the peak
+            scaling = volume.meta.get("scaling")
+            array = restore_dtype(array, volume.array.dtype, scaling, in_place=True)
         result = volume.with_array(array, grid.affine)
     record = provenance_record(volume, grid, method, details)
     result.meta["provenance"] = record
