@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from medsr.errors import MedsrError
+
+logger = logging.getLogger(__name__)
 
 #: the environment variable that fixes cuBLAS's workspace, and the value PyTorch documents for
 #: deterministic results (https://docs.pytorch.org/docs/stable/notes/randomness.html)
@@ -59,18 +62,35 @@ def cpu_supports_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
+_EMULATED_BF16_WARNED = [False]
+
+
+def _warn_emulated_bf16() -> None:
+    """Once per process: the api and the reconstruction (and every 4D frame) resolve again."""
+    if not _EMULATED_BF16_WARNED[0]:
+        _EMULATED_BF16_WARNED[0] = True
+        logger.warning(
+            "this CPU has no native bf16 (AVX-512-BF16 or AMX): bf16 is emulated and much "
+            "slower than fp32; --precision auto picks fp32 here"
+        )
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """The reconstruction's arithmetic: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (CUDA's).
 
     ``"auto"``: on CUDA fp16 autocast (as always); on a CPU with native bf16
     (`cpu_supports_bf16`) bf16 autocast of the encoder's convolutions; float32 otherwise.
-    ``"bf16"`` and ``"fp32"`` are taken as asked.
+    ``"bf16"`` and ``"fp32"`` are taken as asked; ``"bf16"`` on a CPU without native bf16 is
+    emulated (measured on an AVX2-only AMD EPYC: 0.3 GMAC/s against 27 in float32) and logs a
+    warning saying so.
 
     Raises:
         MedsrError: an unknown value.
     """
     if precision not in PRECISIONS:
         raise MedsrError(f"unknown precision '{precision}' (use {', '.join(PRECISIONS)})")
+    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        _warn_emulated_bf16()
     if precision != "auto":
         return precision
     if device.type == "cuda":

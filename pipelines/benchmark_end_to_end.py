@@ -7,7 +7,8 @@ reconstruction, writing), as a user runs it; the time is the process's wall cloc
 are the precision (``--precision``), channels_last for the encoder (the module constant
 `medsr.upsample.reconstruct.CHANNELS_LAST`, set in the child process before the command runs)
 and ``--batch-size``. Every setting is run `--repeats` times, interleaved, and the minimum is
-reported (on a shared machine other processes only add time).
+reported (on a shared machine other processes only add time). The CPU model and whether it has
+native bf16 are printed with the table: on a CPU without it, bf16 is emulated and far slower.
 
 Usage (from the repository root):
     python pipelines/benchmark_end_to_end.py --data ../shared/data/mri [--repeats 2]
@@ -26,6 +27,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from medsr.provenance import cpu_model
+from medsr.runtime import cpu_supports_bf16
 
 SHAPE = (256, 256, 60)
 DEFAULT_SETTINGS = [
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 times[setting].append(run_setting(scan, out, setting, args.fit_steps))
                 print(setting, f"{times[setting][-1]:.1f}", flush=True)
     steps = "default" if args.fit_steps is None else args.fit_steps
+    print(f"\ncpu: {cpu_model()}, native bf16: {'yes' if cpu_supports_bf16() else 'no'}")
     print("\n| precision | channels_last | batch | fit steps | min (s) | runs (s) |")
     print("|---|---|---|---|---|---|")
     for setting, values in times.items():

@@ -739,3 +739,29 @@ def test_the_scans_noise_is_measured_by_its_finest_diagonal_detail():
         scale = float(sources[0].array.std() / image.std())  # normalised units per input unit
         assert scan_noise(sources[0].array) / scale == pytest.approx(sigma, rel=0.1, abs=1e-3)
     assert adaptation_config(Config(), 5, 0, input_noise=0.02).data.input_noise == 0.02
+
+
+def test_bf16_asked_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
+    """An explicit bf16 is taken as asked, but on a CPU that only emulates it (AVX2-only) the log
+    says it is slow and that auto would pick fp32, once; auto and fp32 say nothing."""
+    import medsr.runtime
+    from medsr.runtime import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(medsr.runtime, "_EMULATED_BF16_WARNED", [False])
+    with caplog.at_level("WARNING", logger="medsr.runtime"):
+        assert resolve_precision("bf16", cpu) == "bf16"
+        assert resolve_precision("bf16", cpu) == "bf16"
+    assert caplog.text.count("emulated") == 1 and "fp32" in caplog.text  # once per process
+    caplog.clear()
+    monkeypatch.setattr(medsr.runtime, "_EMULATED_BF16_WARNED", [False])
+    with caplog.at_level("WARNING", logger="medsr.runtime"):
+        assert resolve_precision("auto", cpu) == "fp32"
+        assert resolve_precision("fp32", cpu) == "fp32"
+    assert caplog.text == ""
+    monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: True)
+    with caplog.at_level("WARNING", logger="medsr.runtime"):
+        assert resolve_precision("bf16", cpu) == "bf16"
+    assert caplog.text == ""
+    assert medsr.runtime._EMULATED_BF16_WARNED == [False]
