@@ -12,8 +12,9 @@ for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEAR
 `ADAPTATION_LR_SCHEDULE`), and in ``,profile=boxcar|gaussian|sinc`` and ``,thickness=RATIO``:
 what the fit is told of the acquisition (``--slice-profile``; ``--slice-thickness`` as RATIO times
 the thick spacing), as a header or the user would; ``,noise=on|off`` puts the scan's noise back on
-the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`). ``--condition noise``
-adds the MRI benchmark's Rician noise to the thick slices.
+the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off``
+scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GAIN`).
+``--condition noise`` adds the MRI benchmark's Rician noise to the thick slices.
 
 Design choices are made on the validation volume of pipelines/configs/split.yaml
 (`itk_t1_2x2x3mm.nii.gz` since 2026-12-02; the Haase T1 before); the test volumes are only
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +54,7 @@ FIELDS = (
     "seconds",
 )
 FIELDS += ("psnr", "ssim", "hfen", "bspline_psnr", "bspline_ssim", "delta_psnr", "delta_ssim")
+FIELDS += ("guard", "gain")  # the output's fit guard: its choice and the residual gain used
 
 
 #: what a model spec's ``,key=value`` sets in `medsr.upsample.adapt`, and how it is read
@@ -59,6 +62,7 @@ FIT_OPTIONS = {
     "lr": ("ADAPTATION_LEARNING_RATE", float),
     "schedule": ("ADAPTATION_LR_SCHEDULE", str),
     "noise": ("MATCH_SCAN_NOISE", lambda value: _on_off(value)),
+    "gain": ("CALIBRATE_GAIN", lambda value: _on_off(value)),
 }
 
 #: a model spec's ``,key=value`` that tells the fit the acquisition, as `medsr upsample` options
@@ -68,7 +72,7 @@ ACQUISITION_OPTIONS = {"thickness": "--slice-thickness", "profile": "--slice-pro
 
 def _on_off(value: str) -> bool:
     if value not in ("on", "off"):
-        raise ValueError(f"noise= takes on or off, not {value!r}")
+        raise ValueError(f"noise= and gain= take on or off, not {value!r}")
     return value == "on"
 
 
@@ -89,6 +93,16 @@ def medsr(argv: list[str], pythonpath: str | None = None, fit: dict | None = Non
     if done.returncode:
         raise RuntimeError(f"medsr {' '.join(argv)} failed: {done.stderr[-800:]}")
     return time.perf_counter() - start
+
+
+def guard_fields(record: Path) -> dict:
+    """The fit guard's choice and residual gain from an output's provenance (empty where the
+    output has none: B-spline, the first version, a fit without held-back slices)."""
+    try:
+        guard = json.loads(record.read_text(encoding="utf-8")).get("fit_guard", {})
+    except (OSError, ValueError):
+        guard = {}
+    return {"guard": guard.get("choice", ""), "gain": guard.get("residual_gain", "")}
 
 
 def fit_settings(options: list[str]) -> dict:
@@ -172,6 +186,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         )
         for model in args.model:
             for extra, fields, pythonpath, fit in points(model, args.steps, args.seconds, spacing):
+                (Path(folder) / "out.nii.gz.json").unlink(missing_ok=True)  # not the last point's
                 seconds = medsr(["upsample", str(source), *common, *extra], pythonpath, fit)
                 pred = read_volume(Path(folder) / "out.nii.gz").array
                 scores = score(pred, truth, mask=mask, axis=args.axis, data_range=data_range)
@@ -183,6 +198,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 row |= {"bspline_psnr": base["psnr"], "bspline_ssim": base["ssim"]}
                 row |= {"delta_psnr": scores["psnr"] - base["psnr"]}
                 row |= {"delta_ssim": scores["ssim"] - base["ssim"]}
+                row |= guard_fields(Path(folder) / "out.nii.gz.json")
                 print(
                     " ".join(
                         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -159,3 +159,15 @@ def test_fit_curves_points_parse_models_rates_and_the_first_version():
         fit_curves.points("n=default,noise=yes", [0], [45], 3.0)
     with pytest.raises(ValueError, match="no fit options"):
         fit_curves.points("f=first-version:/tmp/old,thickness=1", [0], [45], 3.0)
+
+
+def test_fit_curves_reads_the_guard_and_gain_from_the_provenance(tmp_path):
+    import fit_curves
+
+    record = tmp_path / "out.nii.gz.json"
+    assert fit_curves.guard_fields(record) == {"guard": "", "gain": ""}  # none written
+    record.write_text('{"fit_guard": {"choice": "prior", "residual_gain": 0.61}}')
+    assert fit_curves.guard_fields(record) == {"guard": "prior", "gain": 0.61}
+    record.write_text('{"method": "bspline"}')
+    assert fit_curves.guard_fields(record) == {"guard": "", "gain": ""}
+    assert fit_curves.FIELDS[-2:] == ("guard", "gain")

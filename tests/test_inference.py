@@ -692,7 +692,7 @@ def test_the_guards_bspline_is_exactly_bspline_with_a_trained_tail():
     """`as_bspline` zeroes every residual path: with the shipped prior (a trained offset tail and
     MLP) its output is `exact_bspline`'s, as the guard scored it."""
     from medsr.nets.generator import exact_bspline
-    from medsr.upsample.adapt import as_bspline
+    from medsr.upsample.heldout import as_bspline
 
     generator, _ = load_generator(default_model_path())
     assert generator.tail is not None and torch.any(generator.tail.weight)
@@ -765,3 +765,80 @@ def test_bf16_asked_on_a_cpu_without_native_bf16_warns(monkeypatch, caplog):
         assert resolve_precision("bf16", cpu) == "bf16"
     assert caplog.text == ""
     assert medsr.runtime._EMULATED_BF16_WARNED == [False]
+
+
+def test_scale_residual_scales_the_residual_over_bspline_exactly():
+    """The residual is linear in the two last layers' weights and biases: scaled by g, the output
+    is B-spline + g x the residual (shipped prior, trained tail and MLP); g = 0 is B-spline."""
+    from medsr.nets.generator import exact_bspline
+    from medsr.upsample.heldout import scale_residual
+
+    generator, _ = load_generator(default_model_path())
+    lr = torch.rand(2, generator.neighbours, 12, 7)
+    positions = torch.linspace(-0.4, 6.4, 23)
+    k = generator.neighbours // 2
+    with torch.no_grad():
+        base = exact_bspline(lr[:, k : k + 1], positions)
+        residual = generator(lr, positions, 3.3) - base
+        assert residual.abs().max() > 1e-3
+        for gain in (0.0, 0.37, 1.4):
+            got = scale_residual(generator, gain)(lr, positions, 3.3)
+            torch.testing.assert_close(got, base + gain * residual, atol=2e-6, rtol=1e-5)
+    assert torch.any(generator.decode[-1].weight)  # the original is left as it was
+
+
+def _planes_with_gain(generator, gain: float) -> list[tuple]:
+    """Guard planes whose truth is B-spline + `gain` x the generator's own residual."""
+    from medsr.nets.generator import exact_bspline
+
+    rng = np.random.default_rng(3)
+    planes = []
+    for _ in range(2):
+        lr = torch.from_numpy(rng.random((1, generator.neighbours, 14, 6), dtype=np.float32))
+        positions = torch.from_numpy(np.linspace(-0.25, 5.25, 12).astype(np.float32))
+        with torch.no_grad():
+            k = generator.neighbours // 2
+            base = exact_bspline(lr[:, k : k + 1], positions)
+            truth = base + gain * (generator(lr, positions, 2.0) - base)
+        planes.append((lr, truth[0, 0].numpy(), positions, 2.0))
+    return planes
+
+
+@pytest.mark.parametrize(("gain", "expected"), [(0.4, 0.4), (1.0, 1.0), (3.0, 1.5), (-1.0, 0.0)])
+def test_the_residual_gain_is_the_least_squares_gain_within_its_range(gain, expected):
+    """On held-back slices whose truth is B-spline + g x residual, the fitted gain is g, clipped
+    to `GAIN_RANGE` (0 to 1.5); a model without residual (B-spline) keeps gain 1."""
+    from medsr.upsample.heldout import GAIN_RANGE, as_bspline, residual_gain
+
+    assert GAIN_RANGE == (0.0, 1.5)
+    generator, _ = load_generator(default_model_path())
+    planes = _planes_with_gain(generator, gain)
+    assert residual_gain(generator, planes, "cpu") == pytest.approx(expected, abs=1e-4)
+    assert residual_gain(as_bspline(generator), planes, "cpu") == 1.0
+
+
+def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
+    """`fit_steps` 0: the prior's residual is scaled by the gain fitted on the held-back slices,
+    recorded with the acquisition the slices were thickened with; the output is B-spline +
+    that gain x the prior's residual. With `CALIBRATE_GAIN` off, the prior is used as it is and
+    nothing is recorded."""
+    import medsr.upsample.adapt as adapt
+
+    volume = _thick_volume(shape=(30, 28, 16))
+    options = dict(method="misr", fit_steps=0, keep_dtype=False, device="cpu")
+    calibrated = upsample_volume(volume, **options)
+    record = calibrated.meta["provenance"]
+    guard = record["fit_guard"]
+    assert guard["choice"] == "prior" and guard["rule"] == "no fit" and guard["planes"] == 2
+    assert 0.0 <= guard["residual_gain"] <= 1.5 and guard["residual_gain"] != 1.0
+    assert guard["psnr_calibrated"] >= guard["psnr_prior"] - 1e-3
+    assert record["fit_thickness_ratio"] == 1.0 and record["fit_steps_run"] == 0
+    monkeypatch.setattr(adapt, "CALIBRATE_GAIN", False)
+    raw = upsample_volume(volume, **options)
+    assert "fit_guard" not in raw.meta["provenance"]
+    assert "fit_thickness_ratio" not in raw.meta["provenance"]
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    base = upsample_baseline(volume, grid, "bspline", keep_dtype=False).array
+    expected = base + guard["residual_gain"] * (raw.array - base)
+    span = float(np.ptp(volume.array))
+    np.testing.assert_allclose(calibrated.array, expected, atol=2e-3 * span)

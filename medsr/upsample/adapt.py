@@ -17,6 +17,12 @@ slice, thickened the way the fit thickens. If the adapted model scores below B-s
 is used if it beats B-spline, else B-spline itself (the generator with its last layer zeroed is
 exactly cubic B-spline); one log line says so and the provenance records it (`fit_guard`).
 
+The same held-back slices then calibrate the model kept, with or without a fit: its residual over
+B-spline is scaled by the one gain that fits them best in least squares (`residual_gain`,
+`scale_residual`; within `GAIN_RANGE`). A prior trained on sharper content than the scan's
+over-sharpens it, and the gain (below 1) takes that back; it is recorded as
+``fit_guard.residual_gain``.
+
 The fit is a number of steps, not a time: for a given seed and device the same scan gives the
 same adapted weights, so the same command writes the same file. A time limit is an optional upper
 bound on top (then the result depends on the machine's speed, and the steps run are recorded).
@@ -24,7 +30,6 @@ bound on top (then the result depends on the machine's speed, and the steps run 
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
@@ -34,16 +39,15 @@ import torch
 from medsr.config import Config, DataConfig, LossConfig, TrainConfig
 from medsr.degrade import thin_slices
 from medsr.errors import MedsrError
-from medsr.evaluate.metrics import psnr
 from medsr.geometry import OutputGrid, neighbour_indices, slab_positions
 from medsr.intensity import grey_array
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
-from medsr.nets.generator import exact_bspline
 from medsr.runtime import deterministic_algorithms
 from medsr.train.noise import scan_noise, thicken_like_scan
 from medsr.train.pairs import MIN_PATCH_SLICES, PairSampler, PlaneSource, sources_self_supervised
 from medsr.train.trainer import Trainer
+from medsr.upsample.heldout import as_bspline, calibrated, guard_score
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,11 @@ ASSUMED_THICKNESS_RATIO = 1.0
 #: whether the fit puts the scan's own voxel noise back on the slices it thickens
 #: (`scan_noise`, `medsr.config.DataConfig.input_noise`)
 MATCH_SCAN_NOISE = True
+
+
+#: whether the model's residual over B-spline is scaled by the gain that fits the held-back
+#: slices best (`medsr.upsample.heldout.calibrated`), with or without a fit
+CALIBRATE_GAIN = True
 
 
 def adaptation_config(
@@ -181,32 +190,6 @@ def guard_planes(
     return planes
 
 
-@torch.no_grad()
-def guard_score(generator: MISRGenerator | None, planes: list[tuple], device) -> float:
-    """Mean PSNR (normalised units, range 1) on the guard planes; None: cubic B-spline."""
-    scores = []
-    for lr, hr, positions, factor in planes:
-        lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
-        if generator is None:
-            k = lr.shape[1]
-            pred = exact_bspline(lr[:, k // 2 : k // 2 + 1], positions)
-        else:
-            pred = generator.eval()(lr, positions, factor)
-        scores.append(psnr(pred[0, 0].float().cpu().numpy(), hr, data_range=1.0))
-    return float(np.mean(scores))
-
-
-def as_bspline(generator: MISRGenerator) -> MISRGenerator:
-    """A copy of `generator` whose residual paths end in zeros (the decoder's last layer and the
-    offset tail): exactly cubic B-spline."""
-    bspline = copy.deepcopy(generator)
-    for layer in (bspline.decode[-1], bspline.tail):
-        if layer is not None:
-            torch.nn.init.zeros_(layer.weight)
-            torch.nn.init.zeros_(layer.bias)
-    return bspline.eval()
-
-
 #: scores within this many dB of the best count as a tie; ties go to the adapted model, then the
 #: prior (the fit is kept unless it measurably loses)
 GUARD_TIE_DB = 0.05
@@ -260,8 +243,10 @@ def adapt_to_scan(
     progress: bool = False,
     guard: dict | None = None,
     noise: float | None = None,
+    calibrate: bool = True,
 ) -> tuple[MISRGenerator, int]:
-    """Fine-tune a copy of `generator` on `volume`'s slices across `axis`.
+    """Fine-tune a copy of `generator` on `volume`'s slices across `axis`, then scale its
+    residual over B-spline by the gain that fits the held-back slices best (`calibrated`).
 
     Args:
         generator: trained generator (left unchanged).
@@ -285,12 +270,16 @@ def adapt_to_scan(
         noise: the voxel noise to put back on the thickened inputs (normalised units); default:
             `volume`'s own (`scan_noise`; a series fitted on its mean passes one frame's).
         guard: a dict that receives the fit guard's record (scores of the adapted model, the
-            prior and B-spline on the held-back slices, the choice; or why there was none).
+            prior and B-spline on the held-back slices, the choice, the residual gain; or why
+            there was none).
+        calibrate: fit the residual gain (`calibrated`; only if `CALIBRATE_GAIN`); with
+            `steps` 0 this is all that is done.
 
     Returns:
-        (the adapted generator in eval mode, the number of steps run).
+        (the adapted (or calibrated) generator in eval mode, the number of steps run).
     """
-    if steps <= 0:
+    calibrate = calibrate and CALIBRATE_GAIN
+    if steps <= 0 and not calibrate:
         return generator.eval(), 0
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
     if not MATCH_SCAN_NOISE:
@@ -308,6 +297,15 @@ def adapt_to_scan(
         if slab is None
         else guard_planes(sources, slab, generator.neighbours, thickness_ratio, profile, noise)
     )
+    if steps <= 0:
+        record = {"choice": "prior", "planes": len(planes), "rule": "no fit"}
+        if planes:
+            for name, model in (("prior", generator), ("bspline", None)):
+                record["psnr_" + name] = round(guard_score(model, planes, device), 4)
+        prior = calibrated(generator.eval(), planes, device, record)
+        if guard is not None and "residual_gain" in record:
+            guard.update(record, scan_noise=round(noise, 6))
+        return prior, 0
     sampler.held_out_planes = slab if planes else None
     start = time.perf_counter()
     deadline = None if seconds is None else start + seconds
@@ -321,6 +319,8 @@ def adapt_to_scan(
     adapted, record = trainer.generator.eval(), {"choice": "adapted", "planes": 0}
     if planes:
         adapted, record = apply_guard(adapted, generator.to(device), planes, device)
+        if calibrate:
+            adapted = calibrated(adapted, planes, device, record)
     else:
         record["reason"] = "the upsampled axis is too short to hold slices back"
     record["scan_noise"] = round(noise, 6)
@@ -363,6 +363,7 @@ def adapt_to_grid(
     progress: bool = False,
     guard: dict | None = None,
     noise_from: Volume | None = None,
+    calibrate: bool = True,
 ) -> tuple[MISRGenerator, int]:
     """`adapt_to_scan` for upsampling `volume` onto `grid`: the fit of the learned method (its
     grey values, the grid's axis and factor, the scan's `thickness_ratio` and slice profile,
@@ -387,6 +388,7 @@ def adapt_to_grid(
         progress=progress,
         guard=guard,
         noise=noise,
+        calibrate=calibrate,
     )
 
 

@@ -40,6 +40,7 @@ def upsample_misr(
     loaded: tuple | None = None,
     precision: str = "auto",
     confidence: bool = False,
+    calibrate: bool = True,
 ) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Learned reconstruction on `grid` (float32, input units) and what produced it.
 
@@ -60,6 +61,9 @@ def upsample_misr(
             docs/benchmarks.md; fp16 autocast on CUDA; float32 otherwise), ``"bf16"`` or
             ``"fp32"`` (`medsr.runtime.resolve_precision`).
         confidence: also compute the confidence map (`medsr.upsample.confidence`).
+        calibrate: scale the model's residual over B-spline by the gain fitted on held-back
+            slices, with or without a fit (`medsr.upsample.adapt.calibrate`); off for a model
+            that is already calibrated (a 4D series' frames after its one fit).
 
     Returns:
         (array on `grid`, provenance dict: model and its sha256, steps run, seed, device, the
@@ -88,6 +92,7 @@ def upsample_misr(
         seconds=fit_seconds,
         progress=progress,
         guard=(guard := {}),
+        calibrate=calibrate,
     )
     release_freed_memory()  # the fit's freed buffers, before the output is allocated
     planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis)
@@ -123,7 +128,8 @@ def upsample_misr(
         "slice_thickness_ratio": ratio,
         "precision": resolved,
     }
-    if steps_run:  # what the fit took of the acquisition; without a fit, nothing
+    if steps_run or "residual_gain" in guard:
+        # what the fit (or the gain's held-back slices) took of the acquisition; else nothing
         provenance.update(fit_facts(volume, grid.axis))
     if guard:
         provenance["fit_guard"] = guard
@@ -158,7 +164,7 @@ def upsample_volume(
             ``meta["confidence"]`` (a float32 `Volume` on the output grid in the input's
             intensity units, with its own ``meta["provenance"]``; `medsr.upsample.confidence`).
         **misr_options: `upsample_misr` options (model, fit_steps, fit_seconds, seed, device,
-            batch_size, progress, precision).
+            batch_size, progress, precision, calibrate).
 
     Returns:
         The upsampled volume; its affine covers the input's physical extent, and

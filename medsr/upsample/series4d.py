@@ -174,7 +174,7 @@ def serve_fitted(
     """(`upsample_volume` options that reconstruct a frame with the series' adapted `generator`
     and fit no more, what every frame's provenance adds: the fit mode, steps, guard and what the
     fit took of the acquisition, `facts`)."""
-    served = dict(options, loaded=(generator, options["loaded"][1]), fit_steps=0)
+    served = dict(options, loaded=(generator, options["loaded"][1]), fit_steps=0, calibrate=False)
     steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
     record = {"fit_mode": mode, "fit_steps": int(steps), "fit_steps_run": int(steps_run)}
     record.update(facts or {})  # the frames run with fit_steps 0: the fit's own acquisition
