@@ -594,14 +594,14 @@ def test_the_fit_guard_uses_the_best_of_the_three(
     model, then the prior, is preferred. One log line names the model used."""
     import copy
 
-    import medsr.upsample.adapt as adapt
+    import medsr.upsample.heldout as heldout
 
     generator, _ = load_generator(identity_checkpoint)
     fitted = copy.deepcopy(generator)
     scores = {id(fitted): adapted, id(generator): prior, id(None): bspline}
-    monkeypatch.setattr(adapt, "guard_score", lambda model, planes, device: scores[id(model)])
-    with caplog.at_level("INFO", logger="medsr.upsample.adapt"):
-        model, record = adapt.apply_guard(fitted, generator, [()], "cpu")
+    monkeypatch.setattr(heldout, "guard_score", lambda model, planes, device: scores[id(model)])
+    with caplog.at_level("INFO", logger="medsr.upsample.heldout"):
+        model, record = heldout.apply_guard(fitted, generator, [()], "cpu")
     assert record["choice"] == choice and record["rule"].startswith("best PSNR")
     expected = {"adapted": fitted, "prior": generator}.get(choice)
     if expected is not None:
@@ -810,7 +810,7 @@ def test_the_residual_gain_is_the_least_squares_gain_within_its_range(gain, expe
     to `GAIN_RANGE` (0 to 1.5); a model without residual (B-spline) keeps gain 1."""
     from medsr.upsample.heldout import GAIN_RANGE, as_bspline, residual_gain
 
-    assert GAIN_RANGE == (0.0, 1.5)
+    assert GAIN_RANGE[0] == 0.0  # gain 0 (B-spline) is always within reach
     generator, _ = load_generator(default_model_path())
     planes = _planes_with_gain(generator, gain)
     assert residual_gain(generator, planes, "cpu") == pytest.approx(expected, abs=1e-4)
@@ -829,7 +829,9 @@ def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
     calibrated = upsample_volume(volume, **options)
     record = calibrated.meta["provenance"]
     guard = record["fit_guard"]
-    assert guard["choice"] == "prior" and guard["rule"] == "no fit" and guard["planes"] == 2
+    assert (
+        guard["choice"] == "prior" and guard["rule"].startswith("no fit") and guard["planes"] == 2
+    )
     assert 0.0 <= guard["residual_gain"] <= 1.5 and guard["residual_gain"] != 1.0
     assert guard["psnr_calibrated"] >= guard["psnr_prior"] - 1e-3
     assert record["fit_thickness_ratio"] == 1.0 and record["fit_steps_run"] == 0
@@ -842,3 +844,70 @@ def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
     expected = base + guard["residual_gain"] * (raw.array - base)
     span = float(np.ptp(volume.array))
     np.testing.assert_allclose(calibrated.array, expected, atol=2e-3 * span)
+
+
+def _sums(*parts: tuple[float, float, float]) -> np.ndarray:
+    return np.asarray(parts, dtype=np.float64)
+
+
+def test_the_gain_is_kept_only_where_it_holds_on_parts_it_was_not_fitted_on():
+    """`gain_holds_out`: each part's gain comes from the other plane's other part (another
+    orientation and other content). Parts that agree on a gain below 1: kept; one part asking
+    for 0.2 while the one across asks for 1.4: rejected; a single part cannot be checked."""
+    from medsr.upsample.heldout import gain_holds_out, least_squares_gain
+
+    # (sum r d, sum r r, sum d d) per part; the part's own least-squares gain is rd / rr
+    agree = _sums((5.0, 10.0, 9.0), (6.0, 10.0, 9.0), (5.5, 10.0, 9.0), (5.0, 10.0, 9.0))
+    assert least_squares_gain(agree) == pytest.approx(0.5375)
+    assert gain_holds_out(agree)
+    # parts 0 and 3, 1 and 2 are across from each other (plane 0 part 0, plane 1 part 1, ...)
+    disagree = _sums((2.0, 10.0, 9.0), (14.0, 10.0, 30.0), (2.0, 10.0, 9.0), (14.0, 10.0, 30.0))
+    assert not gain_holds_out(disagree)
+    assert gain_holds_out(_sums((5.0, 10.0, 9.0), (5.0, 10.0, 9.0)), parts=2)  # one plane
+    assert not gain_holds_out(_sums((5.0, 10.0, 9.0)))
+
+
+def test_a_rejected_gain_is_recorded_and_the_model_kept_as_it_is(monkeypatch, caplog):
+    import medsr.upsample.heldout as heldout
+
+    generator, _ = load_generator(default_model_path())
+    planes = _planes_with_gain(generator, 0.4)
+    monkeypatch.setattr(heldout, "gain_holds_out", lambda sums: False)
+    record = {}
+    with caplog.at_level("INFO", logger="medsr.upsample.heldout"):
+        model = heldout.calibrated(generator, planes, "cpu", record)
+    assert model is generator and record["residual_gain"] == 1.0
+    assert record["residual_gain_rejected"] == pytest.approx(0.4, abs=1e-3)
+    assert "not kept" in caplog.text
+    # B-spline chosen by the guard: nothing to scale, nothing recorded
+    record = {"choice": "bspline"}
+    assert heldout.calibrated(generator, planes, "cpu", record) is generator
+    assert "residual_gain" not in record
+
+
+def test_without_a_fit_a_prior_below_bspline_falls_back_to_bspline(monkeypatch):
+    """`guard_without_fit`: a prior whose gain is rejected and that scores below B-spline on
+    the held-back slices is not used; the record's choice says B-spline."""
+    import medsr.upsample.heldout as heldout
+
+    generator, _ = load_generator(default_model_path())
+    worse = _planes_with_gain(generator, -0.5)  # the truth lies on the other side of B-spline
+    with monkeypatch.context() as patch:
+        patch.setattr(heldout, "gain_holds_out", lambda sums: False)
+        model, record = heldout.guard_without_fit(generator, worse, "cpu")
+    assert record["choice"] == "bspline" and record["rule"].startswith("no fit")
+    assert record["residual_gain"] == 1.0 and record["residual_gain_rejected"] == 0.0
+    assert record["psnr_prior"] < record["psnr_bspline"] - heldout.GUARD_TIE_DB
+    assert not torch.any(model.decode[-1].weight)
+    model, record = heldout.guard_without_fit(generator, worse, "cpu")  # gain 0 kept: B-spline
+    assert record["choice"] == "bspline" and record["residual_gain"] == 0.0
+    model, record = heldout.guard_without_fit(generator, _planes_with_gain(generator, 1.0), "cpu")
+    assert record["choice"] == "prior" and record["residual_gain"] == 1.0 and model is generator
+
+
+def test_after_a_fit_the_kept_model_is_calibrated_and_recorded():
+    volume = _thick_volume(shape=(30, 28, 16))
+    options = dict(method="misr", fit_steps=2, keep_dtype=False, device="cpu")
+    guard = upsample_volume(volume, **options).meta["provenance"]["fit_guard"]
+    assert guard["rule"].startswith("best PSNR") and guard["planes"] == 2
+    assert "residual_gain" in guard or guard["choice"] == "bspline"

@@ -318,3 +318,24 @@ def test_the_series_fit_source_is_the_mean_or_the_chosen_frame():
     assert volume.array[0, 0, 0] == 3.0 and noise_from is None
     with pytest.raises(ValueError, match="give fit_frame"):
         fit_source(lambda: iter(frames), "frame 1", None)
+
+
+def test_without_a_fit_a_series_is_calibrated_once_on_the_mean(tmp_path, monkeypatch):
+    """`--fit-steps 0`: the residual gain is fitted once, on the mean of the frames, and serves
+    every frame (`serve_fitted` turns calibration off): a gain per frame would put changes
+    between frames that are not in the scan."""
+    calls, real = [], medsr.upsample.adapt.adapt_to_scan
+
+    def counted(*args, **kwargs):
+        calls.append((kwargs["steps"], kwargs.get("calibrate", True)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(medsr.upsample.adapt, "adapt_to_scan", counted)
+    series = tmp_path / "s.nii.gz"
+    _phantom_series(series, shape=(30, 28, 16))
+    out = tmp_path / "o.nii.gz"
+    assert main(["upsample", str(series), "-o", str(out), "--fit-steps", "0", "--quiet"]) == 0
+    record = _record(out)
+    assert record["fit_mode"] == "mean" and record["fit_steps_run"] == 0
+    assert "residual_gain" in record["fit_guard"]
+    assert [calibrate for steps, calibrate in calls if calibrate] == [True]  # one calibration

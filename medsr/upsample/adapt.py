@@ -47,7 +47,7 @@ from medsr.runtime import deterministic_algorithms
 from medsr.train.noise import scan_noise, thicken_like_scan
 from medsr.train.pairs import MIN_PATCH_SLICES, PairSampler, PlaneSource, sources_self_supervised
 from medsr.train.trainer import Trainer
-from medsr.upsample.heldout import as_bspline, calibrated, guard_score
+from medsr.upsample.heldout import apply_guard, calibrated, guard_without_fit
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +165,14 @@ def guard_planes(
     sources: list[PlaneSource],
     slab: tuple[int, int],
     neighbours: int,
-    ratio: float | None,
+    ratio: float,
     profile: str | None = None,
     noise: float = 0.0,
 ) -> list[tuple]:
     """(lr, hr, positions, factor) of the slab's middle slice of every source, thickened along
-    its `a` axis as the fit thickens (the scan's slice profile if given, else boxcar; the scan's
-    thickness ratio if known, else `ASSUMED_THICKNESS_RATIO`; the scan's `noise` put back, drawn
-    from a fixed seed)."""
+    its `a` axis as the fit thickens: by `ratio` x the factor (the fit's thickness ratio), with
+    the scan's slice profile if given, else boxcar, and the scan's `noise` put back, drawn from a
+    fixed seed."""
     rng = np.random.default_rng(0)
     planes = []
     for source in sources:
@@ -182,49 +182,11 @@ def guard_planes(
             continue
         index = neighbour_indices(np.array([(slab[0] + slab[1]) // 2]), neighbours, 1, count)[0]
         patch = np.ascontiguousarray(source.array[index, :, : thin_slices(slices, factor, length)])
-        thickness = factor * fit_thickness_ratio(ratio)
-        lr = thicken_like_scan(patch, factor, thickness, profile or "boxcar", noise, rng)
+        lr = thicken_like_scan(patch, factor, factor * ratio, profile or "boxcar", noise, rng)
         positions = slab_positions(slices, factor)
         hr = patch[neighbours // 2][..., : len(positions)]
         planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
     return planes
-
-
-#: scores within this many dB of the best count as a tie; ties go to the adapted model, then the
-#: prior (the fit is kept unless it measurably loses)
-GUARD_TIE_DB = 0.05
-
-#: the guard's rule, as the provenance records it
-GUARD_RULE = f"best PSNR; within {GUARD_TIE_DB} dB of it: adapted, then prior, then bspline"
-
-
-def apply_guard(adapted, prior, planes, device) -> tuple[MISRGenerator, dict]:
-    """The best of the adapted model, the prior and B-spline on the guard planes (`GUARD_RULE`:
-    a score within `GUARD_TIE_DB` of the best goes to the adapted model, then the prior).
-    Returns (the model to use, the record)."""
-    scores = {
-        name: guard_score(model, planes, device)
-        for name, model in (("adapted", adapted), ("prior", prior), ("bspline", None))
-    }
-    best = max(scores.values())
-    choice = next(name for name, value in scores.items() if value >= best - GUARD_TIE_DB)
-    record = {"psnr_" + name: round(value, 4) for name, value in scores.items()}
-    record.update(choice=choice, planes=len(planes), rule=GUARD_RULE)
-    text = ", ".join(f"{name} {value:.2f} dB" for name, value in scores.items())
-    if choice == "adapted":
-        logger.info("fit guard: using the adapted model (held-back slices: %s)", text)
-    else:
-        winner = "the prior" if choice == "prior" else "B-spline"
-        logger.warning(
-            "fit guard: the adapted model scored below %s on held-back slices (%s); "
-            "using %s instead",
-            winner,
-            text,
-            "the prior" if choice == "prior" else "cubic B-spline",
-        )
-    if choice == "adapted":
-        return adapted.eval(), record
-    return (prior if choice == "prior" else as_bspline(prior)).eval(), record
 
 
 def adapt_to_scan(
@@ -279,7 +241,8 @@ def adapt_to_scan(
         (the adapted (or calibrated) generator in eval mode, the number of steps run).
     """
     calibrate = calibrate and CALIBRATE_GAIN
-    if steps <= 0 and not calibrate:
+    slab = guard_slab(volume.spatial_shape[axis], generator.neighbours)
+    if steps <= 0 and (not calibrate or slab is None):  # nothing to fit, nothing to calibrate on
         return generator.eval(), 0
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
     if not MATCH_SCAN_NOISE:
@@ -289,23 +252,18 @@ def adapt_to_scan(
     logger.info(
         "the scan's voxel noise: std %.4g (normalised units), put back when thickening", noise
     )
-    adapt_config = adaptation_config(config, steps, seed, thickness_ratio, profile, noise)
-    sampler = PairSampler(sources, adapt_config.data, generator.neighbours)
-    slab = guard_slab(sources[0].array.shape[0], generator.neighbours)
-    planes = (
-        []
-        if slab is None
-        else guard_planes(sources, slab, generator.neighbours, thickness_ratio, profile, noise)
-    )
+    ratio = fit_thickness_ratio(thickness_ratio)
+    neighbours = generator.neighbours
+    planes = [] if slab is None else guard_planes(sources, slab, neighbours, ratio, profile, noise)
     if steps <= 0:
-        record = {"choice": "prior", "planes": len(planes), "rule": "no fit"}
-        if planes:
-            for name, model in (("prior", generator), ("bspline", None)):
-                record["psnr_" + name] = round(guard_score(model, planes, device), 4)
-        prior = calibrated(generator.eval(), planes, device, record)
-        if guard is not None and "residual_gain" in record:
+        if not planes:
+            return generator.eval(), 0
+        model, record = guard_without_fit(generator.eval(), planes, device)
+        if guard is not None:
             guard.update(record, scan_noise=round(noise, 6))
-        return prior, 0
+        return model, 0
+    adapt_config = adaptation_config(config, steps, seed, thickness_ratio, profile, noise)
+    sampler = PairSampler(sources, adapt_config.data, neighbours)
     sampler.held_out_planes = slab if planes else None
     start = time.perf_counter()
     deadline = None if seconds is None else start + seconds

@@ -62,7 +62,7 @@ def upsample_misr(
             ``"fp32"`` (`medsr.runtime.resolve_precision`).
         confidence: also compute the confidence map (`medsr.upsample.confidence`).
         calibrate: scale the model's residual over B-spline by the gain fitted on held-back
-            slices, with or without a fit (`medsr.upsample.adapt.calibrate`); off for a model
+            slices, with or without a fit (`medsr.upsample.heldout.calibrated`); off for a model
             that is already calibrated (a 4D series' frames after its one fit).
 
     Returns:

@@ -1,11 +1,12 @@
-"""What the slices held back from the fit measure: the guard's score, and the residual gain.
+"""What the slices held back from the fit measure: the guard's choice, and the residual gain.
 
 The fit holds a slab of in-plane slices back (`medsr.upsample.adapt.guard_slab`) and thickens
-their middle slice as it thickens its pairs (`guard_planes`); a plane here is that
-(lr, hr, positions, factor). `guard_score` scores a model on them (the guard's choice between
-the adapted model, the prior and B-spline), and `calibrated` scales the kept model's residual
-over B-spline by the one gain that fits them best: a prior trained on sharper content than the
-scan's over-sharpens it (validation: docs/benchmarks.md, "Residual gain").
+their middle slice as it thickens its pairs (`medsr.upsample.adapt.guard_planes`); a plane here
+is that (lr, hr, positions, factor), one per in-plane orientation. `guard_score` scores a model
+on them, `apply_guard` (after a fit) and `guard_without_fit` choose between the adapted model,
+the prior and B-spline, and `calibrated` scales the kept model's residual over B-spline by the
+one gain that fits them best: a prior trained on sharper content than the scan's over-sharpens
+it (validation: docs/benchmarks.md, "Residual gain").
 """
 
 from __future__ import annotations
@@ -25,6 +26,77 @@ logger = logging.getLogger(__name__)
 #: the range the residual gain is kept in (0: B-spline; above 1: a model that under-sharpens)
 GAIN_RANGE = (0.0, 1.5)
 
+#: each guard plane is split into this many parts along its in-plane axis for the gain's
+#: cross-check (`gain_holds_out`): the gain must hold on content it was not fitted on
+GAIN_CHECK_PARTS = 2
+
+#: scores within this many dB of the best count as a tie; ties go to the adapted model, then the
+#: prior (the fit is kept unless it measurably loses)
+GUARD_TIE_DB = 0.05
+
+#: the guard's rule, as the provenance records it
+GUARD_RULE = f"best PSNR; within {GUARD_TIE_DB} dB of it: adapted, then prior, then bspline"
+
+
+def _choose(candidates: dict, planes: list[tuple], device) -> tuple[str, dict]:
+    """The name of the best-scoring of `candidates` (name: model, None for B-spline) on the
+    guard `planes`, the first within `GUARD_TIE_DB` of the best; and their scores' record."""
+    scores = {name: guard_score(model, planes, device) for name, model in candidates.items()}
+    best = max(scores.values())
+    choice = next(name for name, value in scores.items() if value >= best - GUARD_TIE_DB)
+    record = {"psnr_" + name: round(value, 4) for name, value in scores.items()}
+    record.update(choice=choice, planes=len(planes))
+    return choice, record
+
+
+def _scores_text(record: dict) -> str:
+    names = [key for key in record if key.startswith("psnr_")]
+    return ", ".join(f"{name[5:]} {record[name]:.2f} dB" for name in names)
+
+
+def apply_guard(adapted, prior, planes, device) -> tuple[MISRGenerator, dict]:
+    """The best of the adapted model, the prior and B-spline on the guard planes (`GUARD_RULE`:
+    a score within `GUARD_TIE_DB` of the best goes to the adapted model, then the prior).
+    Returns (the model to use, the record)."""
+    candidates = {"adapted": adapted, "prior": prior, "bspline": None}
+    choice, record = _choose(candidates, planes, device)
+    record["rule"] = GUARD_RULE
+    if choice == "adapted":
+        logger.info(
+            "fit guard: using the adapted model (held-back slices: %s)", _scores_text(record)
+        )
+        return adapted.eval(), record
+    logger.warning(
+        "fit guard: the adapted model scored below %s on held-back slices (%s); using %s instead",
+        "the prior" if choice == "prior" else "B-spline",
+        _scores_text(record),
+        "the prior" if choice == "prior" else "cubic B-spline",
+    )
+    return (prior if choice == "prior" else as_bspline(prior)).eval(), record
+
+
+#: the rule of the guard without a fit, as the provenance records it
+NO_FIT_RULE = f"no fit; best PSNR, within {GUARD_TIE_DB} dB of it: prior, then bspline"
+
+
+def guard_without_fit(prior, planes, device) -> tuple[MISRGenerator, dict]:
+    """With no fit (``fit_steps`` 0): the prior, calibrated (`calibrated`), or B-spline where the
+    prior scores below B-spline on the guard planes by more than `GUARD_TIE_DB` even so. The
+    record holds the prior's own score, B-spline's, the gain and the choice."""
+    record = {"psnr_prior": round(guard_score(prior, planes, device), 4)}
+    model = calibrated(prior.eval(), planes, device, record)
+    choice, scores = _choose({"prior": model, "bspline": None}, planes, device)
+    record.update(psnr_bspline=scores["psnr_bspline"], choice=choice, planes=len(planes))
+    record["rule"] = NO_FIT_RULE
+    if choice == "bspline" or record.get("residual_gain") == 0.0:
+        record["choice"] = "bspline"
+        logger.warning(
+            "the prior did not beat B-spline on held-back slices (%s); using cubic B-spline",
+            _scores_text(record),
+        )
+        return as_bspline(prior), record
+    return model, record
+
 
 @torch.no_grad()
 def guard_score(generator: MISRGenerator | None, planes: list[tuple], device) -> float:
@@ -33,8 +105,7 @@ def guard_score(generator: MISRGenerator | None, planes: list[tuple], device) ->
     for lr, hr, positions, factor in planes:
         lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
         if generator is None:
-            k = lr.shape[1]
-            pred = exact_bspline(lr[:, k // 2 : k // 2 + 1], positions)
+            pred = _bspline_of(lr, positions)
         else:
             pred = generator.eval()(lr, positions, factor)
         scores.append(psnr(pred[0, 0].float().cpu().numpy(), hr, data_range=1.0))
@@ -52,19 +123,27 @@ def as_bspline(generator: MISRGenerator) -> MISRGenerator:
     return bspline.eval()
 
 
+def _bspline_of(lr: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Cubic B-spline of the centre slice of `lr` at `positions`: the model's base."""
+    k = lr.shape[1]
+    return exact_bspline(lr[:, k // 2 : k // 2 + 1], positions)
+
+
 @torch.no_grad()
 def residual_sums(generator: MISRGenerator, planes: list[tuple], device) -> np.ndarray:
-    """Per guard plane, (sum r * d, sum r * r, sum d * d) with r the generator's residual over
-    B-spline and d the truth's: the squared error of ``bspline + g * r`` on the plane is
+    """Per part of each guard plane (`GAIN_CHECK_PARTS` along its in-plane axis, plane by
+    plane), (sum r * d, sum r * r, sum d * d) with r the generator's residual over B-spline and
+    d the truth's: the squared error of ``bspline + g * r`` on the part is
     ``dd - 2 g rd + g^2 rr``, for any gain g."""
     sums = []
     for lr, hr, positions, factor in planes:
         lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
-        k = lr.shape[1]
-        base = exact_bspline(lr[:, k // 2 : k // 2 + 1], positions)[0, 0].double().cpu()
+        base = _bspline_of(lr, positions)[0, 0].double().cpu()
         pred = generator.eval()(lr, positions, factor)[0, 0].double().cpu()
         residual, truth = (pred - base).numpy(), hr - base.numpy()
-        sums.append((np.sum(residual * truth), np.sum(residual**2), np.sum(truth**2)))
+        for part in np.array_split(np.arange(len(truth)), GAIN_CHECK_PARTS):
+            r, d = residual[part], truth[part]
+            sums.append((np.sum(r * d), np.sum(r * r), np.sum(d * d)))
     return np.asarray(sums, dtype=np.float64).reshape(-1, 3)
 
 
@@ -83,15 +162,24 @@ def residual_gain(generator: MISRGenerator, planes: list[tuple], device) -> floa
     return least_squares_gain(residual_sums(generator, planes, device))
 
 
-def gain_holds_out(sums: np.ndarray) -> bool:
-    """Whether a gain fitted without each plane lowers that plane's squared error, summed over
-    the planes (leave-one-out over the guard planes, one per in-plane orientation), against the
-    gain 1. Fewer than two planes cannot be cross-checked: False."""
-    if len(sums) < 2:
+def gain_holds_out(sums: np.ndarray, parts: int = GAIN_CHECK_PARTS) -> bool:
+    """Whether the gain holds on what it was not fitted on: for each part of `sums` (plane by
+    plane, `parts` per plane), the gain fitted on the parts of the other plane (the other
+    in-plane orientation) and the other part of the slice (other content) must lower that part's
+    squared error, summed over the parts, against the gain 1. With one plane, the other parts of
+    it; with one part in all, it cannot be cross-checked: False."""
+    count = len(sums)
+    if count < 2:
         return False
+    plane, part = np.arange(count) // parts, np.arange(count) % parts
     held_out = unchanged = 0.0
     for index, (cross, energy, data) in enumerate(sums):
-        gain = least_squares_gain(np.delete(sums, index, axis=0))
+        others = (plane != plane[index]) & (part != part[index])
+        if not others.any():
+            others = part != part[index]
+        if not others.any():
+            others = np.arange(count) != index
+        gain = least_squares_gain(sums[others])
         held_out += data - 2 * gain * cross + gain**2 * energy
         unchanged += data - 2 * cross + energy
     return held_out < unchanged
@@ -112,10 +200,10 @@ def scale_residual(generator: MISRGenerator, gain: float) -> MISRGenerator:
 
 def calibrated(generator: MISRGenerator, planes: list[tuple], device, record: dict):
     """`generator` with its residual scaled by the least-squares gain on the guard `planes`, if
-    that gain, fitted without each plane in turn, also lowers the error of the plane left out
-    (`gain_holds_out`); else as it is (and as it is with no planes, or if B-spline was chosen).
-    The gain used (``residual_gain``, 1.0 when none), the one rejected
-    (``residual_gain_rejected``) and the score go into the guard's `record`."""
+    that gain holds on the parts it was not fitted on (`gain_holds_out`); else as it is (and as
+    it is with no planes, or if B-spline was chosen). The gain used (``residual_gain``, 1.0 when
+    none), the one rejected (``residual_gain_rejected``) and the calibrated model's score on the
+    planes the gain was fitted on (``psnr_calibrated``: in-sample) go into `record`."""
     if not planes or record.get("choice") == "bspline":
         return generator
     sums = residual_sums(generator, planes, device)

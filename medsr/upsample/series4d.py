@@ -56,9 +56,15 @@ def partial_folder(output: Path) -> Path:
 
 def fit_mode(method: str, options: dict, fit_frame: int | None, fit_per_frame: bool) -> str | None:
     """How a series is fitted: ``"mean"``, ``"frame N"`` or ``"per-frame"``; None where nothing
-    is fitted (another method, ``fit_steps`` 0, or a coarser target: no model)."""
+    is fitted (another method, a coarser target: no model; ``fit_steps`` 0 without the residual
+    gain). With ``fit_steps`` 0 the residual gain is still fitted once, on the mean or the chosen
+    frame (`medsr.upsample.heldout.calibrated`): a gain per frame would add frame-to-frame
+    changes that are not in the scan."""
+    from medsr.upsample.adapt import CALIBRATE_GAIN
+
     steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
-    if method != "misr" or options.get("loaded") is None or steps <= 0:
+    calibrates = CALIBRATE_GAIN and options.get("calibrate", True)
+    if method != "misr" or options.get("loaded") is None or (steps <= 0 and not calibrates):
         return None
     if fit_per_frame:
         return "per-frame"
