@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import platform
 import subprocess
@@ -46,6 +47,7 @@ from split import held_out_volumes, read_split
 from medsr.degrade import add_rician_noise
 from medsr.evaluate.simulate import evaluation_mask, robust_data_range, score, simulate_acquisition
 from medsr.io import read_volume, write_volume
+from medsr.io.atomic import write_text_atomically
 
 ICBM = "nilearn_icbm152_2009a_t1_1mm.nii.gz"
 MACAQUE = "inia19_macaque_t1_0.5mm.nii.gz"
@@ -244,11 +246,17 @@ def benchmark(
         for index in range(done_cases(rows, cases), len(cases)):
             rows += benchmark_case(data, cases[index], index, options, Path(folder))
             if out is not None:
-                with out.open("w", newline="", encoding="utf-8") as handle:
-                    writer = csv.DictWriter(handle, list(rows[0]))
-                    writer.writeheader()
-                    writer.writerows(rows)
+                write_rows(out, rows)
     return rows
+
+
+def write_rows(out: Path, rows: list[dict]) -> None:
+    """All `rows` as the CSV `out`, atomically (a reader, or a killed run, never leaves half)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(out, text.getvalue())
 
 
 def gains(rows: list[dict]) -> list[dict]:
@@ -305,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mri"))
     parser.add_argument("--cases", choices=["all", "representative", "cover"], default="all")
     parser.add_argument("--resume", action="store_true", help="continue the cases of --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--quick", action="store_true", help="one case per condition")
     parser.add_argument("--volumes", nargs="+", help="volumes under --data (default: the four)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
@@ -326,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         cases = covering_cases() if args.cases == "cover" else named[args.cases](volumes)
     options = {"methods": args.methods, "fit_steps": args.fit_steps, "threads": args.threads}
     options["in_process"] = args.in_process
+    if args.out and args.out.exists() and not (args.resume or args.overwrite):
+        raise SystemExit(
+            f"error: {args.out} exists (--resume continues it, --overwrite replaces it)"
+        )
     rows = read_rows(args.out) if args.resume and args.out and args.out.exists() else []
     table = markdown(benchmark(args.data, cases, options, args.out, rows))
     print("\n" + table)

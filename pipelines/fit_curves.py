@@ -210,6 +210,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def check_out(out: Path) -> None:
+    """`--out` is appended to: refuse, before any work, a CSV whose header is not `FIELDS` (one
+    written by an older version of this script, whose rows would not line up)."""
+    if out.exists() and out.stat().st_size:
+        with out.open(newline="", encoding="utf-8") as stream:
+            header = next(csv.reader(stream), [])
+        if tuple(header) != FIELDS:
+            raise SystemExit(
+                f"error: {out} has other columns than this script writes; use a new --out"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mri"))
@@ -228,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, nargs="+", default=[15, 45])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    check_out(args.out)
     rows = run(args)
-    new = not args.out.exists()
+    new = not args.out.exists() or args.out.stat().st_size == 0
     with args.out.open("a", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=FIELDS)
         if new:
