@@ -16,7 +16,7 @@ import benchmark_mri  # noqa: E402
 from split import CONFIGS, check_lists, held_out_volumes, read_list, read_split  # noqa: E402
 
 from medsr.evaluate.simulate import evaluation_mask, robust_data_range  # noqa: E402
-from medsr.io import Volume, write_volume  # noqa: E402
+from medsr.io import Volume, read_volume, write_volume  # noqa: E402
 
 B0_RUNS = [f"heudiconv_b0_1.5mm_run{run}.nii.gz" for run in (1, 2, 3)]
 
@@ -122,6 +122,11 @@ def test_quick_benchmark_runs_on_a_tiny_synthetic_volume(tmp_path):
     assert benchmark_mri.main([*argv, "--resume"]) == 0
     assert (tmp_path / "table.md").read_text(encoding="utf-8") == table
     assert list(csv.DictReader(out.open(encoding="utf-8"))) == rows
+    # without --resume or --overwrite an existing CSV is refused before any work
+    with pytest.raises(SystemExit, match="exists"):
+        benchmark_mri.main(argv)
+    assert list(csv.DictReader(out.open(encoding="utf-8"))) == rows
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def test_fit_curves_points_parse_models_rates_and_the_first_version():
@@ -171,3 +176,41 @@ def test_fit_curves_reads_the_guard_and_gain_from_the_provenance(tmp_path):
     record.write_text('{"method": "bspline"}')
     assert fit_curves.guard_fields(record) == {"guard": "", "gain": ""}
     assert fit_curves.FIELDS[-2:] == ("guard", "gain")
+
+
+def test_fit_curves_refuses_to_append_under_another_header(tmp_path):
+    import fit_curves
+
+    out = tmp_path / "curves.csv"
+    fit_curves.check_out(out)  # none yet
+    out.write_text(",".join(fit_curves.FIELDS) + "\n", encoding="utf-8")
+    fit_curves.check_out(out)  # this script's own
+    out.write_text(",".join(fit_curves.FIELDS[:-2]) + "\n", encoding="utf-8")  # before guard, gain
+    with pytest.raises(SystemExit, match="other columns"):
+        fit_curves.check_out(out)
+
+
+def test_the_smoothed_validation_volume_is_a_gaussian_of_2_mm(tmp_path):
+    import make_validation_volumes as make
+
+    spacing = (2.0, 2.0, 3.0)
+    impulse = np.zeros((21, 21, 15), np.float32)
+    impulse[10, 10, 7] = 1.0
+    blurred = make.smoothed(impulse, spacing)
+    for axis, step in enumerate(spacing):  # the spread of each axis, in mm, is the sigma
+        profile = blurred.sum(axis=tuple(a for a in range(3) if a != axis))
+        centre = len(profile) // 2
+        mm = (np.arange(len(profile)) - centre) * step
+        assert np.sqrt(np.sum(profile * mm**2) / profile.sum()) == pytest.approx(2.0, rel=0.05)
+    data, out = tmp_path / "data", tmp_path / "val"
+    data.mkdir()
+    write_volume(
+        Volume(array=phantom_array((20, 18, 12)) * 100, affine=make_affine("LSA", spacing)),
+        data / make.SOURCE,
+    )
+    assert make.main(["--data", str(data), "--out", str(out)]) == 0
+    smooth = read_volume(out / make.SMOOTH)
+    np.testing.assert_allclose(smooth.affine, read_volume(data / make.SOURCE).affine)
+    assert (out / make.SOURCE).read_bytes() == (data / make.SOURCE).read_bytes()
+    with pytest.raises(SystemExit, match="exists"):
+        make.main(["--data", str(data), "--out", str(out)])
