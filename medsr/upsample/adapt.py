@@ -146,8 +146,8 @@ def check_fit_extent(shape: tuple[int, ...], axis: int, factor: float, name: str
         if shape[other] < factor:
             raise MedsrError(
                 f"{name} is too small to adapt the model to: axis {other} has {shape[other]} "
-                f"voxels, less than one slab of x{factor:.3g}; give --fit-steps 0 (the trained "
-                "model alone) or a smaller --scale"
+                f"voxels, less than one slab of x{factor:.3g}; give --fit-steps 0 (no fit) or a "
+                "smaller --scale"
             )
 
 
