@@ -38,17 +38,6 @@ GUARD_TIE_DB = 0.05
 GUARD_RULE = f"best PSNR; within {GUARD_TIE_DB} dB of it: adapted, then prior, then bspline"
 
 
-def _choose(candidates: dict, planes: list[tuple], device) -> tuple[str, dict]:
-    """The name of the best-scoring of `candidates` (name: model, None for B-spline) on the
-    guard `planes`, the first within `GUARD_TIE_DB` of the best; and their scores' record."""
-    scores = {name: guard_score(model, planes, device) for name, model in candidates.items()}
-    best = max(scores.values())
-    choice = next(name for name, value in scores.items() if value >= best - GUARD_TIE_DB)
-    record = {"psnr_" + name: round(value, 4) for name, value in scores.items()}
-    record.update(choice=choice, planes=len(planes))
-    return choice, record
-
-
 def _scores_text(record: dict) -> str:
     names = [key for key in record if key.startswith("psnr_")]
     return ", ".join(f"{name[5:]} {record[name]:.2f} dB" for name in names)
@@ -58,9 +47,14 @@ def apply_guard(adapted, prior, planes, device) -> tuple[MISRGenerator, dict]:
     """The best of the adapted model, the prior and B-spline on the guard planes (`GUARD_RULE`:
     a score within `GUARD_TIE_DB` of the best goes to the adapted model, then the prior).
     Returns (the model to use, the record)."""
-    candidates = {"adapted": adapted, "prior": prior, "bspline": None}
-    choice, record = _choose(candidates, planes, device)
-    record["rule"] = GUARD_RULE
+    scores = {
+        name: guard_score(model, planes, device)
+        for name, model in (("adapted", adapted), ("prior", prior), ("bspline", None))
+    }
+    best = max(scores.values())
+    choice = next(name for name, value in scores.items() if value >= best - GUARD_TIE_DB)
+    record = {"psnr_" + name: round(value, 4) for name, value in scores.items()}
+    record.update(choice=choice, planes=len(planes), rule=GUARD_RULE)
     if choice == "adapted":
         logger.info(
             "fit guard: using the adapted model (held-back slices: %s)", _scores_text(record)
@@ -83,13 +77,15 @@ def guard_without_fit(prior, planes, device) -> tuple[MISRGenerator, dict]:
     """With no fit (``fit_steps`` 0): the prior, calibrated (`calibrated`), or B-spline where the
     prior scores below B-spline on the guard planes by more than `GUARD_TIE_DB` even so. The
     record holds the prior's own score, B-spline's, the gain and the choice."""
-    record = {"psnr_prior": round(guard_score(prior, planes, device), 4)}
+    record = {
+        name: round(guard_score(model, planes, device), 4)
+        for name, model in (("psnr_prior", prior), ("psnr_bspline", None))
+    }
     model = calibrated(prior.eval(), planes, device, record)
-    choice, scores = _choose({"prior": model, "bspline": None}, planes, device)
-    record.update(psnr_bspline=scores["psnr_bspline"], choice=choice, planes=len(planes))
-    record["rule"] = NO_FIT_RULE
-    if choice == "bspline" or record.get("residual_gain") == 0.0:
-        record["choice"] = "bspline"
+    score = record.get("psnr_calibrated", record["psnr_prior"])
+    below = score < record["psnr_bspline"] - GUARD_TIE_DB or record["residual_gain"] == 0.0
+    record.update(choice="bspline" if below else "prior", planes=len(planes), rule=NO_FIT_RULE)
+    if below:
         logger.warning(
             "the prior did not beat B-spline on held-back slices (%s); using cubic B-spline",
             _scores_text(record),
