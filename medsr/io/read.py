@@ -49,8 +49,8 @@ def _read_any(
     frame: int | None = None,
     series: str | None = None,
 ) -> Volume:
-    from medsr.io import itk, nifti, sections, tiff
-
+    # each format's reader is imported when it is needed: SimpleITK and tifffile add about
+    # 100 MiB to a process that reads one NIfTI (docs/benchmarks.md, peak RSS)
     listed = None if spacing is None else list(spacing)  # the TIFF readers take a list
     if path.is_dir():
         kind = folder_kind(path)
@@ -60,13 +60,26 @@ def _read_any(
                 "or a series.json / order.txt beside them)"
             )
         if kind == "sections":
-            return sections.read_section_folder(path, listed, unit)
-        volume = itk.read_dicom_series(path, series)
+            from medsr.io.sections import read_section_folder
+
+            return read_section_folder(path, listed, unit)
+        from medsr.io.itk import read_dicom_series
+
+        volume = read_dicom_series(path, series)
         return volume if spacing is None else set_spacing(volume, spacing, unit)
     fmt = volume_format(path)
     if fmt == "tiff":
-        return tiff.read_tiff(path, listed, unit)
-    volume = nifti.read_nifti(path, frame) if fmt == "nifti" else itk.read_itk(path)
+        from medsr.io.tiff import read_tiff
+
+        return read_tiff(path, listed, unit)
+    if fmt == "nifti":
+        from medsr.io.nifti import read_nifti
+
+        volume = read_nifti(path, frame)
+    else:
+        from medsr.io.itk import read_itk
+
+        volume = read_itk(path)
     return volume if spacing is None else set_spacing(volume, spacing, unit)
 
 

@@ -76,16 +76,21 @@ def make_output_folder(path: str | os.PathLike[str]) -> Path:
 
 
 def _write_any(volume: Volume, path: Path, fmt: str, frames: list[Volume] | None) -> None:
-    from medsr.io import itk, nifti, tiff
-
+    # each format's writer is imported when it is needed (SimpleITK, tifffile: `_read_any`)
     if frames and fmt != "nifti":
         raise MedsrError(f"a series of {len(frames)} volumes can only be written as NIfTI")
     if fmt == "nifti":
-        nifti.write_nifti(volume, path, frames)
+        from medsr.io.nifti import write_nifti
+
+        write_nifti(volume, path, frames)
     elif fmt in ("nrrd", "mha"):
-        itk.write_itk(volume, path)
+        from medsr.io.itk import write_itk
+
+        write_itk(volume, path)
     elif fmt == "tiff":
-        tiff.write_ome_tiff(volume, path)
+        from medsr.io.tiff import write_ome_tiff
+
+        write_ome_tiff(volume, path)
     else:
         raise MedsrError(f"writing {fmt} is not supported; write NIfTI, NRRD, MHA or OME-TIFF")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 
@@ -19,6 +18,10 @@ class PlaneDiscriminator(nn.Module):
     """
 
     def __init__(self, channels: int = 32, num_layers: int = 3, spatial_dims: int = 2) -> None:
+        # imported here: MONAI (with matplotlib and tifffile) adds about 130 MiB to every process
+        # that imports medsr.nets, and only training builds a discriminator
+        from monai.networks.nets import PatchDiscriminator
+
         super().__init__()
         self.network = PatchDiscriminator(
             spatial_dims=spatial_dims,
