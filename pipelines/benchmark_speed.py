@@ -37,6 +37,8 @@ from medsr.evaluate.metrics import psnr
 from medsr.evaluate.simulate import evaluation_mask, robust_data_range, score, simulate_acquisition
 from medsr.io import read_volume
 from medsr.nets.checkpoint import default_model_path, load_generator
+from medsr.provenance import cpu_model
+from medsr.runtime import cpu_supports_bf16
 
 #: the reconstruction of docs/benchmarks.md: planes of 256 x 60 low-resolution samples
 PLANE_SHAPE = (256, 60)
@@ -87,8 +89,9 @@ def bf16_autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def encoder_rows(generator, batch_sizes, repeats: int) -> list[dict]:
-    """GMAC/s of `encode` per batch size, precision and memory format."""
+def encoder_rows(generator, batch_sizes, repeats: int, bf16s=(False, True)) -> list[dict]:
+    """GMAC/s of `encode` per batch size, precision (`bf16s`: without and with bf16 autocast)
+    and memory format."""
     rows = []
     k = generator.neighbours
     for batch in batch_sizes:
@@ -98,7 +101,7 @@ def encoder_rows(generator, batch_sizes, repeats: int) -> list[dict]:
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             model = generator.to(memory_format=fmt)
             lr = planes.contiguous(memory_format=fmt)
-            for bf16 in (False, True):
+            for bf16 in bf16s:
 
                 def run(model=model, lr=lr, bf16=bf16):
                     with torch.no_grad(), bf16_autocast(bf16):
@@ -215,15 +218,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--quality-cases", type=int, default=len(QUALITY_CASES))
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--bf16", action="store_true", help="bf16 rows even on a CPU without it")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     generator, _ = load_generator(default_model_path())
     generator.eval()
+    native = cpu_supports_bf16()
+    bf16s = (False, True) if native or args.bf16 else (False,)
     sgemm = {f"{n} (before)": sgemm_gmacs(n, args.repeats) for n in args.sgemm_sizes}
-    encoder = encoder_rows(generator, args.batch_sizes, args.repeats)
+    encoder = encoder_rows(generator, args.batch_sizes, args.repeats, bf16s)
     sgemm |= {f"{n} (after)": sgemm_gmacs(n, args.repeats) for n in args.sgemm_sizes}
-    quality = quality_rows(generator, args.data, QUALITY_CASES[: args.quality_cases])
-    table = markdown(sgemm, encoder, quality)
+    cases = QUALITY_CASES[: args.quality_cases] if True in bf16s else []
+    quality = quality_rows(generator, args.data, cases)
+    table = f"cpu: {cpu_model()}, native bf16: {'yes' if native else 'no'}"
+    if True not in bf16s:  # emulated bf16 runs at a fraction of a GMAC/s: hours, and no use
+        table += " (bf16 rows and the bf16 quality check skipped; --bf16 runs them)"
+    table += "\n" + markdown(sgemm, encoder, quality)
     print(table)
     if args.markdown:
         args.markdown.write_text(table + "\n", encoding="utf-8")
