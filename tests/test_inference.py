@@ -860,9 +860,13 @@ def test_the_gain_is_kept_only_where_it_holds_on_parts_it_was_not_fitted_on():
     agree = _sums((5.0, 10.0, 9.0), (6.0, 10.0, 9.0), (5.5, 10.0, 9.0), (5.0, 10.0, 9.0))
     assert least_squares_gain(agree) == pytest.approx(0.5375)
     assert gain_holds_out(agree)
-    # parts 0 and 3, 1 and 2 are across from each other (plane 0 part 0, plane 1 part 1, ...)
+    # parts 0 and 3, 1 and 2 are across from each other (plane 0 part 0, plane 1 part 1, ...).
+    # Here the two halves of the slice disagree (0.2 against 1.4) and the two orientations agree:
+    # the check across rejects, a check over orientations alone would keep
     disagree = _sums((2.0, 10.0, 9.0), (14.0, 10.0, 30.0), (2.0, 10.0, 9.0), (14.0, 10.0, 30.0))
     assert not gain_holds_out(disagree)
+    by_orientation = _sums(disagree[:2].sum(axis=0), disagree[2:].sum(axis=0))
+    assert gain_holds_out(by_orientation, parts=1)
     assert gain_holds_out(_sums((5.0, 10.0, 9.0), (5.0, 10.0, 9.0)), parts=2)  # one plane
     assert not gain_holds_out(_sums((5.0, 10.0, 9.0)))
 
@@ -911,3 +915,33 @@ def test_after_a_fit_the_kept_model_is_calibrated_and_recorded():
     guard = upsample_volume(volume, **options).meta["provenance"]["fit_guard"]
     assert guard["rule"].startswith("best PSNR") and guard["planes"] == 2
     assert "residual_gain" in guard or guard["choice"] == "bspline"
+
+
+def test_both_guard_planes_are_cut_along_the_same_axis_of_the_slice():
+    """Plane 2's axes are plane 1's swapped: its parts are cut along columns, so that part j of
+    either plane holds the same voxels of the slice."""
+    from medsr.upsample.heldout import GAIN_CHECK_PARTS, plane_parts
+
+    slice_ = np.arange(7 * 5, dtype=float).reshape(7, 5)
+    first, second = plane_parts(slice_, 0), plane_parts(slice_.T, 1)
+    assert len(first) == len(second) == GAIN_CHECK_PARTS
+    for mine, theirs in zip(first, second, strict=True):
+        np.testing.assert_array_equal(mine, theirs.T)
+    assert sum(part.size for part in first) == slice_.size
+
+
+def test_a_gain_of_zero_after_a_fit_is_recorded_as_bspline():
+    import medsr.upsample.heldout as heldout
+
+    generator, _ = load_generator(default_model_path())
+    record = {"choice": "adapted"}
+    model = heldout.calibrated(generator, _planes_with_gain(generator, -0.5), "cpu", record)
+    assert record["residual_gain"] == 0.0 and record["choice"] == "bspline"
+    assert not torch.any(model.decode[-1].weight)
+
+
+def test_without_a_fit_a_short_axis_records_why_nothing_was_held_back():
+    volume = _thick_volume(shape=(30, 28, 5))
+    record = upsample_volume(volume, method="misr", fit_steps=0, keep_dtype=False, device="cpu")
+    guard = record.meta["provenance"]["fit_guard"]
+    assert guard == {"reason": "the upsampled axis is too short to hold slices back"}

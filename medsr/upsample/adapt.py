@@ -189,6 +189,12 @@ def guard_planes(
     return planes
 
 
+#: the guard's record where no slices could be held back
+SHORT_AXIS = "the upsampled axis is too short to hold slices back"
+#: ... where the held-back slice is too short, across the factor, to be thickened
+NARROW_SLICE = "the held-back slice is too small to thicken by the factor"
+
+
 def adapt_to_scan(
     generator: MISRGenerator,
     config: Config,
@@ -243,6 +249,8 @@ def adapt_to_scan(
     calibrate = calibrate and CALIBRATE_GAIN
     slab = guard_slab(volume.spatial_shape[axis], generator.neighbours)
     if steps <= 0 and (not calibrate or slab is None):  # nothing to fit, nothing to calibrate on
+        if calibrate and guard is not None:
+            guard["reason"] = SHORT_AXIS
         return generator.eval(), 0
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
     if not MATCH_SCAN_NOISE:
@@ -257,6 +265,8 @@ def adapt_to_scan(
     planes = [] if slab is None else guard_planes(sources, slab, neighbours, ratio, profile, noise)
     if steps <= 0:
         if not planes:
+            if guard is not None:
+                guard["reason"] = NARROW_SLICE
             return generator.eval(), 0
         model, record = guard_without_fit(generator.eval(), planes, device)
         if guard is not None:
@@ -280,7 +290,7 @@ def adapt_to_scan(
         if calibrate:
             adapted = calibrated(adapted, planes, device, record)
     else:
-        record["reason"] = "the upsampled axis is too short to hold slices back"
+        record["reason"] = SHORT_AXIS if slab is None else NARROW_SLICE
     record["scan_noise"] = round(noise, 6)
     if guard is not None:
         guard.update(record)

@@ -125,20 +125,32 @@ def _bspline_of(lr: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return exact_bspline(lr[:, k // 2 : k // 2 + 1], positions)
 
 
+def plane_parts(array: np.ndarray, number: int) -> list[np.ndarray]:
+    """Guard plane `number`'s 2D `array` cut into `GAIN_CHECK_PARTS` along one axis of the
+    slice: the rows of the first plane, the columns of the second (its axes are the first's
+    swapped), so that part j of either covers the same content."""
+    axis = number % 2
+    cuts = np.array_split(np.arange(array.shape[axis]), GAIN_CHECK_PARTS)
+    return [np.take(array, part, axis=axis) for part in cuts]
+
+
 @torch.no_grad()
 def residual_sums(generator: MISRGenerator, planes: list[tuple], device) -> np.ndarray:
-    """Per part of each guard plane (`GAIN_CHECK_PARTS` along its in-plane axis, plane by
-    plane), (sum r * d, sum r * r, sum d * d) with r the generator's residual over B-spline and
-    d the truth's: the squared error of ``bspline + g * r`` on the part is
-    ``dd - 2 g rd + g^2 rr``, for any gain g."""
+    """Per part of each guard plane, plane by plane, (sum r * d, sum r * r, sum d * d) with r the
+    generator's residual over B-spline and d the truth's: the squared error of
+    ``bspline + g * r`` on the part is ``dd - 2 g rd + g^2 rr``, for any gain g.
+
+    The planes are `guard_planes`' two orientations of one slice, the second with the first's
+    axes swapped; each is cut into `GAIN_CHECK_PARTS` along the same axis of the slice (the
+    first plane's rows, the second's columns), so part j of either plane covers the same
+    content."""
     sums = []
-    for lr, hr, positions, factor in planes:
+    for number, (lr, hr, positions, factor) in enumerate(planes):
         lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
         base = _bspline_of(lr, positions)[0, 0].double().cpu()
         pred = generator.eval()(lr, positions, factor)[0, 0].double().cpu()
         residual, truth = (pred - base).numpy(), hr - base.numpy()
-        for part in np.array_split(np.arange(len(truth)), GAIN_CHECK_PARTS):
-            r, d = residual[part], truth[part]
+        for r, d in zip(plane_parts(residual, number), plane_parts(truth, number), strict=True):
             sums.append((np.sum(r * d), np.sum(r * r), np.sum(d * d)))
     return np.asarray(sums, dtype=np.float64).reshape(-1, 3)
 
@@ -209,6 +221,8 @@ def calibrated(generator: MISRGenerator, planes: list[tuple], device, record: di
         logger.info("residual gain %.3f not kept: it did not hold on a held-out slice", gain)
         return generator
     record["residual_gain"] = round(gain, 4)
+    if gain == 0.0:  # no residual at all: the output is B-spline, and the record says so
+        record["choice"] = "bspline"
     if gain == 1.0:
         return generator
     scaled = scale_residual(generator, gain)
