@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 #: whether the encoder's input and weights are laid out channels-last, per resolved precision
-#: (chosen by the end-to-end measurement of docs/benchmarks.md)
-CHANNELS_LAST = {"bf16": True, "fp16": False, "fp32": False}
+#: (docs/benchmarks.md, "Speed": float32 since 2026-12-03, where the encoder ran at 54 against
+#: 32 GMAC/s contiguous and end to end was no slower; its output differs by about 1e-7 of the
+#: range)
+CHANNELS_LAST = {"bf16": True, "fp16": False, "fp32": True}
 
 #: memory for the decoder's per-output temporaries of one call (bytes)
 DECODER_BUDGET = 32 * 2**20
