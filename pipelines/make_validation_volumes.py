@@ -5,8 +5,8 @@ high-SNR scans (a template, an average) without touching a test volume.
 
     python pipelines/make_validation_volumes.py --data ../shared/data/mri --out VAL
 
-writes VAL/itk_t1_2x2x3mm.nii.gz (a copy) and VAL/itk_t1_smooth.nii.gz (float32, same affine),
-each with a .json of what made it. Refuses an existing file unless --overwrite.
+writes VAL/itk_t1_2x2x3mm.nii.gz (a copy) and VAL/itk_t1_smooth.nii.gz (float32, same affine;
+with a .json of what made it). Refuses an existing file unless --overwrite.
 """
 
 from __future__ import annotations

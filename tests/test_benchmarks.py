@@ -214,3 +214,23 @@ def test_the_smoothed_validation_volume_is_a_gaussian_of_2_mm(tmp_path):
     assert (out / make.SOURCE).read_bytes() == (data / make.SOURCE).read_bytes()
     with pytest.raises(SystemExit, match="exists"):
         make.main(["--data", str(data), "--out", str(out)])
+
+
+def test_probe_rss_makes_the_ct_crop_and_times_a_command(tmp_path, capsys):
+    import probe_rss
+    import SimpleITK as sitk
+
+    data = tmp_path / "data"
+    (data / "ct").mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.arange(50 * 6 * 7, dtype=np.int16).reshape(50, 6, 7))
+    image.SetSpacing((0.5, 0.5, 5.0))
+    image.SetOrigin((1.0, 2.0, 3.0))
+    sitk.WriteImage(image, str(data / probe_rss.CT))
+    out = tmp_path / "ct36.nii.gz"
+    assert probe_rss.main(["--make-ct36", str(out), "--data", str(data)]) == 0
+    crop = read_volume(out)
+    assert crop.array.shape == (7, 6, 36) and crop.array.dtype == np.int16
+    # the crop starts at slice 12: its origin moved 12 slices of 5 mm along the slice axis
+    assert crop.affine[2, 3] == pytest.approx(3.0 + 12 * 5.0)
+    assert probe_rss.main(["--", "info", str(out)]) == 0
+    assert "peak RSS" in capsys.readouterr().out
