@@ -260,11 +260,13 @@ def write_rows(out: Path, rows: list[dict]) -> None:
 
 
 def gains(rows: list[dict]) -> list[dict]:
-    """Rows with ΔPSNR and ΔSSIM against B-spline in the same case."""
+    """Rows with ΔPSNR and ΔSSIM against B-spline in the same case (NaN where the run had no
+    B-spline: ``--methods`` without it)."""
     reference = {r["case"]: r for r in rows if r["method"] == "bspline"}
+    none = {"psnr": float("nan"), "ssim": float("nan")}
     out = []
     for r in rows:
-        ref = reference[r["case"]]
+        ref = reference.get(r["case"], none)
         out.append(r | {"dpsnr": r["psnr"] - ref["psnr"], "dssim": r["ssim"] - ref["ssim"]})
     return out
 
