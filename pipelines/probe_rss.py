@@ -65,14 +65,19 @@ def probe(argv: list[str]) -> int:
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
-    logger = logging.getLogger("medsr")
+    logger, handler = logging.getLogger("medsr"), _Marks(start, marks)
+    level = logger.level
     logger.setLevel(logging.DEBUG)
-    logger.addHandler(_Marks(start, marks))
-    from medsr.cli import main
+    logger.addHandler(handler)
+    try:
+        from medsr.cli import main
 
-    marks.append((time.perf_counter() - start, rss_mib(), "probe", "medsr.cli imported"))
-    code = main(argv)
-    marks.append((time.perf_counter() - start, rss_mib(), "probe", "done"))
+        marks.append((time.perf_counter() - start, rss_mib(), "probe", "medsr.cli imported"))
+        code = main(argv)
+        marks.append((time.perf_counter() - start, rss_mib(), "probe", "done"))
+    finally:  # the process may go on (a test): leave medsr's logging as it was
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     peak_at, peak = max(samples, key=lambda item: item[1])
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"exit {code}; peak RSS {peak:.0f} MiB at {peak_at:.1f} s; ru_maxrss {maxrss:.0f} MiB")
