@@ -83,7 +83,8 @@ def guard_without_fit(prior, planes, device) -> tuple[MISRGenerator, dict]:
     }
     model = calibrated(prior.eval(), planes, device, record)
     score = record.get("psnr_calibrated", record["psnr_prior"])
-    below = score < record["psnr_bspline"] - GUARD_TIE_DB or record["residual_gain"] == 0.0
+    # `calibrated` records a gain of 0 (the output is B-spline) as the choice ``bspline``
+    below = record.get("choice") == "bspline" or score < record["psnr_bspline"] - GUARD_TIE_DB
     record.update(choice="bspline" if below else "prior", planes=len(planes), rule=NO_FIT_RULE)
     if below:
         logger.warning(
