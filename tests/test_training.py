@@ -386,3 +386,24 @@ def test_a_run_from_before_the_offset_tail_resumes_without_one(tmp_path, hr_path
     state = torch.load(latest, weights_only=True)
     assert state["step"] == 2 and state["config"]["model"]["tail_knots"] == 0
     assert not any(key.startswith("tail.") for key in state["generator"])
+
+
+def test_the_fit_runs_numpy_blas_on_one_thread_and_restores_it(hr_path, tiny_config):
+    """numpy's BLAS threads spin after each batch and took the cores from torch's steps (a fit
+    step 2.2x slower on 2 cores): during `fit` they are limited to 1, afterwards as before."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    config = _with_steps(tiny_config, 2)
+    sampler = build_sampler([(read_volume(hr_path), "hr")], config.data, 3)
+    seen, sample = [], sampler.sample
+    sampler.sample = lambda rng: seen.append(blas_threads()) or sample(rng)
+    trainer = Trainer(config, sampler, torch.device("cpu"), validation=[])
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        trainer.fit()
+        assert blas_threads() == before
+    assert before and seen and all(threads == [1] * len(before) for threads in seen)
+    assert trainer.step == 2

@@ -24,7 +24,7 @@ from medsr.io.atomic import write_atomically
 from medsr.nets import PlaneDiscriminator
 from medsr.nets.blocks import bspline_sample_last_axis
 from medsr.nets.checkpoint import build_generator
-from medsr.runtime import autocast, distributed_world
+from medsr.runtime import autocast, distributed_world, numpy_blas_threads
 from medsr.train.losses import AdversarialLoss, PerceptualLoss, load_vgg_features
 from medsr.train.pairs import PairSampler
 
@@ -311,6 +311,7 @@ class Trainer:
         self.rng.bit_generator.state = states[self.rank] if self.rank < len(states) else states[0]
         torch.set_rng_state(state["torch_rng"].cpu())
 
+    @numpy_blas_threads(1)  # numpy draws the batches, torch trains on them: take turns
     def fit(
         self,
         progress: bool = False,
@@ -342,12 +343,8 @@ class Trainer:
             lr, hr, positions, factor = next(batches)
             losses = self.train_step(lr, hr, positions, factor)
             self.step += 1
-            row = {
-                "step": self.step,
-                "seconds": time.perf_counter() - start,
-                "factor": factor,
-                **losses,
-            }
+            row = {"step": self.step, "seconds": time.perf_counter() - start}
+            row |= {"factor": factor, **losses}
             validate_now = self.step % train.validate_every == 0 or self.step == stop
             if validate_now and self.validation:
                 last = self.validate()
