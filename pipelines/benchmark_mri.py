@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
 import platform
 import subprocess
@@ -190,6 +191,8 @@ def benchmark_case(data: Path, case: Case, index: int, options: dict, folder: Pa
     rows = []
     for method in options["methods"]:
         output = folder / f"{method}.nii.gz"
+        record = output.with_name(output.name + ".json")
+        record.unlink(missing_ok=True)  # not an earlier case's
         argv = method_argv(method, source, output, case, spacing, options)
         seconds, memory = run_method(argv, options["in_process"])
         pred = read_volume(output).array
@@ -200,13 +203,23 @@ def benchmark_case(data: Path, case: Case, index: int, options: dict, folder: Pa
         row["thickness"] = case.thickness or case.factor
         row |= {"method": method, "mask_voxels": int(mask.sum()), "data_range": data_range}
         row |= score(pred, truth, mask=mask, axis=case.axis, data_range=data_range)
-        row |= {"seconds": seconds, "peak_mib": memory}
+        row |= {"seconds": seconds, "peak_mib": memory, **guard_fields(record)}
         rows.append(row)
         print(
             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
         sys.stdout.flush()
     return rows
+
+
+def guard_fields(record: Path) -> dict:
+    """The fit guard's choice and residual gain from an output's provenance `record` (empty
+    where the output has none: B-spline, the first version, a fit without held-back slices)."""
+    try:
+        guard = json.loads(record.read_text(encoding="utf-8")).get("fit_guard", {})
+    except (OSError, ValueError):
+        guard = {}
+    return {"guard": guard.get("choice", ""), "gain": guard.get("residual_gain", "")}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -216,7 +229,9 @@ def read_rows(path: Path) -> list[dict]:
         for key, value in row.items():
             if key in ("case", "axis", "mask_voxels"):
                 row[key] = int(value)
-            elif key not in ("volume", "condition", "profile", "factor_group", "method"):
+            elif key == "gain":
+                row[key] = float(value) if value else ""
+            elif key not in ("volume", "condition", "profile", "factor_group", "method", "guard"):
                 row[key] = float(value)
         rows.append(row)
     return rows
@@ -253,7 +268,8 @@ def benchmark(
 def write_rows(out: Path, rows: list[dict]) -> None:
     """All `rows` as the CSV `out`, atomically (a reader, or a killed run, never leaves half)."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, list(rows[0]))
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # older rows lack some
+    writer = csv.DictWriter(text, columns, restval="")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomically(out, text.getvalue())

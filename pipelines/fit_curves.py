@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmark_mri import Case, acquire
+from benchmark_mri import Case, acquire, guard_fields
 
 from medsr.evaluate.simulate import score
 from medsr.io import read_volume, write_volume
@@ -93,16 +92,6 @@ def medsr(argv: list[str], pythonpath: str | None = None, fit: dict | None = Non
     if done.returncode:
         raise RuntimeError(f"medsr {' '.join(argv)} failed: {done.stderr[-800:]}")
     return time.perf_counter() - start
-
-
-def guard_fields(record: Path) -> dict:
-    """The fit guard's choice and residual gain from an output's provenance (empty where the
-    output has none: B-spline, the first version, a fit without held-back slices)."""
-    try:
-        guard = json.loads(record.read_text(encoding="utf-8")).get("fit_guard", {})
-    except (OSError, ValueError):
-        guard = {}
-    return {"guard": guard.get("choice", ""), "gain": guard.get("residual_gain", "")}
 
 
 def fit_settings(options: list[str]) -> dict:
