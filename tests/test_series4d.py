@@ -339,3 +339,24 @@ def test_without_a_fit_a_series_is_calibrated_once_on_the_mean(tmp_path, monkeyp
     assert record["fit_mode"] == "mean" and record["fit_steps_run"] == 0
     assert "residual_gain" in record["fit_guard"]
     assert [calibrate for steps, calibrate in calls if calibrate] == [True]  # one calibration
+
+
+def test_without_a_fit_a_series_too_short_to_hold_slices_back_is_not_read_for_a_mean(
+    tmp_path, monkeypatch
+):
+    """`--fit-steps 0` on a thick axis too short for held-back slices: nothing to fit and nothing
+    to calibrate on, so there is no series fit (no pass over the frames for their mean, no
+    ``fit_mode``); every frame records why there was no gain, as a 3D volume does."""
+    import medsr.upsample.series4d as series4d
+    from medsr.upsample.adapt import SHORT_AXIS
+
+    means = []
+    real = series4d.mean_frame
+    monkeypatch.setattr(series4d, "mean_frame", lambda read: means.append(1) or real(read))
+    series = tmp_path / "s.nii.gz"
+    _phantom_series(series, shape=(30, 28, 8))  # 8 thick slices: fewer than guard_slab needs
+    out = tmp_path / "o.nii.gz"
+    assert main(["upsample", str(series), "-o", str(out), "--fit-steps", "0", "--quiet"]) == 0
+    record = _record(out)
+    assert "fit_mode" not in record and not means
+    assert record["fit_guard"] == {"reason": SHORT_AXIS}

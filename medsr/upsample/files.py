@@ -166,6 +166,7 @@ def upsample_file(
             fit_frame=fit_frame,
             fit_per_frame=fit_per_frame,
             overwrite=overwrite,
+            frame=volume,
         )
     else:
         if align:

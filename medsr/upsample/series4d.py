@@ -54,21 +54,40 @@ def partial_folder(output: Path) -> Path:
     return output.with_name(f".{output.name}{PARTIAL_SUFFIX}")
 
 
-def fit_mode(method: str, options: dict, fit_frame: int | None, fit_per_frame: bool) -> str | None:
+def fit_mode(
+    method: str,
+    options: dict,
+    fit_frame: int | None,
+    fit_per_frame: bool,
+    frame: Volume | None = None,
+) -> str | None:
     """How a series is fitted: ``"mean"``, ``"frame N"`` or ``"per-frame"``; None where nothing
     is fitted (another method, a coarser target: no model; ``fit_steps`` 0 without the residual
-    gain). With ``fit_steps`` 0 the residual gain is still fitted once, on the mean or the chosen
-    frame (`medsr.upsample.heldout.calibrated`): a gain per frame would add frame-to-frame
-    changes that are not in the scan."""
+    gain, or with it where `frame`, one frame's geometry, is too short along the upsampled axis
+    to hold slices back for it). With ``fit_steps`` 0 the residual gain is still fitted once, on
+    the mean or the chosen frame (`medsr.upsample.heldout.calibrated`): a gain per frame would
+    add frame-to-frame changes that are not in the scan."""
     from medsr.upsample.adapt import CALIBRATE_GAIN
 
     steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
     calibrates = CALIBRATE_GAIN and options.get("calibrate", True)
+    if calibrates and steps <= 0 and frame is not None and options.get("loaded") is not None:
+        calibrates = _can_hold_back(frame, options)
     if method != "misr" or options.get("loaded") is None or (steps <= 0 and not calibrates):
         return None
     if fit_per_frame:
         return "per-frame"
     return "mean" if fit_frame is None else f"frame {fit_frame}"
+
+
+def _can_hold_back(frame: Volume, options: dict) -> bool:
+    """Whether `frame`'s upsampled axis (for `options`' target) is long enough for the held-back
+    slices that calibrate the residual gain (`medsr.upsample.adapt.guard_slab`)."""
+    from medsr.upsample.adapt import guard_slab
+
+    target = {key: options.get(key) for key in ("spacing", "scale", "axis")}
+    grid = plan_output_grid(frame.spatial_shape, frame.affine, **target)
+    return guard_slab(frame.spatial_shape[grid.axis], options["loaded"][0].neighbours) is not None
 
 
 def upsample_series(
@@ -83,6 +102,7 @@ def upsample_series(
     fit_frame: int | None = None,
     fit_per_frame: bool = False,
     overwrite: bool = False,
+    frame: Volume | None = None,
 ) -> tuple[Path, Volume]:
     """Upsample every frame of a series and write it as one 4D NIfTI at `output`.
 
@@ -98,12 +118,13 @@ def upsample_series(
         fit_frame: fit on this frame instead of the mean.
         fit_per_frame: fit each frame on its own.
         overwrite: replace an existing output.
+        frame: one frame's geometry (shape and affine; `fit_mode`).
 
     Returns:
         (the written path, the first frame's result without its array's frames: the template
         whose ``meta["provenance"]`` describes the series, ``fit_mode`` included).
     """
-    mode = fit_mode(method, options, fit_frame, fit_per_frame)
+    mode = fit_mode(method, options, fit_frame, fit_per_frame, frame)
     key = _settings_key(method, mode, {**options, **settings})
     folder = _kept_frames_folder(output, input_path, frames, key)
     served, fit_record = dict(options), {} if mode is None else {"fit_mode": mode}
