@@ -18,9 +18,11 @@ from medsr.nets.checkpoint import default_model_path
 
 logger = logging.getLogger(__name__)
 
-#: default number of adaptation steps: about 25 s on 2 CPU cores for a 256x256x60 scan, which
-#: keeps it under 60 s end to end with the 30 s reconstruction (docs/benchmarks.md)
-DEFAULT_FIT_STEPS = 200
+#: default number of adaptation steps: chosen on the validation volumes' fit curves within the
+#: time targets (docs/benchmarks.md, "The fit's steps at twice the speed"): 400 against 200 steps
+#: gained +0.03 to +0.35 dB, 600 at most 0.25 more; a 256x256x60 scan takes 45 s end to end with
+#: 400 on the 2-core development CPU (target 60 s)
+DEFAULT_FIT_STEPS = 400
 
 
 #: seed of the adaptation's patch sampling
