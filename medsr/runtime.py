@@ -170,7 +170,9 @@ def numpy_blas_threads(threads: int = 1) -> Iterator[None]:
     convolutions. Measured on the 2-core development CPU: a fit step took 138 ms with numpy's BLAS
     on 2 threads and 61 ms on 1 (docs/benchmarks.md, "The fit's steps at twice the speed"). Uses
     `threadpoolctl`, which reaches the BLAS numpy loaded at run time (an environment variable
-    only works before numpy is imported)."""
+    only works before numpy is imported). It limits every BLAS it finds, so where torch shares
+    one with numpy (a conda build with MKL) torch's matrix products run on one thread too; the
+    fit's convolutions run in oneDNN under torch's own threads either way."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads, user_api="blas"):

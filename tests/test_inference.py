@@ -556,7 +556,7 @@ def test_the_fit_guard_keeps_a_good_fit_and_the_fit_stays_deterministic(
     import medsr.upsample.adapt as adapt
 
     # six steps from the identity prior improve on B-spline at a small constant rate (the
-    # default's cosine from 2e-3 is made for 200 steps, and at six it may overshoot: then the
+    # default's cosine from 2e-3 is made for 400 steps, and at six it may overshoot: then the
     # guard rightly keeps the prior, which is the other test)
     monkeypatch.setattr(adapt, "ADAPTATION_LEARNING_RATE", 1e-3)
     monkeypatch.setattr(adapt, "ADAPTATION_LR_SCHEDULE", "constant")

@@ -360,3 +360,20 @@ def test_without_a_fit_a_series_too_short_to_hold_slices_back_is_not_read_for_a_
     record = _record(out)
     assert "fit_mode" not in record and not means
     assert record["fit_guard"] == {"reason": SHORT_AXIS}
+
+
+def test_the_series_fit_mode_checks_the_axis_that_is_upsampled():
+    """Without a fit, whether a series can be calibrated once depends on the length of the axis
+    the target upsamples (an explicit ``axis`` too, as the MONAI transform passes it), not on
+    the header's thickest axis."""
+    from types import SimpleNamespace
+
+    from medsr.io import Volume
+    from medsr.upsample.series4d import fit_mode
+
+    frame = Volume(array=np.zeros((30, 28, 8), np.float32), affine=np.diag([1.0, 1.0, 3.0, 1.0]))
+    options = {"fit_steps": 0, "loaded": (SimpleNamespace(neighbours=3), None)}
+    assert fit_mode("misr", options, None, False, frame) is None  # 8 thick slices: too short
+    along_0 = {**options, "axis": 0, "scale": 2.0}
+    assert fit_mode("misr", along_0, None, False, frame) == "mean"  # 30 slices along axis 0
+    assert fit_mode("misr", {**options, "fit_steps": 5}, None, False, frame) == "mean"

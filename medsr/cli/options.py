@@ -135,8 +135,8 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         "--fit-steps",
         type=int,
         metavar="N",
-        help="steps adapting the model to each scan (default 200, about 25 s for 256x256x60 "
-        "on 2 CPU cores; 0: the shipped prior alone)",
+        help="steps adapting the model to each scan (default 400: about 25 s of a 45 s "
+        "256x256x60 upsample on 2 CPU cores; 0: the shipped prior alone)",
     )
     parser.add_argument(
         "--fit-seconds",

@@ -188,7 +188,9 @@ class ThroughPlaneUpsample(Transform):
         if grid.step > 1 + 1e-6:  # a coarser target: no model, slab averages (as the CLI)
             return [self._upsample(frame, confidence) for frame in frames]
         options = dict(self.misr_options, loaded=load_model(first, grid, self.misr_options))
-        mode = series4d.fit_mode("misr", options, self.fit_frame, self.fit_per_frame, first)
+        mode = series4d.fit_mode(
+            "misr", {**options, **target}, self.fit_frame, self.fit_per_frame, first
+        )
         if mode in (None, "per-frame"):  # each frame as the 3D command does it
             outputs = [self._upsample(frame, confidence) for frame in frames]
             for output in outputs:
