@@ -100,6 +100,12 @@ class DataConfig:
         patch_width: in-plane size of a training patch (voxels).
         patch_slices: most low-resolution slices in a training patch.
         max_thin_slices: most target slices in a patch (large factors get fewer thick slices).
+        query_positions: most target slices of a patch that the decoder is trained on in a step,
+            one drawn at random from each of that many equal runs of the patch's thin slices
+            (stratified; LIIF samples its queries in the same spirit); 0: all of them. The
+            encoder still sees the whole patch; at large factors the decoder, which runs at the
+            output resolution, then costs what it does at a small one. Pixel loss only: the
+            perceptual and adversarial losses need the whole patch as an image.
         batch_size: patches per step (per process).
         validation_fraction: share of each volume's voxels held out for validation when no
             held-out volumes are given, as one block (the last part of every axis, the same
@@ -124,6 +130,7 @@ class DataConfig:
     patch_width: int = 48
     patch_slices: int = 12
     max_thin_slices: int = 96
+    query_positions: int = 0
     batch_size: int = 16
     validation_fraction: float = 0.1
     workers: int = 0
@@ -160,6 +167,10 @@ class DataConfig:
         for name in ("patch_width", "patch_slices", "max_thin_slices", "batch_size"):
             if getattr(self, name) < 1:
                 raise MedsrError(f"config data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.query_positions < 0:
+            raise MedsrError(
+                f"config data.query_positions must be >= 0, got {self.query_positions}"
+            )
 
 
 @dataclass(frozen=True)
@@ -222,6 +233,14 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        image_losses = self.loss.perceptual_weight > 0 or self.loss.adversarial_weight > 0
+        if self.data.query_positions and image_losses:
+            raise MedsrError(
+                "config data.query_positions needs the pixel loss alone: the perceptual and "
+                "adversarial losses see the whole patch (set it to 0, or their weights to 0)"
+            )
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:

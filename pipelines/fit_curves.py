@@ -13,7 +13,9 @@ for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEAR
 what the fit is told of the acquisition (``--slice-profile``; ``--slice-thickness`` as RATIO times
 the thick spacing), as a header or the user would; ``,noise=on|off`` puts the scan's noise back on
 the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off``
-scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GAIN`).
+scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GAIN`);
+``,queries=N`` trains the fit's decoder on N stratified thin positions of each patch a step
+(`FIT_QUERY_POSITIONS`; 0: all).
 ``--condition noise`` adds the MRI benchmark's Rician noise to the thick slices.
 
 Design choices are made on the validation volume of pipelines/configs/split.yaml
@@ -62,6 +64,7 @@ FIT_OPTIONS = {
     "schedule": ("ADAPTATION_LR_SCHEDULE", str),
     "noise": ("MATCH_SCAN_NOISE", lambda value: _on_off(value)),
     "gain": ("CALIBRATE_GAIN", lambda value: _on_off(value)),
+    "queries": ("FIT_QUERY_POSITIONS", int),
 }
 
 #: a model spec's ``,key=value`` that tells the fit the acquisition, as `medsr upsample` options

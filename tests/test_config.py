@@ -27,11 +27,24 @@ def test_yaml_maps_onto_dataclasses_and_round_trips(tmp_path):
         ({"train": {"steps": 0}}, "train.steps"),
         ({"train": {"steps": "many"}}, "cannot read"),
         ({"train": {"mixed_precision": "yes"}}, "true/false"),
+        # a subset of the thin positions is not an image for VGG or the discriminator
+        ({"data": {"query_positions": 16}}, "query_positions needs the pixel loss"),
+        (
+            {"data": {"query_positions": 16}, "loss": {"perceptual_weight": 0.0}},
+            "query_positions needs the pixel loss",
+        ),
     ],
 )
 def test_bad_config_values_are_errors(values, message):
     with pytest.raises(MedsrError, match=message):
         config_from_dict(values)
+
+
+def test_a_query_budget_with_the_pixel_loss_alone_is_accepted():
+    loss = {"perceptual_weight": 0.0, "adversarial_weight": 0.0}
+    config = config_from_dict({"data": {"query_positions": 16}, "loss": loss})
+    assert config.data.query_positions == 16
+    assert config_from_dict({}).data.query_positions == 0  # every thin position by default
 
 
 def test_bad_override_syntax():

@@ -12,6 +12,7 @@ from medsr.train.pairs import (
     held_out_block,
     sources_from_volume,
     sources_self_supervised,
+    stratified_subset,
 )
 
 CLEAN = {"noise_max": 0.0, "gamma_range": (1.0, 1.0), "gain_range": (1.0, 1.0)}
@@ -160,6 +161,45 @@ def test_wrong_source_is_refused():
         sources_self_supervised(iso, "iso")
 
 
+def test_the_queried_positions_are_one_from_each_equal_run():
+    rng = np.random.default_rng(0)
+    for count, size in [(90, 32), (78, 32), (33, 32), (24, 24), (5, 1)]:
+        chosen = stratified_subset(count, size, rng)
+        assert len(chosen) == size and np.all(np.diff(chosen) > 0)
+        assert 0 <= chosen[0] and chosen[-1] < count
+        runs = np.floor(chosen * size / count).astype(int)  # the run each index falls in
+        np.testing.assert_array_equal(runs, np.arange(size))
+    # the offsets inside a run are random: over many draws every index of a run is chosen
+    draws = np.stack([stratified_subset(90, 32, rng) for _ in range(400)])
+    assert len(np.unique(draws)) == 90
+    with pytest.raises(ValueError, match="size"):
+        stratified_subset(4, 5, rng)
+
+
+def test_a_query_budget_trains_the_decoder_on_a_subset_of_the_same_pair(hr_volume):
+    import dataclasses
+
+    config = DataConfig(
+        profiles=("boxcar",), thickness_ratios=(1.0, 1.0), patch_width=10, batch_size=4, **CLEAN
+    )
+    full = build_sampler([(hr_volume, "hr")], config, neighbours=3)
+    budget = build_sampler(
+        [(hr_volume, "hr")], dataclasses.replace(config, query_positions=5), neighbours=3
+    )
+    for seed in range(4):
+        lr, hr, positions, factor = full.sample(np.random.default_rng(seed))
+        lr_q, hr_q, positions_q, factor_q = budget.sample(np.random.default_rng(seed))
+        # the same patch and thick input (the subset is drawn after them), the target at 5
+        # of its thin positions
+        assert factor_q == factor
+        np.testing.assert_array_equal(lr_q.numpy(), lr.numpy())
+        assert hr_q.shape == (*hr.shape[:-1], 5) and len(positions_q) == 5
+        chosen = np.searchsorted(positions.numpy(), positions_q.numpy())
+        np.testing.assert_array_equal(positions.numpy()[chosen], positions_q.numpy())
+        np.testing.assert_array_equal(hr.numpy()[..., chosen], hr_q.numpy())
+        assert hr_q.is_contiguous()
+
+
 def test_config_ranges_are_checked():
     with pytest.raises(MedsrError, match="min_factor"):
         DataConfig(min_factor=4.0, max_factor=2.0)
@@ -167,6 +207,8 @@ def test_config_ranges_are_checked():
         DataConfig(validation_fraction=1.5)
     with pytest.raises(MedsrError, match="thickness_ratios"):
         DataConfig(thickness_ratios=(1.2, 0.8))
+    with pytest.raises(MedsrError, match="query_positions"):
+        DataConfig(query_positions=-1)
 
 
 def _mostly_empty_scan() -> Volume:

@@ -353,6 +353,10 @@ def test_the_fit_config_is_the_fits_own(tiny_config):
     assert fit.loss.perceptual_weight == 0 and fit.loss.adversarial_weight == 0
     # the fit's own rate and schedule (chosen on validation curves), not the training run's
     assert (train.learning_rate, train.lr_schedule) == (2e-3, "cosine")
+    # and its own query budget, never the training run's
+    from medsr.upsample.adapt import FIT_QUERY_POSITIONS
+
+    assert fit.data.query_positions == FIT_QUERY_POSITIONS
 
 
 def test_the_fits_cosine_reaches_zero_at_its_last_step(tiny_config):

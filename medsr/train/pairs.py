@@ -252,8 +252,11 @@ class PairSampler:
         # the scan's noise that thickening averaged away, put back (the per-scan fit)
         lr = thicken_like_scan(patches, factor, thickness, profile, data.input_noise, rng)
         positions = slab_positions(slices, factor)
-        hr = np.ascontiguousarray(patches[:, self.neighbours // 2 : self.neighbours // 2 + 1])
-        hr = hr[..., : len(positions)]
+        hr = patches[:, self.neighbours // 2 : self.neighbours // 2 + 1, :, : len(positions)]
+        if 0 < data.query_positions < len(positions):
+            chosen = stratified_subset(len(positions), data.query_positions, rng)
+            positions, hr = positions[chosen], hr[..., chosen]
+        hr = np.ascontiguousarray(hr)
         return (
             torch.from_numpy(np.ascontiguousarray(lr)),
             torch.from_numpy(np.ascontiguousarray(hr)),
@@ -384,3 +387,14 @@ def draw_batches(sampler: PairSampler, seed: int, rank: int, start_step: int) ->
     rng = np.random.default_rng([seed, rank, worker, start_step])
     while True:
         yield sampler.sample(rng)
+
+
+def stratified_subset(count: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` sorted indices of ``range(count)``, one drawn uniformly from each of `size` runs
+    of (nearly) equal length: every part of a patch's thin slices is queried, at random offsets
+    (`medsr.config.DataConfig.query_positions`)."""
+    if not 0 < size <= count:
+        raise ValueError(f"need 0 < size <= count, got {size} and {count}")
+    edges = np.linspace(0, count, size + 1)
+    low, high = np.ceil(edges[:-1]).astype(int), np.ceil(edges[1:]).astype(int)
+    return low + np.floor(rng.random(size) * (high - low)).astype(int)

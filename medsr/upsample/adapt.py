@@ -77,6 +77,11 @@ MATCH_SCAN_NOISE = True
 CALIBRATE_GAIN = True
 
 
+#: the most thin positions of a patch the fit's decoder is trained on in a step
+#: (`medsr.config.DataConfig.query_positions`; 0: all)
+FIT_QUERY_POSITIONS = 0
+
+
 def adaptation_config(
     config: Config,
     steps: int,
@@ -112,6 +117,7 @@ def adaptation_config(
             patch_width=trained.patch_width,
             patch_slices=trained.patch_slices,
             max_thin_slices=trained.max_thin_slices,
+            query_positions=FIT_QUERY_POSITIONS,
             batch_size=trained.batch_size,
             noise_max=0.0,
             blur_max=0.0,
