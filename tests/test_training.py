@@ -409,3 +409,26 @@ def test_the_fit_runs_numpy_blas_on_one_thread_and_restores_it(hr_path, tiny_con
         assert blas_threads() == before
     assert before and seen and all(threads == [1] * len(before) for threads in seen)
     assert trainer.step == 2
+
+
+def test_the_batches_are_closed_when_a_step_fails(hr_path, tiny_config):
+    """DataLoader workers stop with the batch generator: also on an error or Ctrl-C mid-run."""
+    config = _with_steps(tiny_config, 5)
+    sampler = build_sampler([(read_volume(hr_path), "hr")], config.data, 3)
+    trainer = Trainer(config, sampler, torch.device("cpu"), validation=[])
+    closed = []
+
+    def batches():
+        try:
+            while True:
+                yield sampler.sample(trainer.rng)
+        finally:
+            closed.append(True)
+
+    def failing_step(*args):
+        raise KeyboardInterrupt
+
+    trainer._batches, trainer.train_step = batches, failing_step
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert closed == [True]

@@ -339,35 +339,37 @@ class Trainer:
             dynamic_ncols=True,
         )
         batches = self._batches()
-        while self.step < stop and (deadline is None or time.perf_counter() < deadline):
-            lr, hr, positions, factor = next(batches)
-            losses = self.train_step(lr, hr, positions, factor)
-            self.step += 1
-            row = {"step": self.step, "seconds": time.perf_counter() - start}
-            row |= {"factor": factor, **losses}
-            validate_now = self.step % train.validate_every == 0 or self.step == stop
-            if validate_now and self.validation:
-                last = self.validate()
-                row.update(last)
-                logger.info(
-                    "step %d: PSNR %.2f dB (B-spline %.2f), SSIM %.4f (B-spline %.4f)",
-                    self.step,
-                    last["val_psnr"],
-                    last["val_psnr_bspline"],
-                    last["val_ssim"],
-                    last["val_ssim_bspline"],
+        try:
+            while self.step < stop and (deadline is None or time.perf_counter() < deadline):
+                lr, hr, positions, factor = next(batches)
+                losses = self.train_step(lr, hr, positions, factor)
+                self.step += 1
+                row = {"step": self.step, "seconds": time.perf_counter() - start}
+                row |= {"factor": factor, **losses}
+                validate_now = self.step % train.validate_every == 0 or self.step == stop
+                if validate_now and self.validation:
+                    last = self.validate()
+                    row.update(last)
+                    logger.info(
+                        "step %d: PSNR %.2f dB (B-spline %.2f), SSIM %.4f (B-spline %.4f)",
+                        self.step,
+                        last["val_psnr"],
+                        last["val_psnr_bspline"],
+                        last["val_ssim"],
+                        last["val_ssim_bspline"],
+                    )
+                log.write(row)
+                bar.update(1)
+                bar.set_postfix(
+                    {k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items() if v != 0}
                 )
-            log.write(row)
-            bar.update(1)
-            bar.set_postfix(
-                {k.removeprefix("loss_"): f"{v:.4f}" for k, v in losses.items() if v != 0}
-            )
-            if self.run_dir and self.step == train.warmup_steps:
-                self.save_checkpoint(self.run_dir / "checkpoints" / "warmup.pt")  # MSE-only model
-            if self.run_dir and (self.step % train.checkpoint_every == 0 or self.step == stop):
-                self.save_checkpoint(self.run_dir / "checkpoints" / "latest.pt")
-        batches.close()  # stops DataLoader workers
-        bar.close()
+                if self.run_dir and self.step == train.warmup_steps:  # the MSE-only model
+                    self.save_checkpoint(self.run_dir / "checkpoints" / "warmup.pt")
+                if self.run_dir and (self.step % train.checkpoint_every == 0 or self.step == stop):
+                    self.save_checkpoint(self.run_dir / "checkpoints" / "latest.pt")
+        finally:  # also on an error or Ctrl-C
+            batches.close()  # stops DataLoader workers
+            bar.close()
         return last
 
 
