@@ -5,7 +5,7 @@ import torch
 from medsr.geometry import slab_positions
 from medsr.interp import interpolate_along_axis
 from medsr.nets import MISRGenerator, PlaneDiscriminator
-from medsr.nets.blocks import bspline_sample_last_axis, gather_last_axis, gather_layout
+from medsr.nets.blocks import bspline_sample_last_axis
 
 
 @pytest.mark.parametrize("neighbours", [1, 3])
@@ -62,12 +62,6 @@ def test_bspline_sample_of_constant_and_ramp():
     np.testing.assert_allclose(constant.numpy(), 3.0, rtol=1e-6)
 
 
-def test_gather_last_axis():
-    x = torch.arange(10.0).reshape(1, 1, 2, 5)
-    out = gather_last_axis(x, torch.tensor([0, 0, 4]))
-    assert out.tolist() == [[[[0.0, 0.0, 4.0], [5.0, 5.0, 9.0]]]]
-
-
 def test_generator_refuses_even_k():
     with pytest.raises(ValueError, match="odd"):
         MISRGenerator(neighbours=2)
@@ -105,64 +99,64 @@ def test_untrained_generator_is_exact_bspline_under_autocast():
     np.testing.assert_allclose(out[:, 0].detach().numpy(), expected, rtol=1e-6, atol=1e-4)
 
 
-def _old_gather_last_axis(x, index):
-    return x.index_select(-1, index)  # the implementation before the (..., n, W) layout
-
-
-@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 3, 4, 6, 11), (3, 1, 12)])
-@pytest.mark.parametrize("laid_out", [False, True])
-def test_gather_last_axis_equals_the_innermost_index_select(shape, laid_out):
-    torch.manual_seed(0)
-    x = torch.randn(shape, requires_grad=True)
-    index = torch.sort(torch.randint(1, shape[-1] - 1, (13,))).values
-    source = gather_layout(x) if laid_out else x
-    out = gather_last_axis(source, index)
-    expected = _old_gather_last_axis(x, index)
-    assert out.shape == expected.shape and torch.equal(out, expected)
-    weights = torch.randn(expected.shape)
-    (grad,) = torch.autograd.grad((out * weights).sum(), x)
-    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
-    assert torch.equal(grad, expected_grad)
-    unsorted = torch.tensor([shape[-1] - 1, 0, 2, 0])
-    assert torch.equal(gather_last_axis(source, unsorted), _old_gather_last_axis(x, unsorted))
-
-
-def test_gather_last_axis_refuses_an_index_outside():
-    with pytest.raises(IndexError):
-        gather_last_axis(torch.zeros(1, 2, 3, 4), torch.tensor([0, 4]))
-
-
-def test_gather_layout_keeps_values_and_lays_rows_out():
-    x = torch.randn(2, 3, 5, 7)
-    laid = gather_layout(x)
-    assert torch.equal(laid, x) and laid.stride(-2) == 1
-
-
-def test_encode_lays_the_projections_out_for_the_gather():
-    """`encode` hands the decoder projections in the (..., n, W) layout (whole rows per gather);
-    the decoded values are those of the plain layout."""
-
-    torch.manual_seed(0)
-    generator = MISRGenerator(num_features=8, num_blocks=1, hidden=8).eval()
-    torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
-    lr = torch.rand(2, 3, 12, 7)
-    positions = torch.linspace(-0.4, 6.4, 23)
-    torch.nn.init.normal_(generator.tail.weight, std=0.1)
-    encoded = generator.encode(lr, 3.3)
-    assert all(t.stride(-2) == 1 for t in (encoded.left, encoded.right, encoded.tail))
-    plain = encoded._replace(
-        left=encoded.left.contiguous(),
-        right=encoded.right.contiguous(),
-        tail=encoded.tail.contiguous(),
+def _reference_decoder(generator, lr, positions, factor):
+    """The decoder as its design reads (docs/training.md): the 1x1 projections of the samples
+    left and right of each position, gathered along the last axis in the (N, C, ..., W, n)
+    layout, plus the query's projection, through the 1x1 convolutions; plus the offset tail's
+    hat interpolation of the nearest sample's knots; plus cubic B-spline."""
+    log_factor = np.log(factor)
+    features = generator.head(torch.cat([lr, torch.full_like(lr[:, :1], log_factor)], dim=1))
+    features = features + generator.body(features)
+    left_proj, right_proj = generator.project(features).chunk(2, dim=1)
+    count = lr.shape[-1]
+    left = torch.clamp(torch.floor(positions), 0, count - 2).long()
+    right = torch.clamp(left + 1, max=count - 1)
+    offset = positions - left
+    query = generator.query(torch.stack([offset, torch.full_like(offset, log_factor)], 1)).T
+    query = query.reshape(1, -1, *([1] * (lr.dim() - 3)), len(positions))
+    residual = generator.decode(left_proj[..., left] + right_proj[..., right] + query)
+    knots = generator.tail(features)  # (N, J, ..., W, n)
+    nearest = torch.clamp(torch.round(positions), 0, count - 1).long()
+    grid = torch.linspace(-0.5, 0.5, knots.shape[1])
+    hat = torch.clamp(
+        1 - ((positions - nearest)[None] - grid[:, None]).abs() * (len(grid) - 1), min=0
     )
-    assert plain.left.stride(-1) == 1 and plain.tail.stride(-1) == 1
-    with torch.no_grad():
-        torch.testing.assert_close(
-            generator.predict_at(encoded, positions),
-            generator.predict_at(plain, positions),
-            rtol=0,
-            atol=1e-6,
-        )
+    hat = hat.reshape(1, knots.shape[1], *([1] * (lr.dim() - 3)), len(positions))
+    residual = residual + (knots[..., nearest] * hat).sum(dim=1, keepdim=True)
+    centre = lr[:, generator.neighbours // 2 : generator.neighbours // 2 + 1]
+    return bspline_sample_last_axis(centre, positions) + residual
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_the_channels_last_decoder_is_the_1x1_convolution_decoder(spatial_dims):
+    """`predict_at` gathers rows of channels-last maps and applies its 1x1 layers as matrix
+    products: the values and the gradients are those of the convolutions on the plain layout."""
+    torch.manual_seed(0)
+    generator = MISRGenerator(num_features=8, num_blocks=1, hidden=8, spatial_dims=spatial_dims)
+    torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
+    torch.nn.init.normal_(generator.tail.weight, std=0.1)
+    shape = (2, 3, 12, 7) if spatial_dims == 2 else (2, 3, 4, 5, 7)
+    lr = torch.rand(shape)
+    positions = torch.linspace(-0.4, 6.4, 23)
+    out = generator(lr, positions, 3.3)
+    expected = _reference_decoder(generator, lr, positions, 3.3)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    weights = torch.randn(out.shape)
+    params = [p for p in generator.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((out * weights).sum(), params)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), params)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_encode_lays_the_projections_out_for_the_decoder():
+    generator = MISRGenerator(num_features=8, num_blocks=1, hidden=8, tail_knots=5)
+    encoded = generator.encode(torch.rand(2, 3, 12, 7), 3.0)
+    # (N, n, W, C): the samples along dim 1, a contiguous row of W x C each
+    assert encoded.left.shape == encoded.right.shape == (2, 7, 12, 8)
+    assert encoded.tail.shape == (2, 7, 12, 5)
+    assert all(t.is_contiguous() for t in (encoded.left, encoded.right, encoded.tail))
 
 
 @pytest.mark.parametrize("factor", [2, 3, 4, 5, 6, 7, 8])
@@ -173,25 +167,26 @@ def test_offset_tail_returns_its_knots_and_interpolates_between_them(factor):
     from medsr.nets.generator import offset_tail
 
     count, num_knots = 6, 9
-    knots = torch.randn(2, num_knots, 5, count, dtype=torch.float64)
+    knots = torch.randn(2, count, 5, num_knots, dtype=torch.float64)  # (N, n, W, J)
     grid = torch.linspace(-0.5, 0.5, num_knots, dtype=torch.float64)
     sample, knot = 3, 6
     at_knot = offset_tail(knots, torch.tensor([sample + grid[knot].item()], dtype=torch.float64))
-    torch.testing.assert_close(at_knot[:, 0, :, 0], knots[:, knot, :, sample])
+    assert at_knot.shape == (2, 1, 5, 1)
+    torch.testing.assert_close(at_knot[:, 0, :, 0], knots[:, sample, :, knot])
     # a ramp over the knots of every sample is reproduced at any offset
-    ramp = (torch.arange(count)[:, None] + grid[None]).T.to(torch.float64)  # (J, n)
-    knots = ramp.expand(1, 1, num_knots, count).permute(0, 2, 1, 3).contiguous()
+    ramp = (torch.arange(count)[:, None] + grid[None]).to(torch.float64)  # (n, J)
+    knots = ramp.expand(1, 1, count, num_knots).permute(0, 2, 1, 3).contiguous()
     positions = torch.linspace(-0.5, count - 0.5, 37, dtype=torch.float64)
-    torch.testing.assert_close(offset_tail(knots, positions)[0, 0, 0], positions)
+    torch.testing.assert_close(offset_tail(knots, positions)[0, :, 0, 0], positions)
     # at an integer factor up to 8 the positions of one slab are independent values
     positions = torch.tensor(
         [sample - 0.5 + (p + 0.5) / factor for p in range(factor)], dtype=torch.float64
     )
     rows = []
     for j in range(num_knots):
-        one_hot = torch.zeros(1, num_knots, 1, count, dtype=torch.float64)
-        one_hot[0, j, 0, sample] = 1.0
-        rows.append(offset_tail(one_hot, positions)[0, 0, 0])
+        one_hot = torch.zeros(1, count, 1, num_knots, dtype=torch.float64)
+        one_hot[0, sample, 0, j] = 1.0
+        rows.append(offset_tail(one_hot, positions)[0, :, 0, 0])
     assert torch.linalg.matrix_rank(torch.stack(rows)) == factor
 
 

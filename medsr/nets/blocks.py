@@ -60,33 +60,3 @@ def bspline_sample_last_axis(x: torch.Tensor, positions: torch.Tensor | np.ndarr
     key = tuple(np.round(np.asarray(positions, np.float64), 9).tolist())
     matrix = torch.from_numpy(_bspline_matrix(int(x.shape[-1]), key))
     return x @ matrix.to(device=x.device, dtype=x.dtype).T
-
-
-def gather_layout(x: torch.Tensor) -> torch.Tensor:
-    """`x` (..., W, n) with its memory laid out as (..., n, W): the same values and shape, but
-    `gather_last_axis` then reads whole contiguous rows of W instead of single elements.
-
-    Call it once on a tensor that is gathered from many times (the decoder's projections)."""
-    return x.transpose(-1, -2).contiguous().transpose(-1, -2)
-
-
-def gather_last_axis(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[..., index]`` for a 1D index tensor: (..., W, n) -> (..., W, M), values equal.
-
-    `index_select` along the innermost axis copies one element at a time and was the largest
-    cost of the decoder on CPU; along the next axis it copies rows of W. So the samples are
-    gathered as rows of the (..., n, W) layout: `x` as it is if it already has that layout
-    (`gather_layout`), otherwise only the span of samples that `index` reaches, transposed
-    (a chunk of output positions reaches a few samples of n). The result is a view in the
-    (..., M, W) layout; elementwise ops keep it.
-    """
-    index = index.to(x.device)
-    if x.dim() < 2 or index.numel() == 0:
-        return x.index_select(-1, index)
-    if x.stride(-2) != 1:  # not in the gather layout: lay out the reached span only
-        low, high = int(index.min()), int(index.max())
-        if low < 0 or high >= x.shape[-1]:
-            return x.index_select(-1, index)  # its IndexError, as for any bad index
-        x = gather_layout(x[..., low : high + 1])
-        index = index - low
-    return x.transpose(-1, -2).index_select(-2, index).transpose(-1, -2)
