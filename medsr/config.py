@@ -194,7 +194,11 @@ class TrainConfig:
         validate_every: steps between validations.
         seed: seed of every random choice of the run.
         device: ``"auto"``, ``"cpu"`` or ``"cuda:N"``.
-        mixed_precision: autocast on CUDA (never on CPU).
+        mixed_precision: autocast on CUDA (fp16; see `cpu_bf16` for the CPU).
+        cpu_bf16: on the CPU, the encoder's convolutions under bf16 autocast (the decoder, the
+            losses and the weights stay float32), the arithmetic of ``--precision bf16``; for a
+            CPU with native bf16 (`medsr.runtime.cpu_supports_bf16`), where bf16 is emulated
+            and slow otherwise. The per-scan fit sets it from ``--precision``.
     """
 
     steps: int = 2000
@@ -209,6 +213,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
+    cpu_bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
@@ -26,6 +25,7 @@ import torch
 
 from medsr.config import DataConfig
 from medsr.nets.generator import MISRGenerator
+from medsr.provenance import cpu_model
 
 
 def encode_and_decode(generator, lr, positions, factor, mode):
@@ -86,7 +86,7 @@ def main() -> None:
     for parameter in base.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
     data = DataConfig()
-    print(f"cpu: {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}")
+    print(f"cpu: {cpu_model()}, threads {torch.get_num_threads()}")
     print("| factor | slices | mode | decoder fwd+bwd (ms) | step fwd+bwd+Adam (ms) | output sum |")
     print("|---|---|---|---|---|---|")
     for factor in args.factors:

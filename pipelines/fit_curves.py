@@ -11,7 +11,8 @@ may end in ``,lr=RATE`` and ``,schedule=constant|cosine``: the fit's learning ra
 for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEARNING_RATE` and
 `ADAPTATION_LR_SCHEDULE`), and in ``,profile=boxcar|gaussian|sinc`` and ``,thickness=RATIO``:
 what the fit is told of the acquisition (``--slice-profile``; ``--slice-thickness`` as RATIO times
-the thick spacing), as a header or the user would; ``,noise=on|off`` puts the scan's noise back on
+the thick spacing), as a header or the user would; ``,precision=auto|bf16|fp32``: the
+``--precision`` of fit and reconstruction; ``,noise=on|off`` puts the scan's noise back on
 the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off``
 scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GAIN`);
 ``,queries=N`` trains the fit's decoder on N stratified thin positions of each patch a step
@@ -67,9 +68,14 @@ FIT_OPTIONS = {
     "queries": ("FIT_QUERY_POSITIONS", int),
 }
 
-#: a model spec's ``,key=value`` that tells the fit the acquisition, as `medsr upsample` options
-#: (``thickness`` is the slice thickness / the thick spacing; ``profile`` the profile's shape)
-ACQUISITION_OPTIONS = {"thickness": "--slice-thickness", "profile": "--slice-profile"}
+#: a model spec's ``,key=value`` passed as `medsr upsample` options: what the fit is told of the
+#: acquisition (``thickness`` is the slice thickness / the thick spacing; ``profile`` the
+#: profile's shape) and the arithmetic of fit and reconstruction (``precision``)
+COMMAND_OPTIONS = {
+    "thickness": "--slice-thickness",
+    "profile": "--slice-profile",
+    "precision": "--precision",
+}
 
 
 def _on_off(value: str) -> bool:
@@ -99,30 +105,30 @@ def medsr(argv: list[str], pythonpath: str | None = None, fit: dict | None = Non
 
 def fit_settings(options: list[str]) -> dict:
     """`FIT_OPTIONS` of a model spec's ``key=value`` parts, as {name in adapt: value}
-    (`ACQUISITION_OPTIONS` are skipped: `acquisition_argv` reads them)."""
+    (`COMMAND_OPTIONS` are skipped: `command_argv` reads them)."""
     fit = {}
     for option in options:
         key, _, value = option.partition("=")
-        if key in ACQUISITION_OPTIONS and value:
+        if key in COMMAND_OPTIONS and value:
             continue
         if key not in FIT_OPTIONS or not value:
-            known = sorted(FIT_OPTIONS) + sorted(ACQUISITION_OPTIONS)
+            known = sorted(FIT_OPTIONS) + sorted(COMMAND_OPTIONS)
             raise ValueError(f"unknown fit option {option!r} (known: {known})")
         name, kind = FIT_OPTIONS[key]
         fit[name] = kind(value)
     return fit
 
 
-def acquisition_argv(options: list[str], spacing: float) -> list[str]:
-    """`medsr upsample` options for a model spec's `ACQUISITION_OPTIONS` (``thickness`` in units
+def command_argv(options: list[str], spacing: float) -> list[str]:
+    """`medsr upsample` options for a model spec's `COMMAND_OPTIONS` (``thickness`` in units
     of the thick input's `spacing`)."""
     argv = []
     for option in options:
         key, _, value = option.partition("=")
         if key == "thickness":
-            argv += [ACQUISITION_OPTIONS[key], f"{float(value) * spacing:.6g}"]
-        elif key in ACQUISITION_OPTIONS:
-            argv += [ACQUISITION_OPTIONS[key], value]
+            argv += [COMMAND_OPTIONS[key], f"{float(value) * spacing:.6g}"]
+        elif key in COMMAND_OPTIONS:
+            argv += [COMMAND_OPTIONS[key], value]
     return argv
 
 
@@ -146,7 +152,7 @@ def points(model: str, steps: list[int], seconds: list[float], spacing: float) -
             for s in seconds
         ]
     extra = [] if spec == "default" else ["--model", spec]
-    extra += acquisition_argv(options, spacing)
+    extra += command_argv(options, spacing)
     return [
         (
             extra + ["--fit-steps", str(n)],

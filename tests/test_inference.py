@@ -949,3 +949,30 @@ def test_without_a_fit_a_short_axis_records_why_nothing_was_held_back():
     record = upsample_volume(volume, method="misr", fit_steps=0, keep_dtype=False, device="cpu")
     guard = record.meta["provenance"]["fit_guard"]
     assert guard == {"reason": "the upsampled axis is too short to hold slices back"}
+
+
+def test_the_fit_runs_in_the_precision_of_the_reconstruction(monkeypatch):
+    """`--precision` is the arithmetic of the whole learned method: the fit trains its encoder
+    in bf16 where the reconstruction runs it so (``train.cpu_bf16``), float32 otherwise; auto
+    follows the CPU."""
+    import medsr.runtime
+    import medsr.upsample.adapt
+    from medsr.train.trainer import Trainer
+
+    seen = []
+
+    class Recording(Trainer):
+        def __init__(self, config, *args, **kwargs):
+            super().__init__(config, *args, **kwargs)
+            seen.append(self.precision)
+
+    monkeypatch.setattr(medsr.upsample.adapt, "Trainer", Recording)
+    volume = _thick_volume(thick=4.0, shape=(24, 22, 8))
+    options = {"method": "misr", "fit_steps": 1, "keep_dtype": False, "device": "cpu"}
+    for precision in ("fp32", "bf16"):
+        out = upsample_volume(volume, precision=precision, **options)
+        assert out.meta["provenance"]["precision"] == precision
+    for native in (False, True):
+        monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda native=native: native)
+        upsample_volume(volume, **options)
+    assert seen == ["fp32", "bf16", "fp32", "bf16"]

@@ -231,3 +231,51 @@ def test_checkpoint_from_before_the_tail_loads_unchanged(tmp_path):
     torch.save({"generator": old.state_dict(), "config": config}, tmp_path / "new.pt")
     with pytest.raises(MedsrError, match="tail"):
         load_generator(tmp_path / "new.pt")
+
+
+def _random_generator(seed=0):
+    torch.manual_seed(seed)
+    generator = MISRGenerator(neighbours=3, num_features=8, num_blocks=1, hidden=8)
+    for parameter in generator.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    return generator
+
+
+def test_a_channels_last_generator_equals_the_contiguous_one():
+    """The CPU's faster layout (`Trainer`, `reconstruct`) changes no value or gradient beyond
+    float32 rounding; `encode` lays a plain input out as the weights are."""
+    import copy
+
+    plain = _random_generator()
+    fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    assert fast.head.weight.is_contiguous(memory_format=torch.channels_last)
+    lr = torch.rand(2, 3, 12, 7)
+    positions = torch.from_numpy(slab_positions(7, 2.5).astype(np.float32))
+    outputs = [model(lr, positions, 2.5) for model in (plain, fast)]
+    for out in outputs:
+        out.square().mean().backward()
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_under_cpu_autocast_only_the_encoder_runs_in_bf16():
+    """bf16 autocast on the CPU (`--precision bf16`, ``train.cpu_bf16``): the encoder's maps
+    come back in float32 and the decoder decodes them in float32, exactly as outside autocast;
+    the whole stays close to float32 (bf16 rounding of the convolutions only)."""
+    generator = _random_generator()
+    lr = torch.rand(2, 3, 12, 7)
+    positions = torch.from_numpy(slab_positions(7, 3.0).astype(np.float32))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            encoded = generator.encode(lr, 3.0)
+            inside = generator.predict_at(encoded, positions)
+            whole = generator(lr, positions, 3.0)
+        outside = generator.predict_at(encoded, positions)
+        fp32 = generator(lr, positions, 3.0)
+    assert all(t.dtype == torch.float32 for t in (encoded.left, encoded.right, encoded.tail))
+    torch.testing.assert_close(inside, outside, rtol=0, atol=0)
+    torch.testing.assert_close(whole, outside, rtol=0, atol=0)
+    residual = fp32 - bspline_sample_last_axis(lr[:, 1:2], positions)
+    difference = (whole - fp32).abs().max().item()
+    assert 0 < difference < 0.02 * residual.abs().max().item()  # bf16 ran, and stayed close

@@ -432,3 +432,37 @@ def test_the_batches_are_closed_when_a_step_fails(hr_path, tiny_config):
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert closed == [True]
+
+
+def test_the_cpu_trainer_runs_2d_models_channels_last_and_saves_plain_weights(
+    hr_path, tiny_config, tmp_path
+):
+    """The CPU's faster layout is the Trainer's own business: a checkpoint loads into a plain
+    model and gives the same output."""
+    config = _with_steps(tiny_config, 1)
+    sampler = build_sampler([(read_volume(hr_path), "hr")], config.data, 3)
+    trainer = Trainer(config, sampler, torch.device("cpu"), validation=[])
+    assert trainer.generator.head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.precision == "fp32"
+    trainer.train_step(*sampler.sample(np.random.default_rng(0)))
+    trainer.save_checkpoint(tmp_path / "c.pt")
+    plain, _ = load_generator(tmp_path / "c.pt")
+    assert not plain.head.weight.is_contiguous(memory_format=torch.channels_last)
+    lr, _, positions, factor = sampler.sample(np.random.default_rng(1))
+    with torch.no_grad():
+        expected = trainer.generator.eval()(lr, positions, factor)
+        torch.testing.assert_close(plain.eval()(lr, positions, factor), expected)
+
+
+def test_cpu_bf16_trains_the_encoder_in_bf16_and_keeps_float32_weights(hr_path, tiny_config):
+    config = _with_steps(tiny_config, 1)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, cpu_bf16=True))
+    sampler = build_sampler([(read_volume(hr_path), "hr")], config.data, 3)
+    trainer = Trainer(config, sampler, torch.device("cpu"), validation=[])
+    assert trainer.precision == "bf16" and not trainer.amp
+    before = [p.detach().clone() for p in trainer.generator.parameters()]
+    losses = trainer.train_step(*sampler.sample(np.random.default_rng(0)))
+    assert losses and all(np.isfinite(value) for value in losses.values())
+    after = list(trainer.generator.parameters())
+    assert all(p.dtype == torch.float32 for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))

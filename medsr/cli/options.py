@@ -115,11 +115,10 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = T
         "--precision",
         choices=["auto", "bf16", "fp32"],
         default="auto",
-        help="arithmetic of the learned reconstruction: auto (default) = bf16 for the encoder's "
-        "convolutions on a CPU with native bf16 (at most 0.011 dB PSNR from fp32 on the MRI "
-        "test cases), fp16 on CUDA, fp32 otherwise; fp32: float32 throughout the reconstruction "
-        "(the per-scan fit runs in float32 on the CPU and follows the model's mixed-precision "
-        "setting on CUDA)",
+        help="arithmetic of the learned method, the per-scan fit and the reconstruction: auto "
+        "(default) = bf16 for the encoder's convolutions on a CPU with native bf16 (its cost "
+        "against fp32 is measured in docs/benchmarks.md), fp16 on CUDA, fp32 otherwise; fp32: "
+        "float32 throughout (on CUDA the fit follows the model's mixed-precision setting)",
     )
     parser.add_argument("--quiet", action="store_true", help="print errors only")
 

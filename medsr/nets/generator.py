@@ -120,7 +120,14 @@ class MISRGenerator(nn.Module):
     def encode(self, lr: torch.Tensor, factor: float) -> Encoded:
         """The low-resolution part (`Encoded`). Split from `predict_at` so that large outputs
         can be decoded in chunks of positions. The feature maps are laid out once for the
-        decoder (`decoder_layout`): every chunk gathers whole rows of them."""
+        decoder (`decoder_layout`): every chunk gathers whole rows of them.
+
+        `lr` is laid out as the encoder's weights are (channels_last after
+        ``generator.to(memory_format=torch.channels_last)``, which the CPU's convolutions run
+        faster). Under CPU autocast (bf16) only the convolutions run in bf16: the maps come back
+        in float32, and `predict_at` decodes in float32 on the CPU."""
+        if lr.dim() == 4 and self.head.weight.is_contiguous(memory_format=torch.channels_last):
+            lr = lr.contiguous(memory_format=torch.channels_last)
         log_factor = math.log(max(float(factor), 1.0))
         code = torch.full_like(lr[:, :1], log_factor)
         features = self.head(torch.cat([lr, code], dim=1))
@@ -128,7 +135,8 @@ class MISRGenerator(nn.Module):
         left_proj, right_proj = map(decoder_layout, self.project(features).chunk(2, dim=1))
         tail = None if self.tail is None else decoder_layout(self.tail(features))
         centre = lr[:, self.neighbours // 2 : self.neighbours // 2 + 1]
-        return Encoded(left_proj, right_proj, tail, centre, log_factor)
+        encoded = Encoded(left_proj, right_proj, tail, centre, log_factor)
+        return encoded.float() if _cpu_autocast(lr) else encoded
 
     def predict_at(self, encoded: Encoded, positions: torch.Tensor) -> torch.Tensor:
         """The plane at `positions` from `encode`'s output: B-spline value + decoded residual.
@@ -141,8 +149,12 @@ class MISRGenerator(nn.Module):
         The B-spline base is computed in float32 (or the input's wider type) outside any
         autocast region, so it stays exact under mixed precision (fp16 would cost up to 1e-3 of
         the intensity range); only the residual runs in the autocast type, and it is added to the
-        base in the base's type.
+        base in the base's type. On the CPU the decoder runs in float32 even under autocast
+        (`encode`): bf16 would cost the residual's precision and save little there.
         """
+        if _cpu_autocast(encoded.centre):
+            with torch.autocast("cpu", enabled=False):
+                return self.predict_at(encoded.float(), positions)
         left_proj, right_proj, tail, centre, log_factor = encoded
         count = centre.shape[-1]
         positions = positions.to(device=centre.device, dtype=centre.dtype)
@@ -159,6 +171,10 @@ class MISRGenerator(nn.Module):
             residual = residual + offset_tail(tail, positions).to(residual.dtype)
         residual = residual.movedim(1, -1).movedim(-2, 1)  # (N, 1, ..., W, M)
         return exact_bspline(centre, positions) + residual.to(_exact_dtype(centre.dtype))
+
+
+def _cpu_autocast(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
 
 
 def decoder_layout(x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from medsr.io.atomic import write_atomically
 from medsr.nets import PlaneDiscriminator
 from medsr.nets.blocks import bspline_sample_last_axis
 from medsr.nets.checkpoint import build_generator
-from medsr.runtime import autocast, distributed_world, numpy_blas_threads
+from medsr.runtime import distributed_world, numpy_blas_threads, precision_autocast
 from medsr.train.losses import AdversarialLoss, PerceptualLoss, load_vgg_features
 from medsr.train.pairs import PairSampler
 
@@ -76,6 +76,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG kept
             torch.manual_seed(config.train.seed)
             self.generator = build_generator(config).to(device)
+            if device.type == "cpu" and self.generator.head.weight.dim() == 4:  # 2D: faster
+                self.generator.to(memory_format=torch.channels_last)
             if loss.adversarial_weight > 0:
                 self.discriminator = PlaneDiscriminator(
                     config.model.discriminator_channels, config.model.discriminator_layers
@@ -93,12 +95,11 @@ class Trainer:
         )
         self.opt_d = None
         if self.discriminator is not None:
-            self.opt_d = torch.optim.Adam(
-                self.discriminator.parameters(),
-                lr=train.discriminator_learning_rate,
-                betas=(0.5, 0.99),
-            )
+            d_rate = train.discriminator_learning_rate
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), d_rate, (0.5, 0.99))
         self.amp = train.mixed_precision and device.type == "cuda"
+        cpu_bf16 = train.cpu_bf16 and device.type == "cpu"
+        self.precision = "fp16" if self.amp else "bf16" if cpu_bf16 else "fp32"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
         #: cosine schedules (start step, start factor, end step) of G and of D (from the end of
@@ -181,14 +182,14 @@ class Trainer:
             self.discriminator.requires_grad_(False)
         self.generator.train()
         self.opt_g.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp):
+        with precision_autocast(self.device, self.precision):
             fake = self.g_net(lr, positions, factor)
             fake_logits = self.d_net(fake) if use_gan else None
         fake = fake.float()
         loss_g = F.mse_loss(fake, hr)
         losses["loss_pixel"] = loss_g.item()
         if self.adversarial_phase and self.perceptual is not None:
-            with autocast(self.device, self.amp):
+            with precision_autocast(self.device, self.precision):
                 loss_percep = self.perceptual(fake, hr).float()
             loss_g = loss_g + weights.perceptual_weight * loss_percep
             losses["loss_perceptual"] = loss_percep.item()
@@ -202,7 +203,7 @@ class Trainer:
         if use_gan:
             self.discriminator.requires_grad_(True)
             self.opt_d.zero_grad(set_to_none=True)
-            with autocast(self.device, self.amp):
+            with precision_autocast(self.device, self.precision):
                 real_logits, fake_logits = self.d_net(hr), self.d_net(fake.detach())
             loss_d = self.adversarial.discriminator_loss(real_logits.float(), fake_logits.float())
             self.scaler.scale(loss_d).backward()

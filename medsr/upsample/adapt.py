@@ -43,7 +43,7 @@ from medsr.geometry import OutputGrid, neighbour_indices, slab_positions
 from medsr.intensity import grey_array
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
-from medsr.runtime import deterministic_algorithms
+from medsr.runtime import deterministic_algorithms, resolve_precision
 from medsr.train.noise import scan_noise, thicken_like_scan
 from medsr.train.pairs import MIN_PATCH_SLICES, PairSampler, PlaneSource, sources_self_supervised
 from medsr.train.trainer import Trainer
@@ -89,6 +89,7 @@ def adaptation_config(
     thickness_ratio: float | None = None,
     profile: str | None = None,
     input_noise: float = 0.0,
+    precision: str = "fp32",
 ) -> Config:
     """The fine-tuning's own config for the model of `config` (a checkpoint's).
 
@@ -102,7 +103,9 @@ def adaptation_config(
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that thickness only, else `ASSUMED_THICKNESS_RATIO`; with `profile`
     (``--slice-profile``), that profile's shape only, else the profiles the model was trained on;
-    `input_noise` (`scan_noise`) is put back on the thickened inputs.
+    `input_noise` (`scan_noise`) is put back on the thickened inputs. `precision` (resolved,
+    `medsr.runtime.resolve_precision`): ``"bf16"`` runs the encoder's convolutions in bf16 on
+    the CPU (``train.cpu_bf16``), as the reconstruction does.
     """
     trained = config.data
     ratio = fit_thickness_ratio(thickness_ratio)
@@ -137,6 +140,7 @@ def adaptation_config(
             checkpoint_every=10**9,
             seed=seed,
             mixed_precision=config.train.mixed_precision,
+            cpu_bf16=precision == "bf16",
         ),
     )
 
@@ -218,6 +222,7 @@ def adapt_to_scan(
     guard: dict | None = None,
     noise: float | None = None,
     calibrate: bool = True,
+    precision: str = "auto",
 ) -> tuple[MISRGenerator, int]:
     """Fine-tune a copy of `generator` on `volume`'s slices across `axis`, then scale its
     residual over B-spline by the gain that fits the held-back slices best (`calibrated`).
@@ -248,6 +253,9 @@ def adapt_to_scan(
             there was none).
         calibrate: fit the residual gain (`calibrated`; only if `CALIBRATE_GAIN`); with
             `steps` 0 this is all that is done.
+        precision: the fit's arithmetic, as the reconstruction's (`resolve_precision`):
+            ``"auto"`` trains with the encoder's convolutions in bf16 on a CPU with native
+            bf16 (`adaptation_config`), float32 elsewhere on the CPU.
 
     Returns:
         (the adapted (or calibrated) generator in eval mode, the number of steps run).
@@ -278,7 +286,10 @@ def adapt_to_scan(
         if guard is not None:
             guard.update(record, scan_noise=round(noise, 6))
         return model, 0
-    adapt_config = adaptation_config(config, steps, seed, thickness_ratio, profile, noise)
+    precision = resolve_precision(precision, device)
+    adapt_config = adaptation_config(
+        config, steps, seed, thickness_ratio, profile, noise, precision
+    )
     sampler = PairSampler(sources, adapt_config.data, neighbours)
     sampler.held_out_planes = slab if planes else None
     start = time.perf_counter()
@@ -338,6 +349,7 @@ def adapt_to_grid(
     guard: dict | None = None,
     noise_from: Volume | None = None,
     calibrate: bool = True,
+    precision: str = "auto",
 ) -> tuple[MISRGenerator, int]:
     """`adapt_to_scan` for upsampling `volume` onto `grid`: the fit of the learned method (its
     grey values, the grid's axis and factor, the scan's `thickness_ratio` and slice profile,
@@ -363,6 +375,7 @@ def adapt_to_grid(
         guard=guard,
         noise=noise,
         calibrate=calibrate,
+        precision=precision,
     )
 
 

@@ -93,6 +93,7 @@ def upsample_misr(
         progress=progress,
         guard=(guard := {}),
         calibrate=calibrate,
+        precision=resolved,
     )
     release_freed_memory()  # the fit's freed buffers, before the output is allocated
     planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis)

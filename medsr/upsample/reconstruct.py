@@ -61,14 +61,10 @@ def plane_orientations(axis: int, spacing: np.ndarray) -> list[tuple[int, int, i
 def encode_planes(generator, lr: torch.Tensor, factor: float, precision: str) -> tuple:
     """`generator.encode` under the precision's autocast. On the CPU only the encoder's
     convolutions run in bf16: the projections come back in float32, so the decoder and the
-    B-spline base stay float32 (on CUDA the decoder runs under the same autocast, as always)."""
-    if CHANNELS_LAST.get(precision, False) and lr.dim() == 4:
-        lr = lr.contiguous(memory_format=torch.channels_last)
+    B-spline base stay float32 (`MISRGenerator.encode`; on CUDA the decoder runs under the same
+    autocast, as always)."""
     with precision_autocast(lr.device, precision):
-        encoded = generator.encode(lr, factor)
-    if lr.device.type == "cpu" and precision != "fp32":
-        encoded = encoded.float()
-    return encoded
+        return generator.encode(lr, factor)
 
 
 @torch.no_grad()

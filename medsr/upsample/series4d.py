@@ -191,6 +191,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         progress=options.get("progress", False),
         guard=(guard := {}),
         noise_from=noise_from,
+        precision=options.get("precision", "auto"),
     )
     return adapted, int(steps_run), guard, fit_facts(volume, grid.axis)
 
