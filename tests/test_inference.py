@@ -976,3 +976,36 @@ def test_the_fit_runs_in_the_precision_of_the_reconstruction(monkeypatch):
         monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda native=native: native)
         upsample_volume(volume, **options)
     assert seen == ["fp32", "bf16", "fp32", "bf16"]
+
+
+def test_the_default_fit_steps_follow_the_fits_arithmetic(monkeypatch):
+    """A fit whose encoder runs in bf16 (or fp16 on CUDA) takes about half the time a step, and
+    spends it on more steps: `FAST_FIT_STEPS` there, `DEFAULT_FIT_STEPS` in float32; `auto`
+    follows the CPU; an explicit number is kept; the CLI and the API agree."""
+    import argparse
+
+    import medsr.runtime
+    from medsr.cli.options import fit_settings
+    from medsr.upsample.checks import (
+        DEFAULT_FIT_STEPS,
+        FAST_FIT_STEPS,
+        default_fit_steps,
+        fit_steps_of,
+    )
+
+    assert FAST_FIT_STEPS > DEFAULT_FIT_STEPS > 0
+    assert default_fit_steps("fp32", "cpu") == DEFAULT_FIT_STEPS
+    assert default_fit_steps("bf16", "cpu") == FAST_FIT_STEPS
+    for native, expected in ((False, DEFAULT_FIT_STEPS), (True, FAST_FIT_STEPS)):
+        monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda native=native: native)
+        assert default_fit_steps("auto", "cpu") == expected
+        assert fit_steps_of({"device": "cpu"}) == expected
+        assert fit_steps_of({"device": "cpu", "fit_steps": None}) == expected
+        args = argparse.Namespace(
+            device="cpu", precision="auto", fit_steps=None, fit_seconds=None, model=None, seed=0
+        )
+        assert fit_settings(args)["fit_steps"] == expected
+    assert fit_steps_of({"device": "cpu", "precision": "bf16", "fit_steps": 7}) == 7
+    volume = _thick_volume(thick=4.0, shape=(24, 22, 8))
+    out = upsample_volume(volume, method="misr", fit_seconds=0.01, device="cpu", precision="fp32")
+    assert out.meta["provenance"]["fit_steps"] == DEFAULT_FIT_STEPS

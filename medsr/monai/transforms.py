@@ -169,9 +169,9 @@ class ThroughPlaneUpsample(Transform):
             return
         from pathlib import Path
 
-        from medsr.upsample.checks import DEFAULT_FIT_STEPS, check_series_fit
+        from medsr.upsample.checks import check_series_fit, fit_steps_of
 
-        steps = self.misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
+        steps = fit_steps_of(self.misr_options)
         where = Path("the image")
         check_series_fit(frames, self.method, steps, self.fit_frame, self.fit_per_frame, where)
 

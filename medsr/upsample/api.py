@@ -18,7 +18,7 @@ from medsr.io import (
 from medsr.nets.checkpoint import default_model_path
 from medsr.provenance import provenance_description, provenance_record, sha256
 from medsr.upsample.baseline import average_slabs, upsample_baseline
-from medsr.upsample.checks import DEFAULT_FIT_STEPS, DEFAULT_SEED, check_fit, load_model
+from medsr.upsample.checks import DEFAULT_SEED, check_fit, default_fit_steps, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def upsample_misr(
     grid: OutputGrid,
     *,
     model: str | os.PathLike[str] | None = None,
-    fit_steps: int = DEFAULT_FIT_STEPS,
+    fit_steps: int | None = None,
     fit_seconds: float | None = None,
     seed: int = DEFAULT_SEED,
     device: str | None = None,
@@ -49,17 +49,18 @@ def upsample_misr(
             explicit target.
         grid: output grid; the fit learns its axis and factor.
         model: checkpoint from ``medsr train`` (default: the shipped weights).
-        fit_steps: steps adapting the model to this scan's own in-plane slices (0: prior only).
+        fit_steps: steps adapting the model to this scan's own in-plane slices (0: prior only;
+            None: `medsr.upsample.checks.default_fit_steps` for the precision).
         fit_seconds: optional upper bound on the adaptation's wall time.
         seed: seed of the adaptation.
         device: ``"auto"``/None, ``"cpu"`` or ``"cuda:N"``.
         batch_size: planes per generator call.
         progress: progress bars for fitting and reconstruction.
         loaded: (generator, config) already loaded by `load_model` for this `model`.
-        precision: ``"auto"`` (bf16 autocast of the encoder's convolutions on a CPU with native
-            bf16, at most 0.011 dB PSNR from float32 on the MRI test cases of
-            docs/benchmarks.md; fp16 autocast on CUDA; float32 otherwise), ``"bf16"`` or
-            ``"fp32"`` (`medsr.runtime.resolve_precision`).
+        precision: the arithmetic of fit and reconstruction: ``"auto"`` (bf16 autocast of the
+            encoder's convolutions on a CPU with native bf16, its cost against float32 measured
+            in docs/benchmarks.md, "The fit on the CPU"; fp16 autocast on CUDA; float32
+            otherwise), ``"bf16"`` or ``"fp32"`` (`medsr.runtime.resolve_precision`).
         confidence: also compute the confidence map (`medsr.upsample.confidence`).
         calibrate: scale the model's residual over B-spline by the gain fitted on held-back
             slices, with or without a fit (`medsr.upsample.heldout.calibrated`); off for a model
@@ -78,6 +79,7 @@ def upsample_misr(
     model_path = Path(model) if model else default_model_path()
     torch_device = resolve_device(device)
     resolved = resolve_precision(precision, torch_device)
+    fit_steps = default_fit_steps(resolved, torch_device) if fit_steps is None else fit_steps
     generator, config = loaded or load_model(volume, grid, {"model": model})
     generator = generator.to(torch_device)
     ratio = thickness_ratio(volume, grid.axis)

@@ -19,7 +19,6 @@ from medsr.io.write import check_output_path, write_volume
 from medsr.provenance import provenance_path, sha256, write_provenance
 from medsr.upsample.api import Method, upsample_volume
 from medsr.upsample.checks import (
-    DEFAULT_FIT_STEPS,
     check_confidence,
     check_confidence_output,
     check_fit,
@@ -30,6 +29,7 @@ from medsr.upsample.checks import (
     check_series_fit,
     check_sidecars,
     default_output_path,
+    fit_steps_of,
     labels_output_path,
     load_model,
     target_spacing,
@@ -238,7 +238,7 @@ def check_input_file(
     """
     input_path = Path(input_path)
     frames = volume_frames(input_path) if input_path.is_file() else 1
-    steps = misr_options.get("fit_steps", DEFAULT_FIT_STEPS)
+    steps = fit_steps_of(misr_options)
     check_series_fit(frames, method, steps, fit_frame, fit_per_frame, input_path)
     check_slice_profile(slice_profile)
     read = dict(spacing=input_spacing, unit=input_unit, series=series)

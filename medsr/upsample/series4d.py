@@ -37,7 +37,7 @@ from medsr.io.nifti import write_nifti_frames
 from medsr.io.volume import Volume
 from medsr.provenance import input_stat, provenance_description, sha256
 from medsr.upsample.api import upsample_volume
-from medsr.upsample.checks import DEFAULT_FIT_STEPS, DEFAULT_SEED
+from medsr.upsample.checks import DEFAULT_SEED, fit_steps_of
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def fit_mode(
     add frame-to-frame changes that are not in the scan."""
     from medsr.upsample.adapt import CALIBRATE_GAIN
 
-    steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
+    steps = fit_steps_of(options)
     calibrates = CALIBRATE_GAIN and options.get("calibrate", True)
     if calibrates and steps <= 0 and frame is not None and options.get("loaded") is not None:
         calibrates = _can_hold_back(frame, options)
@@ -184,7 +184,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         config,
         volume,
         grid,
-        steps=options.get("fit_steps", DEFAULT_FIT_STEPS),
+        steps=fit_steps_of(options),
         device=device,
         seed=options.get("seed", DEFAULT_SEED),
         seconds=options.get("fit_seconds"),
@@ -203,7 +203,7 @@ def serve_fitted(
     and fit no more, what every frame's provenance adds: the fit mode, steps, guard and what the
     fit took of the acquisition, `facts`)."""
     served = dict(options, loaded=(generator, options["loaded"][1]), fit_steps=0, calibrate=False)
-    steps = options.get("fit_steps", DEFAULT_FIT_STEPS)
+    steps = fit_steps_of(options)
     record = {"fit_mode": mode, "fit_steps": int(steps), "fit_steps_run": int(steps_run)}
     record.update(facts or {})  # the frames run with fit_steps 0: the fit's own acquisition
     if guard:
