@@ -195,10 +195,11 @@ class TrainConfig:
         seed: seed of every random choice of the run.
         device: ``"auto"``, ``"cpu"`` or ``"cuda:N"``.
         mixed_precision: autocast on CUDA (fp16; see `cpu_bf16` for the CPU).
-        cpu_bf16: on the CPU, the encoder's convolutions under bf16 autocast (the decoder, the
-            losses and the weights stay float32), the arithmetic of ``--precision bf16``; for a
-            CPU with native bf16 (`medsr.runtime.cpu_supports_bf16`), where bf16 is emulated
-            and slow otherwise. The per-scan fit sets it from ``--precision``.
+        cpu_bf16: on the CPU, bf16 autocast of the step's networks: the generator's encoder
+            (its decoder, the pixel loss and the weights stay float32) and, in `medsr train`,
+            the VGG and discriminator convolutions; for a CPU with native bf16
+            (`medsr.runtime.cpu_supports_bf16`), where bf16 is emulated and slow otherwise. The
+            per-scan fit sets it (`medsr.runtime.fit_precision`).
     """
 
     steps: int = 2000

@@ -64,7 +64,8 @@ def _warn_emulated_bf16() -> None:
         _EMULATED_BF16_WARNED[0] = True
         logger.warning(
             "this CPU has no native bf16 (AVX-512-BF16 or AMX): bf16 is emulated and much "
-            "slower than fp32; --precision auto picks fp32 here"
+            "slower than fp32 (the reconstruction runs it as asked, the per-scan fit in fp32); "
+            "--precision auto picks fp32 here"
         )
 
 
@@ -89,6 +90,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "fp16"
     return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
+
+
+def fit_precision(precision: str, device: torch.device, mixed_precision: bool = True) -> str:
+    """The arithmetic of the per-scan fit for the run's `precision` (`resolve_precision`): on
+    CUDA the model's own mixed-precision setting (``train.mixed_precision``: fp16 autocast or
+    float32); on the CPU ``"bf16"`` (the encoder's convolutions, ``train.cpu_bf16``) where
+    `precision` resolves to bf16 on a CPU with native bf16, else ``"fp32"`` (a fit in emulated
+    bf16 would take many times longer)."""
+    if device.type == "cuda":
+        return "fp16" if mixed_precision else "fp32"
+    bf16 = resolve_precision(precision, device) == "bf16" and cpu_supports_bf16()
+    return "bf16" if bf16 else "fp32"
 
 
 def precision_autocast(device: torch.device, precision: str):

@@ -9,6 +9,9 @@ are the precision (``--precision``), channels_last for the encoder (the module c
 and ``--batch-size``. Every setting is run `--repeats` times, interleaved, and the minimum is
 reported (on a shared machine other processes only add time). The CPU model and whether it has
 native bf16 are printed with the table: on a CPU without it, bf16 is emulated and far slower.
+`CHANNELS_LAST` sets the reconstruction's layout only: with a fit (``--fit-steps`` above 0, the
+default) the fitted model comes out of the CPU `Trainer` channels_last whatever it says, and the
+fit's arithmetic follows the precision (`medsr.runtime.fit_precision`).
 
 Usage (from the repository root):
     python pipelines/benchmark_end_to_end.py --data ../shared/data/mri [--repeats 2]

@@ -951,10 +951,10 @@ def test_without_a_fit_a_short_axis_records_why_nothing_was_held_back():
     assert guard == {"reason": "the upsampled axis is too short to hold slices back"}
 
 
-def test_the_fit_runs_in_the_precision_of_the_reconstruction(monkeypatch):
+def test_the_fit_runs_in_the_precision_of_the_reconstruction(monkeypatch, identity_checkpoint):
     """`--precision` is the arithmetic of the whole learned method: the fit trains its encoder
-    in bf16 where the reconstruction runs it so (``train.cpu_bf16``), float32 otherwise; auto
-    follows the CPU."""
+    in bf16 where the reconstruction runs it so on a CPU with native bf16 (``train.cpu_bf16``),
+    float32 otherwise, emulated bf16 included; auto follows the CPU; the record says which."""
     import medsr.runtime
     import medsr.upsample.adapt
     from medsr.train.trainer import Trainer
@@ -969,19 +969,20 @@ def test_the_fit_runs_in_the_precision_of_the_reconstruction(monkeypatch):
     monkeypatch.setattr(medsr.upsample.adapt, "Trainer", Recording)
     volume = _thick_volume(thick=4.0, shape=(24, 22, 8))
     options = {"method": "misr", "fit_steps": 1, "keep_dtype": False, "device": "cpu"}
-    for precision in ("fp32", "bf16"):
-        out = upsample_volume(volume, precision=precision, **options)
-        assert out.meta["provenance"]["precision"] == precision
-    for native in (False, True):
+    options["model"] = identity_checkpoint
+    records = []
+    for native, precision in ((True, "fp32"), (True, "bf16"), (False, "bf16"), (False, "auto")):
         monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda native=native: native)
-        upsample_volume(volume, **options)
-    assert seen == ["fp32", "bf16", "fp32", "bf16"]
+        records.append(upsample_volume(volume, precision=precision, **options).meta["provenance"])
+    assert seen == ["fp32", "bf16", "fp32", "fp32"]
+    assert [r["fit_precision"] for r in records] == seen
+    assert [r["precision"] for r in records] == ["fp32", "bf16", "bf16", "fp32"]
 
 
 def test_the_default_fit_steps_follow_the_fits_arithmetic(monkeypatch):
-    """A fit whose encoder runs in bf16 (or fp16 on CUDA) takes about half the time a step, and
-    spends it on more steps: `FAST_FIT_STEPS` there, `DEFAULT_FIT_STEPS` in float32; `auto`
-    follows the CPU; an explicit number is kept; the CLI and the API agree."""
+    """A CPU fit whose encoder runs in bf16 takes about half the time a step, and spends it on
+    more steps: `FAST_FIT_STEPS` there, `DEFAULT_FIT_STEPS` in float32; `auto` follows the CPU;
+    an explicit number is kept; the CLI and the API agree."""
     import argparse
 
     import medsr.runtime
@@ -995,10 +996,10 @@ def test_the_default_fit_steps_follow_the_fits_arithmetic(monkeypatch):
 
     assert FAST_FIT_STEPS > DEFAULT_FIT_STEPS > 0
     assert default_fit_steps("fp32", "cpu") == DEFAULT_FIT_STEPS
-    assert default_fit_steps("bf16", "cpu") == FAST_FIT_STEPS
     for native, expected in ((False, DEFAULT_FIT_STEPS), (True, FAST_FIT_STEPS)):
         monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda native=native: native)
         assert default_fit_steps("auto", "cpu") == expected
+        assert default_fit_steps("bf16", "cpu") == expected  # emulated bf16: a float32 fit
         assert fit_steps_of({"device": "cpu"}) == expected
         assert fit_steps_of({"device": "cpu", "fit_steps": None}) == expected
         args = argparse.Namespace(

@@ -249,9 +249,16 @@ def test_a_channels_last_generator_equals_the_contiguous_one():
     plain = _random_generator()
     fast = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     assert fast.head.weight.is_contiguous(memory_format=torch.channels_last)
+    layouts = []
+    fast.head.register_forward_pre_hook(
+        lambda module, inputs: layouts.append(
+            inputs[0].is_contiguous(memory_format=torch.channels_last)
+        )
+    )
     lr = torch.rand(2, 3, 12, 7)
     positions = torch.from_numpy(slab_positions(7, 2.5).astype(np.float32))
     outputs = [model(lr, positions, 2.5) for model in (plain, fast)]
+    assert layouts == [True]
     for out in outputs:
         out.square().mean().backward()
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)

@@ -446,6 +446,8 @@ def test_the_cpu_trainer_runs_2d_models_channels_last_and_saves_plain_weights(
     assert trainer.precision == "fp32"
     trainer.train_step(*sampler.sample(np.random.default_rng(0)))
     trainer.save_checkpoint(tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)["generator"]
+    assert all(tensor.is_contiguous() for tensor in saved.values())  # the file's own layout
     plain, _ = load_generator(tmp_path / "c.pt")
     assert not plain.head.weight.is_contiguous(memory_format=torch.channels_last)
     lr, _, positions, factor = sampler.sample(np.random.default_rng(1))
@@ -461,7 +463,18 @@ def test_cpu_bf16_trains_the_encoder_in_bf16_and_keeps_float32_weights(hr_path, 
     trainer = Trainer(config, sampler, torch.device("cpu"), validation=[])
     assert trainer.precision == "bf16" and not trainer.amp
     before = [p.detach().clone() for p in trainer.generator.parameters()]
+    dtypes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            dtypes.setdefault(name, output.dtype)
+
+        return hook
+
+    trainer.generator.head.register_forward_hook(record("encoder"))
+    trainer.generator.register_forward_hook(record("output"))
     losses = trainer.train_step(*sampler.sample(np.random.default_rng(0)))
+    assert dtypes == {"encoder": torch.bfloat16, "output": torch.float32}
     assert losses and all(np.isfinite(value) for value in losses.values())
     after = list(trainer.generator.parameters())
     assert all(p.dtype == torch.float32 for p in after)

@@ -118,7 +118,8 @@ def add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = T
         help="arithmetic of the learned method, the per-scan fit and the reconstruction: auto "
         "(default) = bf16 for the encoder's convolutions on a CPU with native bf16 (its cost "
         "against fp32 is measured in docs/benchmarks.md), fp16 on CUDA, fp32 otherwise; fp32: "
-        "float32 throughout (on CUDA the fit follows the model's mixed-precision setting)",
+        "float32 throughout, and the fit's default steps with it (--fit-steps); on CUDA the fit "
+        "follows the model's mixed-precision setting",
     )
     parser.add_argument("--quiet", action="store_true", help="print errors only")
 
@@ -134,9 +135,9 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         "--fit-steps",
         type=int,
         metavar="N",
-        help="steps adapting the model to each scan (default 800 where its encoder runs in bf16 "
-        "or on CUDA, 400 in float32: about 15 s of a 30 s, or 25 s of a 45 s, 256x256x60 "
-        "upsample on 2 CPU cores; 0: the shipped prior alone)",
+        help="steps adapting the model to each scan (default 800 where the fit's encoder runs "
+        "in bf16, on a CPU with native bf16, else 400: about 26 s of a 35 s, or 25 s of a 45 s, "
+        "256x256x60 upsample on 2 CPU cores; 0: the shipped prior alone)",
     )
     parser.add_argument(
         "--fit-seconds",

@@ -118,8 +118,9 @@ class ThroughPlaneUpsample(Transform):
             ``"sinc"``), as the CLI's ``--slice-profile``; default: the model's training family.
         fit_frame: a 4D series' fit on this frame instead of the mean (``--fit-frame``).
         fit_per_frame: a 4D series' frames each fitted on their own (``--fit-per-frame``).
-        **misr_options: the learned method's options as in the CLI: model, fit_steps,
-            fit_seconds, seed, device, batch_size, progress.
+        **misr_options: the learned method's options as in the CLI: model, fit_steps (None:
+            the default for the precision), fit_seconds, seed, device, batch_size, progress,
+            precision.
     """
 
     def __init__(

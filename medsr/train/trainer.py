@@ -251,7 +251,7 @@ class Trainer:
             rng_states = [None] * self.world
             dist.all_gather_object(rng_states, self.rng.bit_generator.state)
         return {
-            "generator": self.generator.state_dict(),
+            "generator": {k: v.contiguous() for k, v in self.generator.state_dict().items()},
             "discriminator": None
             if self.discriminator is None
             else self.discriminator.state_dict(),

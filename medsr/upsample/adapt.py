@@ -43,7 +43,7 @@ from medsr.geometry import OutputGrid, neighbour_indices, slab_positions
 from medsr.intensity import grey_array
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
-from medsr.runtime import deterministic_algorithms, resolve_precision
+from medsr.runtime import deterministic_algorithms, fit_precision
 from medsr.train.noise import scan_noise, thicken_like_scan
 from medsr.train.pairs import MIN_PATCH_SLICES, PairSampler, PlaneSource, sources_self_supervised
 from medsr.train.trainer import Trainer
@@ -103,9 +103,9 @@ def adaptation_config(
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that thickness only, else `ASSUMED_THICKNESS_RATIO`; with `profile`
     (``--slice-profile``), that profile's shape only, else the profiles the model was trained on;
-    `input_noise` (`scan_noise`) is put back on the thickened inputs. `precision` (resolved,
-    `medsr.runtime.resolve_precision`): ``"bf16"`` runs the encoder's convolutions in bf16 on
-    the CPU (``train.cpu_bf16``), as the reconstruction does.
+    `input_noise` (`scan_noise`) is put back on the thickened inputs. `precision`, the fit's
+    (`medsr.runtime.fit_precision`): ``"bf16"`` runs the encoder's convolutions in bf16 on the
+    CPU (``train.cpu_bf16``), as the reconstruction does.
     """
     trained = config.data
     ratio = fit_thickness_ratio(thickness_ratio)
@@ -253,9 +253,10 @@ def adapt_to_scan(
             there was none).
         calibrate: fit the residual gain (`calibrated`; only if `CALIBRATE_GAIN`); with
             `steps` 0 this is all that is done.
-        precision: the fit's arithmetic, as the reconstruction's (`resolve_precision`):
-            ``"auto"`` trains with the encoder's convolutions in bf16 on a CPU with native
-            bf16 (`adaptation_config`), float32 elsewhere on the CPU.
+        precision: the run's arithmetic (`resolve_precision`); the fit's follows from it
+            (`medsr.runtime.fit_precision`): with ``"auto"`` or ``"bf16"`` on a CPU with native
+            bf16 the encoder's convolutions train in bf16, float32 elsewhere on the CPU; on CUDA
+            the model's mixed-precision setting.
 
     Returns:
         (the adapted (or calibrated) generator in eval mode, the number of steps run).
@@ -286,9 +287,9 @@ def adapt_to_scan(
         if guard is not None:
             guard.update(record, scan_noise=round(noise, 6))
         return model, 0
-    precision = resolve_precision(precision, device)
+    arithmetic = fit_precision(precision, device, config.train.mixed_precision)
     adapt_config = adaptation_config(
-        config, steps, seed, thickness_ratio, profile, noise, precision
+        config, steps, seed, thickness_ratio, profile, noise, arithmetic
     )
     sampler = PairSampler(sources, adapt_config.data, neighbours)
     sampler.held_out_planes = slab if planes else None

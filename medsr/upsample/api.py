@@ -72,7 +72,12 @@ def upsample_misr(
     """
     from tqdm import tqdm
 
-    from medsr.runtime import release_freed_memory, resolve_device, resolve_precision
+    from medsr.runtime import (
+        fit_precision,
+        release_freed_memory,
+        resolve_device,
+        resolve_precision,
+    )
     from medsr.upsample.adapt import adapt_to_grid, fit_facts, thickness_ratio
     from medsr.upsample.reconstruct import reconstruct_volume
 
@@ -131,6 +136,9 @@ def upsample_misr(
         "slice_thickness_ratio": ratio,
         "precision": resolved,
     }
+    if steps_run:  # the fit's own arithmetic (`fit_precision`: bf16 only where native)
+        mixed = config.train.mixed_precision
+        provenance["fit_precision"] = fit_precision(resolved, torch_device, mixed)
     if steps_run or "residual_gain" in guard:
         # what the fit (or the gain's held-back slices) took of the acquisition; else nothing
         provenance.update(fit_facts(volume, grid.axis))

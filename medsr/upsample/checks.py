@@ -24,23 +24,23 @@ logger = logging.getLogger(__name__)
 #: end to end with 400 on the 2-core AVX2 development CPU (target 60 s)
 DEFAULT_FIT_STEPS = 400
 
-#: ... and of a fit whose encoder runs in bf16 (a CPU with native bf16) or fp16 (CUDA): its steps
-#: take about half the time, spent on more of them (docs/benchmarks.md, "The fit on the CPU":
-#: 800 against 400 bf16 steps +0.08 dB mean on validation, SSIM up in every case; 256x256x60 end
-#: to end in 30 s on the AMX CPU)
+#: ... and of a CPU fit whose encoder runs in bf16 (a CPU with native bf16): its steps take
+#: about half the time, spent on more of them (docs/benchmarks.md, "The saved time spent on
+#: steps": 800 against 400 bf16 steps +0.08 dB mean on validation, SSIM up in every case;
+#: 256x256x60 end to end in 35 s on the AMX CPU)
 FAST_FIT_STEPS = 800
 
 
-def default_fit_steps(precision: str = "auto", device: str | None = None) -> int:
-    """The default number of fit steps for the fit's arithmetic (`resolve_precision` of
-    `precision` on `device`): `DEFAULT_FIT_STEPS` in float32, `FAST_FIT_STEPS` otherwise."""
+def default_fit_steps(precision: str = "auto", device=None) -> int:
+    """The default number of fit steps for the fit's arithmetic (`medsr.runtime.fit_precision`
+    of `precision` on `device`, a name or a torch device): `FAST_FIT_STEPS` for a bf16 fit on
+    the CPU, `DEFAULT_FIT_STEPS` otherwise (CUDA included: not measured there)."""
     import torch
 
-    from medsr.runtime import resolve_device, resolve_precision
+    from medsr.runtime import fit_precision, resolve_device
 
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    fp32 = resolve_precision(precision, device) == "fp32"
-    return DEFAULT_FIT_STEPS if fp32 else FAST_FIT_STEPS
+    return FAST_FIT_STEPS if fit_precision(precision, device) == "bf16" else DEFAULT_FIT_STEPS
 
 
 def fit_steps_of(options: dict) -> int:

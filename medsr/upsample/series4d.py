@@ -167,7 +167,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
     fit, on `volume` (the mean of the frames or the chosen frame), for `options`' target and
     model (``options["loaded"]``), as `upsample_volume` would fit that volume; the noise put back
     on its inputs is that of `noise_from` (one frame: the mean's noise is averaged down)."""
-    from medsr.runtime import resolve_device
+    from medsr.runtime import fit_precision, resolve_device
     from medsr.upsample.adapt import adapt_to_grid, fit_facts
 
     device = resolve_device(options.get("device"))
@@ -193,7 +193,11 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         noise_from=noise_from,
         precision=options.get("precision", "auto"),
     )
-    return adapted, int(steps_run), guard, fit_facts(volume, grid.axis)
+    facts = fit_facts(volume, grid.axis)
+    if steps_run:  # the fit's own arithmetic, as `upsample_misr` records it
+        precision = options.get("precision", "auto")
+        facts["fit_precision"] = fit_precision(precision, device, config.train.mixed_precision)
+    return adapted, int(steps_run), guard, facts
 
 
 def serve_fitted(
