@@ -239,3 +239,15 @@ def test_probe_rss_makes_the_ct_crop_and_times_a_command(tmp_path, capsys):
     assert crop.affine[2, 3] == pytest.approx(3.0 + 12 * 5.0)
     assert probe_rss.main(["--", "info", str(out)]) == 0
     assert "peak RSS" in capsys.readouterr().out
+
+
+def test_the_peak_rss_is_the_commands_own_not_the_benchmarks():
+    """Linux keeps the RSS high-water mark across fork and exec: a `medsr` forked straight from
+    a benchmark that holds 400 MiB reported at least 400 MiB. Through the launcher it reports
+    its own (`medsr --help` needs far less)."""
+    held = np.ones(400 * 2**20 // 8)  # touched: in this process's RSS
+    seconds, peak = benchmark_mri.run_method(["--help"], in_process=False)
+    assert held[-1] == 1 and seconds > 0
+    assert 5 < peak < 300
+    with pytest.raises(RuntimeError, match="failed"):
+        benchmark_mri.run_method(["no-such-command"], in_process=False)
