@@ -352,7 +352,7 @@ def test_the_fit_config_is_the_fits_own(tiny_config):
     assert told.data.thickness_ratios == (0.6, 0.6)
     assert fit.loss.perceptual_weight == 0 and fit.loss.adversarial_weight == 0
     # the fit's own rate and schedule (chosen on validation curves), not the training run's
-    assert (train.learning_rate, train.lr_schedule) == (2e-3, "cosine")
+    assert (train.learning_rate, train.lr_schedule) == (1e-3, "cosine")
     # and its own query budget, never the training run's
     from medsr.upsample.adapt import FIT_QUERY_POSITIONS
 
@@ -560,8 +560,8 @@ def test_the_fit_guard_keeps_a_good_fit_and_the_fit_stays_deterministic(
     import medsr.upsample.adapt as adapt
 
     # six steps from the identity prior improve on B-spline at a small constant rate (the
-    # default's cosine from 2e-3 is made for 400 steps, and at six it may overshoot: then the
-    # guard rightly keeps the prior, which is the other test)
+    # default's cosine is made for 400-800 steps, and at six it may overshoot: then the guard
+    # rightly keeps the prior, which is the other test)
     monkeypatch.setattr(adapt, "ADAPTATION_LEARNING_RATE", 1e-3)
     monkeypatch.setattr(adapt, "ADAPTATION_LR_SCHEDULE", "constant")
     scan = _guard_scan(tmp_path)
