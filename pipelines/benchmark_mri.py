@@ -168,9 +168,12 @@ def method_argv(method: str, source: Path, output: Path, case: Case, spacing: fl
 #: Linux keeps a process's RSS high-water mark across fork and exec, so `medsr` forked from the
 #: benchmark itself reported at least the benchmark's own RSS (its volumes and scores)
 LAUNCHER = (
-    "import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:]); "
+    "import os, subprocess, sys; "
+    "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
     "_, status, usage = os.wait4(child.pid, 0); print(usage.ru_maxrss); "
-    "sys.exit(os.waitstatus_to_exitcode(status))"
+    "code = os.waitstatus_to_exitcode(status); "
+    "code < 0 and print(f'killed by signal {-code}', file=sys.stderr); "
+    "sys.exit(128 - code if code < 0 else code)"
 )
 
 
@@ -187,12 +190,16 @@ def run_method(argv: list[str], in_process: bool) -> tuple[float, float]:
         return time.perf_counter() - start, float("nan")
     command = [sys.executable, "-m", "medsr.cli", *argv]
     done = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True
+        [sys.executable, "-c", LAUNCHER, *command],
+        capture_output=True,
+        text=True,
+        errors="replace",
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-500:]}")
-    return seconds, int(done.stdout.split()[-1]) / 1024
+        message = done.stderr[-500:]
+        raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}): {message}")
+    return seconds, int(done.stdout.strip()) / 1024  # ru_maxrss: KiB on Linux
 
 
 def benchmark_case(data: Path, case: Case, index: int, options: dict, folder: Path) -> list[dict]:

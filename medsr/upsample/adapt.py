@@ -52,12 +52,13 @@ from medsr.upsample.heldout import apply_guard, calibrated, guard_without_fit
 logger = logging.getLogger(__name__)
 
 #: peak learning rate of the fine-tuning and its schedule over the fit's steps (``"cosine"``: to
-#: 0 at the last step; `medsr.config.TrainConfig.lr_schedule`). Chosen on the validation
-#: volume's fit curves (pipelines/fit_curves.py, docs/benchmarks.md): on the ITK T1 at x4 and x2
-#: (boxcar) and x7 (Gaussian), 200 steps, constant 1e-3 / cosine 1e-3 / cosine 2e-3 gave
-#: +0.29 / +0.39 / +0.44, +0.77 / +0.75 / +0.81 and +1.13 / +1.07 / +1.07 dB over B-spline.
-#: 1e-3 since 2026-12-03 (afternoon), for today's 400 (float32) and 800 (bf16) steps: on the ITK
-#: T1 and its smoothed copy at x2 / x4 / x6.5 against 2e-3, mean +0.10 dB at 400 float32 steps
+#: 0 at the last step; `medsr.config.TrainConfig.lr_schedule`). The schedule was chosen on the
+#: validation volume's 200-step fit curves (pipelines/fit_curves.py, docs/benchmarks.md): on the
+#: ITK T1 at x4 and x2 (boxcar) and x7 (Gaussian), constant 1e-3 / cosine 1e-3 / cosine 2e-3 gave
+#: +0.29 / +0.39 / +0.44, +0.77 / +0.75 / +0.81 and +1.13 / +1.07 / +1.07 dB over B-spline, and
+#: the rate was 2e-3 then. 1e-3 since 2026-12-03 (late afternoon), for the 400 (float32) and
+#: 800 (bf16) steps of today's defaults: on the ITK T1 and its smoothed copy at x2 / x4 / x6.5
+#: against 2e-3, mean +0.10 dB at 400 float32 steps
 #: and +0.08 at 800 bf16 ones, at most 0.02 dB lower in any case, and 2e-3 unstable on the
 #: smoothed copy at x6.5 (0.4 dB apart between two layouts of the same float32 fit)
 ADAPTATION_LEARNING_RATE = 1e-3
