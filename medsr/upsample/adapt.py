@@ -58,9 +58,9 @@ logger = logging.getLogger(__name__)
 #: +0.29 / +0.39 / +0.44, +0.77 / +0.75 / +0.81 and +1.13 / +1.07 / +1.07 dB over B-spline, and
 #: the rate was 2e-3 then. 1e-3 since 2026-12-03 (late afternoon), for the 400 (float32) and
 #: 800 (bf16) steps of today's defaults: on the ITK T1 and its smoothed copy at x2 / x4 / x6.5
-#: against 2e-3, mean +0.10 dB at 400 float32 steps
-#: and +0.08 at 800 bf16 ones, at most 0.02 dB lower in any case, and 2e-3 unstable on the
-#: smoothed copy at x6.5 (0.4 dB apart between two layouts of the same float32 fit)
+#: against 2e-3, mean +0.10 dB at 400 float32 steps and +0.08 at 800 bf16 ones, at most 0.02 dB
+#: lower in any case, and 2e-3 unstable on the smoothed copy at x6.5 (0.4 dB apart between two
+#: layouts of the same float32 fit)
 ADAPTATION_LEARNING_RATE = 1e-3
 ADAPTATION_LR_SCHEDULE = "cosine"
 
