@@ -58,6 +58,8 @@ class LossConfig:
     """Generator loss ``l_G = l_MSE + perceptual_weight * l_percep + adversarial_weight * l_GAN``.
 
     Attributes:
+        pixel_loss: the pixel term: ``"mse"`` (the SR-GAN's, as trained) or ``"l1"`` (the mean
+            absolute error; the per-scan fit's, `medsr.upsample.adapt.FIT_PIXEL_LOSS`).
         perceptual_weight: beta; 0 disables the perceptual loss (and the need for VGG weights).
         adversarial_weight: gamma; 0 trains without the discriminator.
         perceptual_layer: last VGG16 layer whose features are compared.
@@ -65,6 +67,7 @@ class LossConfig:
             cache (see `medsr.train.losses.find_vgg_weights`).
     """
 
+    pixel_loss: Literal["mse", "l1"] = "mse"
     perceptual_weight: float = 0.003
     adversarial_weight: float = 0.0001
     perceptual_layer: Literal["relu1_2", "relu2_2", "relu3_3"] = "relu2_2"

@@ -479,3 +479,30 @@ def test_cpu_bf16_trains_the_encoder_in_bf16_and_keeps_float32_weights(hr_path, 
     after = list(trainer.generator.parameters())
     assert all(p.dtype == torch.float32 for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("pixel_loss", ["mse", "l1"])
+def test_the_pixel_loss_is_the_configs(hr_path, tiny_config, pixel_loss):
+    config = _with_steps(tiny_config, 1)
+    config = dataclasses.replace(
+        config,
+        loss=dataclasses.replace(
+            config.loss, pixel_loss=pixel_loss, perceptual_weight=0.0, adversarial_weight=0.0
+        ),
+    )
+    sampler = build_sampler([(read_volume(hr_path), "hr")], config.data, 3)
+    trainer = Trainer(config, sampler, torch.device("cpu"), validation=[])
+    lr, hr, positions, factor = sampler.sample(np.random.default_rng(0))
+    with torch.no_grad():  # the untrained generator is cubic B-spline: its error is known
+        fake = trainer.generator(lr, positions, factor).float()
+    error = fake - hr
+    expected = error.abs().mean() if pixel_loss == "l1" else error.square().mean()
+    losses = trainer.train_step(lr, hr, positions, factor)
+    assert losses["loss_pixel"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_an_unknown_pixel_loss_is_a_config_error():
+    from medsr.errors import MedsrError
+
+    with pytest.raises(MedsrError, match="pixel_loss"):
+        load_config(overrides=["loss.pixel_loss=l2"])

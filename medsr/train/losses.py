@@ -1,4 +1,5 @@
-"""Losses of the SR-GAN: pixel (MSE), perceptual (VGG16 features), adversarial (non-saturating).
+"""Losses of the SR-GAN: pixel (MSE; L1 for the per-scan fit), perceptual (VGG16 features),
+adversarial (non-saturating).
 
 No optimisers and no file I/O beyond loading the VGG weights that the caller points to.
 """
@@ -13,6 +14,9 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from medsr.errors import MedsrError
+
+#: the pixel term of the generator's loss, by `medsr.config.LossConfig.pixel_loss`
+PIXEL_LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 VGG_ENV = "MEDSR_VGG_WEIGHTS"
 # torchvision's VGG16 `features`: numbers are conv output channels, "M" max pooling

@@ -3,7 +3,6 @@ model/loop split, without registries), and `train`, the driver behind ``medsr tr
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F  # noqa: N812
 from torch.nn.parallel import DistributedDataParallel
 
 from medsr._version import __version__
@@ -25,25 +23,16 @@ from medsr.nets import PlaneDiscriminator
 from medsr.nets.blocks import bspline_sample_last_axis
 from medsr.nets.checkpoint import build_generator
 from medsr.runtime import distributed_world, numpy_blas_threads, precision_autocast
-from medsr.train.losses import AdversarialLoss, PerceptualLoss, load_vgg_features
+from medsr.train.losses import (
+    PIXEL_LOSSES,
+    AdversarialLoss,
+    PerceptualLoss,
+    load_vgg_features,
+)
+from medsr.train.metrics_log import METRIC_COLUMNS, MetricsLog
 from medsr.train.pairs import PairSampler
 
 logger = logging.getLogger(__name__)
-
-METRIC_COLUMNS = [
-    "step",
-    "seconds",
-    "factor",
-    "loss_g",
-    "loss_pixel",
-    "loss_perceptual",
-    "loss_adversarial",
-    "loss_d",
-    "val_psnr",
-    "val_psnr_bspline",
-    "val_ssim",
-    "val_ssim_bspline",
-]
 
 
 class Trainer:
@@ -186,7 +175,7 @@ class Trainer:
             fake = self.g_net(lr, positions, factor)
             fake_logits = self.d_net(fake) if use_gan else None
         fake = fake.float()
-        loss_g = F.mse_loss(fake, hr)
+        loss_g = PIXEL_LOSSES[weights.pixel_loss](fake, hr)
         losses["loss_pixel"] = loss_g.item()
         if self.adversarial_phase and self.perceptual is not None:
             with precision_autocast(self.device, self.precision):
@@ -328,7 +317,7 @@ class Trainer:
         train, start, last = self.config.train, time.perf_counter(), {}
         stop = train.stop_at or train.steps
         stop = stop if until_step is None else min(until_step, stop)
-        log = _MetricsLog(
+        log = MetricsLog(
             self.run_dir / "metrics.csv" if self.run_dir and self.rank == 0 else None, self.step
         )
         bar = tqdm(
@@ -372,29 +361,3 @@ class Trainer:
             batches.close()  # stops DataLoader workers
             bar.close()
         return last
-
-
-class _MetricsLog:
-    """``metrics.csv``: one row per step; on resume, rows after the resumed step are dropped."""
-
-    def __init__(self, path: Path | None, resume_step: int) -> None:
-        self.path = path
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if path.exists():
-            with path.open(newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        if self.path is None:
-            return
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, METRIC_COLUMNS).writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
