@@ -351,6 +351,8 @@ def test_the_fit_config_is_the_fits_own(tiny_config):
     told = adaptation_config(trained, steps=7, seed=3, thickness_ratio=0.6)
     assert told.data.thickness_ratios == (0.6, 0.6)
     assert fit.loss.perceptual_weight == 0 and fit.loss.adversarial_weight == 0
+    # the fit's own pixel loss (L1, chosen on validation), whatever the training run's
+    assert trained.loss.pixel_loss == "mse" and fit.loss.pixel_loss == "l1"
     # the fit's own rate and schedule (chosen on validation curves), not the training run's
     assert (train.learning_rate, train.lr_schedule) == (1e-3, "cosine")
     # and its own query budget, never the training run's

@@ -2,12 +2,12 @@
 
 The scan's own slices across the axis to be upsampled (the in-plane slices of a thick-slice scan)
 are degraded by the factor of the upsampling along each of their two axes, and the generator is
-fine-tuned with the pixel loss to undo that, starting from trained weights (SMORE/ECLARE idea,
+fine-tuned with a pixel loss to undo that, starting from trained weights (SMORE/ECLARE idea,
 warm-started). For the default target of a thick-slice scan (the finest in-plane spacing) that is
 its thick-slice spacing; an isotropic volume upsampled with an explicit --scale or --spacing is
-fitted the same way. Only the pixel loss is used: it is the fastest signal in a short budget, and
-the perceptual/adversarial character comes from the pre-trained weights. On CUDA the fit runs
-with deterministic algorithms.
+fitted the same way. Only the pixel loss is used (L1, `FIT_PIXEL_LOSS`): it is the fastest
+signal in a short budget, and the perceptual/adversarial character comes from the pre-trained
+weights. On CUDA the fit runs with deterministic algorithms.
 
 Patches are centred on the scan's foreground (`medsr.train.patches`), so that background and
 empty glass do not take most of the fit. A guard keeps the fit from making a scan worse: a slab of
@@ -72,6 +72,13 @@ ADAPTATION_LR_SCHEDULE = "cosine"
 ASSUMED_THICKNESS_RATIO = 1.0
 
 
+#: the fit's pixel loss (`medsr.config.LossConfig.pixel_loss`): ``"l1"`` since 2026-12-07,
+#: chosen on the validation volumes (docs/benchmarks.md, "The fit's pixel loss"): against MSE at
+#: the same 800 bf16 steps and rate, mean +0.04 dB over ten cases (+0.15 and +0.19 dB where the
+#: slice profile is Gaussian, at most 0.06 dB lower elsewhere) and SSIM higher in all ten
+FIT_PIXEL_LOSS = "l1"
+
+
 #: whether the fit puts the scan's own voxel noise back on the slices it thickens
 #: (`scan_noise`, `medsr.config.DataConfig.input_noise`)
 MATCH_SCAN_NOISE = True
@@ -102,8 +109,8 @@ def adaptation_config(
     (`config.model`), the slice profiles and thickness ratios it was trained for, its patch and
     batch sizes, and whether it trains in mixed precision. Everything else is the fit's own:
     pixel loss only, no intensity, noise or smoothing augmentation, patches centred on the
-    foreground, the fit's learning rate and schedule (`ADAPTATION_LEARNING_RATE`,
-    `ADAPTATION_LR_SCHEDULE`), `steps` steps
+    foreground, the fit's pixel loss (`FIT_PIXEL_LOSS`), learning rate and schedule
+    (`ADAPTATION_LEARNING_RATE`, `ADAPTATION_LR_SCHEDULE`), `steps` steps
     (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that thickness only, else `ASSUMED_THICKNESS_RATIO`; with `profile`
@@ -117,7 +124,7 @@ def adaptation_config(
     profiles = trained.profiles if profile is None else (profile,)
     return Config(
         model=config.model,
-        loss=LossConfig(perceptual_weight=0.0, adversarial_weight=0.0),
+        loss=LossConfig(pixel_loss=FIT_PIXEL_LOSS, perceptual_weight=0.0, adversarial_weight=0.0),
         data=DataConfig(
             self_supervised=True,
             profiles=profiles,
