@@ -12,11 +12,12 @@ for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEAR
 `ADAPTATION_LR_SCHEDULE`), and in ``,profile=boxcar|gaussian|sinc`` and ``,thickness=RATIO``:
 what the fit is told of the acquisition (``--slice-profile``; ``--slice-thickness`` as RATIO times
 the thick spacing), as a header or the user would; ``,precision=auto|bf16|fp32``: the
-``--precision`` of fit and reconstruction; ``,noise=on|off`` puts the scan's noise back on
+``--precision`` of fit and reconstruction; ``,ensemble=1|2|4|8`` the reconstruction's
+self-ensemble (``--ensemble``); ``,noise=on|off`` puts the scan's noise back on
 the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off``
 scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GAIN`);
 ``,queries=N`` trains the fit's decoder on N stratified thin positions of each patch a step
-(`FIT_QUERY_POSITIONS`; 0: all).
+(`FIT_QUERY_POSITIONS`; 0: all); ``,loss=mse|l1`` sets the fit's pixel loss (`FIT_PIXEL_LOSS`).
 ``--condition noise`` adds the MRI benchmark's Rician noise to the thick slices.
 
 Design choices are made on the validation volume of pipelines/configs/split.yaml
@@ -66,6 +67,7 @@ FIT_OPTIONS = {
     "noise": ("MATCH_SCAN_NOISE", lambda value: _on_off(value)),
     "gain": ("CALIBRATE_GAIN", lambda value: _on_off(value)),
     "queries": ("FIT_QUERY_POSITIONS", int),
+    "loss": ("FIT_PIXEL_LOSS", str),
 }
 
 #: a model spec's ``,key=value`` passed as `medsr upsample` options: what the fit is told of the
@@ -75,6 +77,7 @@ COMMAND_OPTIONS = {
     "thickness": "--slice-thickness",
     "profile": "--slice-profile",
     "precision": "--precision",
+    "ensemble": "--ensemble",
 }
 
 

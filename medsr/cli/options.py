@@ -152,6 +152,15 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="seed of the adaptation (default 0; same seed, same file)",
     )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        choices=[1, 2, 4, 8],
+        metavar="N",
+        help="reconstruction passes averaged, each on flipped planes (1, 2, 4 or 8; default: 4 "
+        "for outputs up to 16 M voxels, fewer for larger ones, whose passes cost most: "
+        "docs/benchmarks.md, 'Self-ensemble')",
+    )
 
 
 def fit_settings(args: argparse.Namespace) -> dict:
@@ -173,6 +182,7 @@ def fit_settings(args: argparse.Namespace) -> dict:
         "fit_steps": steps,
         "fit_seconds": args.fit_seconds,
         "seed": args.seed,
+        "ensemble": getattr(args, "ensemble", None),
     }
 
 
@@ -185,6 +195,8 @@ def check_learned_options(args: argparse.Namespace) -> None:
         return
     if args.model or args.fit_seconds is not None or args.fit_steps is not None:
         raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
+    if getattr(args, "ensemble", None) is not None:
+        raise MedsrError("--ensemble averages the learned method's passes: --method misr only")
     if args.slice_profile:
         raise MedsrError("--slice-profile shapes the learned method's fit: --method misr only")
 

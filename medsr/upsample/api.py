@@ -41,6 +41,7 @@ def upsample_misr(
     precision: str = "auto",
     confidence: bool = False,
     calibrate: bool = True,
+    ensemble: int | None = None,
 ) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Learned reconstruction on `grid` (float32, input units) and what produced it.
 
@@ -65,6 +66,9 @@ def upsample_misr(
         calibrate: scale the model's residual over B-spline by the gain fitted on held-back
             slices, with or without a fit (`medsr.upsample.heldout.calibrated`); off for a model
             that is already calibrated (a 4D series' frames after its one fit).
+        ensemble: reconstruction passes averaged per orientation, flipped (1, 2, 4 or 8;
+            `medsr.upsample.reconstruct.ENSEMBLE_FLIPS`); None: as many as the output's size
+            allows (`medsr.upsample.reconstruct.default_ensemble`).
 
     Returns:
         (array on `grid`, provenance dict: model and its sha256, steps run, seed, device, the
@@ -79,8 +83,9 @@ def upsample_misr(
         resolve_precision,
     )
     from medsr.upsample.adapt import adapt_to_grid, fit_facts, thickness_ratio
-    from medsr.upsample.reconstruct import reconstruct_volume
+    from medsr.upsample.reconstruct import check_ensemble, default_ensemble, reconstruct_volume
 
+    ensemble = default_ensemble(grid.shape) if ensemble is None else check_ensemble(ensemble)
     model_path = Path(model) if model else default_model_path()
     torch_device = resolve_device(device)
     resolved = resolve_precision(precision, torch_device)
@@ -116,6 +121,7 @@ def upsample_misr(
         on_batch=bar.update,
         precision=resolved,
         disagreement=confidence,
+        ensemble=ensemble,
     )
     bar.close()
     release_freed_memory()  # the reconstruction's batches, before the dtype is restored
@@ -135,6 +141,7 @@ def upsample_misr(
         "device": str(torch_device),
         "slice_thickness_ratio": ratio,
         "precision": resolved,
+        "ensemble": ensemble,
     }
     if steps_run:  # the fit's own arithmetic (`fit_precision`: bf16 only where native)
         mixed = config.train.mixed_precision
@@ -175,7 +182,7 @@ def upsample_volume(
             ``meta["confidence"]`` (a float32 `Volume` on the output grid in the input's
             intensity units, with its own ``meta["provenance"]``; `medsr.upsample.confidence`).
         **misr_options: `upsample_misr` options (model, fit_steps, fit_seconds, seed, device,
-            batch_size, progress, precision, calibrate).
+            batch_size, progress, precision, calibrate, ensemble).
 
     Returns:
         The upsampled volume; its affine covers the input's physical extent, and

@@ -7,9 +7,14 @@ plane i are planes i + j * round(thick / fine) (one thick spacing apart, as in t
 output grid's own positions along z (``generator(lr, positions, factor)``, any real factor, the
 positions of `medsr.geometry.plan_output_grid`), in chunks of positions within `DECODER_BUDGET`.
 Both orientations are averaged into one float32 output array, which is the only full-size buffer
-(plus the input). With ``disagreement=True`` the second orientation goes into one extra float32
-buffer first, which then holds half their absolute difference (the confidence map's first term,
-`medsr.upsample.confidence`); the average is the same, to the bit.
+(plus the input). With an ``ensemble`` of more than one pass, every batch of planes is also
+reconstructed flipped (`ENSEMBLE_FLIPS`: along the plane's in-plane axis, along the thick axis,
+the neighbours' order reversed; the geometric self-ensemble of EDSR+, Lim et al. CVPRW 2017) and
+the passes are averaged, flipped back, into the same buffer. With ``disagreement=True`` the
+second orientation goes into one extra float32 buffer first, which then holds half their
+absolute difference (the confidence map's first term, `medsr.upsample.confidence`); the average
+is the same, to the bit with one pass (with more, each orientation's passes are summed first: the
+same up to float32 rounding).
 """
 
 from __future__ import annotations
@@ -39,6 +44,49 @@ CHANNELS_LAST = {"bf16": True, "fp16": False, "fp32": True}
 #: memory for the decoder's per-output temporaries of one call (bytes)
 DECODER_BUDGET = 32 * 2**20
 
+#: the flips of the self-ensemble's passes, in the order an ensemble of n passes takes the
+#: first n: (along the plane's in-plane axis w, along the thick axis, the neighbour planes'
+#: order). Each is a symmetry of the acquisition that training draws too (flips of both plane
+#: axes, reversed neighbour order), so every pass is an equally good estimate and their mean
+#: has less variance. The second pass flips both plane axes: on the validation volumes it gained
+#: more than either flip alone (docs/benchmarks.md, "Self-ensemble")
+ENSEMBLE_FLIPS = (
+    (False, False, False),
+    (True, True, False),
+    (True, False, False),
+    (False, True, False),
+    (False, False, True),
+    (True, True, True),
+    (True, False, True),
+    (False, True, True),
+)
+#: the ensemble sizes `reconstruct` takes
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+#: the default ensemble's budget: output voxels x passes beyond the first (`default_ensemble`)
+ENSEMBLE_BUDGET = 48_000_000
+
+
+def default_ensemble(shape: tuple[int, ...]) -> int:
+    """The default self-ensemble for an output of `shape` (voxels): the most passes, of 1, 2
+    and 4, whose passes beyond the first decode at most `ENSEMBLE_BUDGET` voxels. A pass costs
+    about the reconstruction's time again, which grows with the output, while the fit's does
+    not: small and mid-size outputs get 4 passes (a 256 x 256 x 195 output of 12.8 M voxels),
+    large ones fewer (a 512 x 512 x 360 output, 94 M voxels: one), which keeps the time targets
+    of docs/benchmarks.md."""
+    voxels = int(np.prod(shape))
+    return max(n for n in ENSEMBLE_SIZES[:3] if (n - 1) * voxels <= ENSEMBLE_BUDGET)
+
+
+def check_ensemble(ensemble: int) -> int:
+    """`ensemble` as an int of `ENSEMBLE_SIZES`.
+
+    Raises:
+        ValueError: another value, named in the message.
+    """
+    if ensemble not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
+    return int(ensemble)
+
 
 def position_chunk(generator, planes: int, width: int, count: int) -> int:
     """Output positions decoded per call: all of them, fewer when the decoder's temporaries
@@ -67,6 +115,37 @@ def encode_planes(generator, lr: torch.Tensor, factor: float, precision: str) ->
         return generator.encode(lr, factor)
 
 
+def predict_flipped(
+    generator,
+    lr: torch.Tensor,
+    positions: torch.Tensor,
+    factor: float,
+    precision: str,
+    flips: tuple[bool, bool, bool],
+    chunk: int,
+):
+    """The centre planes of `lr` (B, k, W, n) at `positions`, predicted from `lr` flipped by
+    `flips` (w, thick axis, neighbour order) and flipped back: yields (slice of `positions`,
+    (B, W, len) float32 tensor) per chunk of `chunk` positions. Flipping the thick axis maps
+    position t to ``n - 1 - t``, so the flipped pass is decoded at the mirrored positions and
+    its values come back in the caller's order."""
+    flip_w, flip_n, flip_p = flips
+    dims = [d for d, on in ((-2, flip_w), (-1, flip_n), (1, flip_p)) if on]
+    if dims:
+        lr = lr.flip(dims)
+    if flip_n:
+        positions = (lr.shape[-1] - 1) - positions
+    if hasattr(generator, "encode"):  # decode large outputs in chunks
+        encoded = encode_planes(generator, lr, factor, precision)
+        for first in range(0, len(positions), chunk):
+            part = slice(first, first + chunk)
+            sr = generator.predict_at(encoded, positions[part])[:, 0].float()
+            yield part, sr.flip(-2) if flip_w else sr
+    else:
+        sr = generator(lr, positions, factor)[:, 0].float()  # (B, W, M)
+        yield slice(0, len(positions)), sr.flip(-2) if flip_w else sr
+
+
 @torch.no_grad()
 def reconstruct(
     normalised: np.ndarray,
@@ -79,6 +158,7 @@ def reconstruct(
     on_batch: Callable[[int], None] | None = None,
     precision: str = "auto",
     disagreement: bool = False,
+    ensemble: int = 1,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Reconstruct a normalised grey volume on `grid` with `generator`.
 
@@ -92,11 +172,15 @@ def reconstruct(
         on_batch: called with the number of planes done after each batch (progress).
         precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (`medsr.runtime.resolve_precision`).
         disagreement: also return ``|o1 - o2| / 2`` of the two orientations' reconstructions.
+        ensemble: passes per orientation (`ENSEMBLE_SIZES`), the first of `ENSEMBLE_FLIPS`,
+            averaged; 1: the plain reconstruction.
 
     Returns:
-        float32 array of `grid.shape`, normalised units, mean of both orientations; with
-        `disagreement`, (that mean, half the orientations' absolute difference).
+        float32 array of `grid.shape`, normalised units, mean of both orientations (and of the
+        ensemble's passes); with `disagreement`, (that mean, half the orientations' absolute
+        difference).
     """
+    passes = ENSEMBLE_FLIPS[: check_ensemble(ensemble)]
     precision = resolve_precision(precision, device)
     generator = generator.to(device).eval()
     if CHANNELS_LAST.get(precision, False):
@@ -117,24 +201,24 @@ def reconstruct(
             centres = np.arange(start, min(start + batch_size, total))
             index = neighbour_indices(centres, k, offset, total)
             lr = torch.from_numpy(np.ascontiguousarray(planes[index], dtype=np.float32))
+            lr = lr.to(device)
+            chunk = position_chunk(generator, len(centres), planes.shape[1], len(positions))
             with precision_autocast(device, precision if device.type == "cuda" else "fp32"):
-                if hasattr(generator, "encode"):  # decode large outputs in chunks
-                    encoded = encode_planes(generator, lr.to(device), factor, precision)
-                    chunk = position_chunk(generator, len(centres), planes.shape[1], len(positions))
-                    for first in range(0, len(positions), chunk):
-                        part = slice(first, first + chunk)
-                        sr = generator.predict_at(encoded, positions[part])[:, 0].float()
+                for flips in passes:
+                    parts = predict_flipped(
+                        generator, lr, positions, factor, precision, flips, chunk
+                    )
+                    for part, sr in parts:
                         target[centres, :, part] += sr.cpu().numpy()
-                else:
-                    sr = generator(lr.to(device), positions, factor)[:, 0].float()  # (B, W, M)
-                    target[centres] += sr.cpu().numpy()
             if on_batch is not None:
                 on_batch(len(centres))
     if not disagreement:
-        output /= len(orientations)
+        output /= len(orientations) * len(passes)
         return output
     output += second  # the same sums as accumulating both into one buffer
-    output /= len(orientations)
+    output /= len(orientations) * len(passes)
+    if len(passes) > 1:
+        second /= len(passes)
     second -= output  # o2 - (o1 + o2) / 2 = (o2 - o1) / 2
     np.abs(second, out=second)
     return output, second
@@ -150,6 +234,7 @@ def reconstruct_volume(
     on_batch: Callable[[int], None] | None = None,
     precision: str = "auto",
     disagreement: bool = False,
+    ensemble: int = 1,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """`reconstruct` for a volume in its own units: one intensity scaling shared by all channels
     (RGB keeps its hues), each channel through the same network, back to input units.
@@ -173,6 +258,7 @@ def reconstruct_volume(
             on_batch=on_batch,
             precision=precision,
             disagreement=disagreement,
+            ensemble=ensemble,
         )
         if disagreement:
             out, difference = out
