@@ -1,7 +1,8 @@
 """The confidence map of the learned reconstruction: where it guesses and where it interpolates.
 
 For every output voxel, ``u = G_1 * ( |o1 - o2| / 2 + |misr - bspline| )``: o1 and o2 are the two
-through-plane orientations' reconstructions before they are averaged (`medsr.upsample.reconstruct`),
+through-plane orientations' reconstructions before they are averaged (`medsr.upsample.reconstruct`;
+each the mean of its self-ensemble's passes),
 misr their average (the output), bspline the exact cubic B-spline on the same grid
 (`medsr.interp`), and G_1 a Gaussian of sigma 1 output voxel along every axis. The first term is
 where the two orientations disagree, the second where the network departs from smooth
