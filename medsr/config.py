@@ -55,11 +55,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Generator loss ``l_G = l_MSE + perceptual_weight * l_percep + adversarial_weight * l_GAN``.
+    """Generator loss ``l_G = l_pixel + perceptual_weight * l_percep + adversarial_weight * l_GAN``.
 
     Attributes:
         pixel_loss: the pixel term: ``"mse"`` (the SR-GAN's, as trained) or ``"l1"`` (the mean
-            absolute error; the per-scan fit's, `medsr.upsample.adapt.FIT_PIXEL_LOSS`).
+            absolute error); the per-scan fit sets its own (`medsr.upsample.adapt.FIT_PIXEL_LOSS`).
         perceptual_weight: beta; 0 disables the perceptual loss (and the need for VGG weights).
         adversarial_weight: gamma; 0 trains without the discriminator.
         perceptual_layer: last VGG16 layer whose features are compared.

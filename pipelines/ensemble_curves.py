@@ -7,7 +7,9 @@ data range); the fit and the reconstructions run in this process, through the fu
 `medsr upsample` calls (`adapt_to_grid`, `reconstruct_volume`, `calibrated` included), so the
 fit is run once and each ensemble only adds its reconstruction. The ensemble and the fit's loss
 were chosen on the validation volumes of pipelines/configs/split.yaml with it (the ITK T1 and its
-smoothed copy, `make_validation_volumes.py`); the test volumes are only measured.
+smoothed copy, `make_validation_volumes.py`); the test volumes are only measured. `fit_curves.py`
+measures the same settings (``,loss=`` and ``,ensemble=``) one `medsr upsample` process per
+point, i.e. with a fit per point; this script fits once per loss and reuses the fit.
 
 Usage (from the repository root):
     python pipelines/ensemble_curves.py --data VAL --volume itk_t1_2x2x3mm.nii.gz --factor 4 \
@@ -42,8 +44,17 @@ FIELDS += ("delta_psnr", "delta_ssim", "guard", "gain")
 def case_rows(args: argparse.Namespace, loss: str) -> list[dict]:
     """Rows of one case, one fit with `loss`, one row per ensemble size."""
     case = Case(args.volume, args.factor, args.axis, args.condition, args.profile)
-    thick, truth, mask, data_range = acquire(read_volume(args.data / args.volume), case, seed=0)
-    grid = plan_output_grid(thick.spatial_shape, thick.affine, axis=args.axis)
+    source = read_volume(args.data / args.volume)
+    thick, truth, mask, data_range = acquire(source, case, seed=0)
+    spacing = float(thick.spacing[args.axis])
+    if case.thickness is not None:  # what the benchmark tells the fit (`method_argv`)
+        thick.meta["slice_thickness"] = case.thickness / case.factor * spacing
+    if case.condition == "sinc":
+        thick.meta["slice_profile"] = "sinc"
+    # the truth's grid: its spacing along the axis (not the finest in-plane one, which an
+    # anisotropic source's other axes may set)
+    target = float(source.spacing[args.axis])
+    grid = plan_output_grid(thick.spatial_shape, thick.affine, spacing=target, axis=args.axis)
     base = upsample_baseline(thick, grid, "bspline", keep_dtype=False).array
     base_scores = score(base, truth, mask=mask, axis=args.axis, data_range=data_range)
     device = torch.device("cpu")
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, required=True)
     parser.add_argument("--axis", type=int, default=2)
     parser.add_argument("--profile", default="boxcar")
-    parser.add_argument("--condition", default="family", choices=("family", "noise"))
+    parser.add_argument("--condition", default="family", choices=("family", "noise", "sinc", "gap"))
     parser.add_argument("--model", help="checkpoint (default: the shipped weights)")
     parser.add_argument("--steps", type=int, help="fit steps (default: the command's)")
     parser.add_argument("--loss", nargs="+", default=["l1"], choices=("mse", "l1"))

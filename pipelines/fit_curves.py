@@ -67,7 +67,7 @@ FIT_OPTIONS = {
     "noise": ("MATCH_SCAN_NOISE", lambda value: _on_off(value)),
     "gain": ("CALIBRATE_GAIN", lambda value: _on_off(value)),
     "queries": ("FIT_QUERY_POSITIONS", int),
-    "loss": ("FIT_PIXEL_LOSS", str),
+    "loss": ("FIT_PIXEL_LOSS", lambda value: _one_of(value, ("mse", "l1"), "loss")),
 }
 
 #: a model spec's ``,key=value`` passed as `medsr upsample` options: what the fit is told of the
@@ -79,6 +79,12 @@ COMMAND_OPTIONS = {
     "precision": "--precision",
     "ensemble": "--ensemble",
 }
+
+
+def _one_of(value: str, choices: tuple[str, ...], key: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{key}= takes one of {choices}, not {value!r}")
+    return value
 
 
 def _on_off(value: str) -> bool:

@@ -602,3 +602,16 @@ def test_slice_profile_passes_through_to_each_fit_and_the_manifest(
     assert json.loads((out / "a.nii.gz.json").read_text(encoding="utf-8"))["slice_profile"] == (
         "sinc"
     )
+
+
+def test_a_learned_batch_of_another_medsr_version_is_redone(monkeypatch):
+    """The learned method's outputs may change between versions (the fit, the reconstruction):
+    its manifest key holds the version; the interpolations' keys stay as they were."""
+    import medsr._version
+    from medsr.batch.plan import settings_key
+
+    learned, spline = {"method": "misr", "fit_steps": 800}, {"method": "bspline"}
+    before = settings_key(learned), settings_key(spline)
+    assert json.loads(before[1]) == spline
+    monkeypatch.setattr(medsr._version, "__version__", "9.9.9")
+    assert settings_key(learned) != before[0] and settings_key(spline) == before[1]

@@ -12,10 +12,9 @@ from medsr.geometry import neighbour_indices, plan_output_grid
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.upsample.api import upsample_volume
+from medsr.upsample.checks import ENSEMBLE_BUDGET, default_ensemble
 from medsr.upsample.reconstruct import (
-    ENSEMBLE_BUDGET,
     ENSEMBLE_FLIPS,
-    default_ensemble,
     plane_orientations,
     reconstruct,
     reconstruct_volume,
@@ -104,21 +103,67 @@ def test_one_pass_is_the_plain_reconstruction_to_the_bit():
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 
-def test_the_orientations_disagreement_keeps_its_meaning_under_an_ensemble():
+def test_the_orientations_disagreement_keeps_its_meaning_under_an_ensemble(monkeypatch):
     """With `disagreement`, the mean is the same up to the order of the float32 sums (each
-    orientation's passes are summed first) and the difference is half that of the two
-    orientations' own ensemble means."""
+    orientation's passes are summed first), and the half-difference is that of the two
+    orientations' own ensemble means, each reconstructed alone."""
+    import medsr.upsample.reconstruct as reconstruction
+
     generator = _random_generator()
     volume = _volume()
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
-    plain = reconstruct_volume(volume, grid, generator, device=CPU, precision="fp32", ensemble=4)
-    mean, half = reconstruct_volume(
-        volume, grid, generator, device=CPU, precision="fp32", ensemble=4, disagreement=True
-    )
+    options = dict(device=CPU, precision="fp32", ensemble=4)
+    plain = reconstruct_volume(volume, grid, generator, **options)
+    mean, half = reconstruct_volume(volume, grid, generator, disagreement=True, **options)
     np.testing.assert_allclose(mean, plain, rtol=1e-6, atol=1e-6 * np.ptp(volume.array))
-    assert half.min() >= 0 and half.max() > 0
-    # the two orientations' means lie mean +- half, each within the intensity range's rounding
-    assert np.all(half <= np.abs(mean - volume.array.min()) + np.ptp(volume.array))
+    each = []
+    for orientation in plane_orientations(grid.axis, volume.spacing):
+        monkeypatch.setattr(reconstruction, "plane_orientations", lambda *_, o=orientation: [o])
+        each.append(reconstruct_volume(volume, grid, generator, **options))
+    tolerance = 1e-5 * np.ptp(volume.array)
+    np.testing.assert_allclose(mean, (each[0] + each[1]) / 2, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(half, np.abs(each[1] - each[0]) / 2, rtol=0, atol=tolerance)
+    assert half.max() > 10 * tolerance
+
+
+@pytest.mark.parametrize(
+    "flips, thick",
+    [((True, False, False), 3.3), ((False, True, False), 3.0), ((False, False, True), 3.3)],
+)
+def test_each_pass_is_the_plain_reconstruction_of_the_flipped_volume(monkeypatch, flips, thick):
+    """A pass flipped along w, the thick axis or the neighbours' order is the single-pass
+    reconstruction of the volume flipped along that array axis, flipped back (one orientation;
+    an integer factor for the thick axis, whose output grid is then its own mirror)."""
+    import medsr.upsample.reconstruct as reconstruction
+
+    generator = _random_generator()
+    volume = _volume(thick=thick)
+    normalised = (volume.array - volume.array.min()) / np.ptp(volume.array)
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    p, w, offset = plane_orientations(grid.axis, volume.spacing)[0]
+    monkeypatch.setattr(reconstruction, "plane_orientations", lambda *_: [(p, w, offset)])
+    axis = [a for a, on in zip((w, grid.axis, p), flips, strict=True) if on][0]
+    flipped = np.ascontiguousarray(np.flip(normalised, axis))
+    options = dict(device=CPU, precision="fp32")
+    expected = np.flip(reconstruct(flipped, grid, volume.spacing, generator, **options), axis)
+    monkeypatch.setattr(reconstruction, "ENSEMBLE_FLIPS", (flips,))
+    out = reconstruct(normalised, grid, volume.spacing, generator, **options)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+    monkeypatch.setattr(reconstruction, "ENSEMBLE_FLIPS", ((False, False, False),))
+    plain = reconstruct(normalised, grid, volume.spacing, generator, **options)
+    assert np.abs(out - plain).max() > 1e-3  # the pass is its own estimate
+
+
+def test_an_ensemble_decoded_in_chunks_is_the_same(monkeypatch):
+    import medsr.upsample.reconstruct as reconstruction
+
+    generator = _random_generator()
+    volume = _volume()
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    whole = reconstruct_volume(volume, grid, generator, device=CPU, ensemble=8)
+    monkeypatch.setattr(reconstruction, "DECODER_BUDGET", 1)  # one position per call
+    chunked = reconstruct_volume(volume, grid, generator, device=CPU, ensemble=8)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
 def test_the_default_ensemble_spends_its_budget_on_small_outputs():
@@ -127,27 +172,70 @@ def test_the_default_ensemble_spends_its_budget_on_small_outputs():
     voxels = ENSEMBLE_BUDGET  # one extra pass fits, three do not
     assert default_ensemble((voxels, 1, 1)) == 2
     assert default_ensemble((512, 512, 360)) == 1  # the chest CT at x10
+    # RGB channels and a series' frames each cost a reconstruction: they count
+    assert default_ensemble((256, 256, 195), count=3) == 2  # 38 M voxels
+    assert default_ensemble((64, 64, 64), count=100) == 2  # 26 M voxels
+    assert default_ensemble((512, 512, 360), count=3) == 1
 
 
-def test_the_ensemble_is_recorded_and_a_bad_one_refused(identity_checkpoint):
+def test_the_ensemble_is_recorded_and_a_bad_one_refused_before_any_work(
+    identity_checkpoint, monkeypatch
+):
+    import medsr.upsample.checks as checks
+
     volume = _volume()
     common = dict(method="misr", model=identity_checkpoint, fit_steps=0, device="cpu")
     result = upsample_volume(volume, ensemble=2, **common)
     assert result.meta["provenance"]["ensemble"] == 2
     result = upsample_volume(volume, **common)
     assert result.meta["provenance"]["ensemble"] == default_ensemble(result.spatial_shape)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the ensemble was checked")
+
+    monkeypatch.setattr(checks, "load_model", no_model)
+    monkeypatch.setattr("medsr.upsample.api.load_model", no_model)
+    for bad in (3, 0, True, "4"):
+        with pytest.raises(ValueError, match="ensemble must be one of"):
+            upsample_volume(volume, ensemble=bad, **common)
+
+
+def test_a_series_ensemble_counts_every_frame(tmp_path, identity_checkpoint):
+    """A 4D series resolves its default ensemble for all its frames' outputs, refuses a bad one
+    before its fit, and records the one it used."""
+    import nibabel as nib
+
+    from medsr.upsample.files import upsample_file
+
+    frames = np.stack([phantom_array((12, 10, 6)) + 5 * t for t in range(3)], axis=-1)
+    path = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(frames.astype(np.float32), make_affine("LPS", [1, 1, 3.5])), path)
+    common = dict(model=identity_checkpoint, device="cpu", fit_steps=2)
     with pytest.raises(ValueError, match="ensemble must be one of"):
-        upsample_volume(volume, ensemble=3, **common)
+        upsample_file(path, tmp_path / "bad.nii.gz", ensemble=5, **common)
+    assert not (tmp_path / "bad.nii.gz").exists()
+    out = tmp_path / "out.nii.gz"
+    upsample_file(path, out, **common)
+    record = json.loads(out.with_name(out.name + ".json").read_text())
+    assert record["ensemble"] == 4 and record["fit_pixel_loss"] == "mse"
+
+
+def test_the_monai_transform_refuses_a_bad_ensemble_when_built():
+    from medsr.monai import ThroughPlaneUpsample
+
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        ThroughPlaneUpsample(ensemble=6)
 
 
 def test_cli_ensemble_option(tmp_path, phantom_path, identity_checkpoint, capsys):
     out = tmp_path / "out.nii.gz"
-    argv = ["upsample", str(phantom_path), "-o", str(out), "--quiet", "--fit-steps", "0"]
-    argv += ["--model", str(identity_checkpoint)]
-    assert main([*argv, "--ensemble", "8"]) == 0
+    argv = ["upsample", str(phantom_path), "-o", str(out), "--quiet"]
+    learned = ["--fit-steps", "0", "--model", str(identity_checkpoint)]
+    assert main([*argv, *learned, "--ensemble", "8"]) == 0
     assert json.loads(out.with_name(out.name + ".json").read_text())["ensemble"] == 8
     with pytest.raises(SystemExit) as usage:
-        main([*argv, "--overwrite", "--ensemble", "3"])
+        main([*argv, *learned, "--overwrite", "--ensemble", "3"])
     assert usage.value.code == 2
+    capsys.readouterr()
     assert main([*argv, "--overwrite", "--method", "bspline", "--ensemble", "2"]) == 1
-    assert "--ensemble" in capsys.readouterr().err
+    assert "--ensemble averages the learned method's passes" in capsys.readouterr().err

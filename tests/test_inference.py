@@ -351,8 +351,13 @@ def test_the_fit_config_is_the_fits_own(tiny_config):
     told = adaptation_config(trained, steps=7, seed=3, thickness_ratio=0.6)
     assert told.data.thickness_ratios == (0.6, 0.6)
     assert fit.loss.perceptual_weight == 0 and fit.loss.adversarial_weight == 0
-    # the fit's own pixel loss (L1, chosen on validation), whatever the training run's
-    assert trained.loss.pixel_loss == "mse" and fit.loss.pixel_loss == "l1"
+    # the fit's own pixel loss (chosen on validation), whatever the training run's
+    from medsr.upsample.adapt import FIT_PIXEL_LOSS
+
+    l1_trained = dataclasses.replace(
+        trained, loss=dataclasses.replace(trained.loss, pixel_loss="l1")
+    )
+    assert adaptation_config(l1_trained, steps=7, seed=3).loss.pixel_loss == FIT_PIXEL_LOSS == "mse"
     # the fit's own rate and schedule (chosen on validation curves), not the training run's
     assert (train.learning_rate, train.lr_schedule) == (1e-3, "cosine")
     # and its own query budget, never the training run's

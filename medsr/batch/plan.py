@@ -248,6 +248,17 @@ def _input_unchanged(task: Task, entry: dict) -> tuple[bool, Task]:
     return digest == entry.get("input_sha256"), task
 
 
+def settings_key(settings: dict) -> str:
+    """The key an input's manifest entry is done under: its `settings`, and for the learned
+    method the medsr version (another version's fit or reconstruction may give another output;
+    the interpolations' keys stay as older manifests wrote them)."""
+    if settings.get("method") == "misr":
+        from medsr._version import __version__
+
+        settings = dict(settings, medsr_version=__version__)
+    return json.dumps(settings, sort_keys=True)
+
+
 def _refusal(task: Task, path: Path, settings_key: str) -> dict:
     return {
         "input": task.key,
@@ -284,12 +295,12 @@ def plan_batch(
     entries = _load_manifest(output_root / MANIFEST)
     plan = BatchPlan(tasks, entries)
     plan.collisions = find_collisions(tasks, plan.colliding)
-    settings_key = json.dumps(settings, sort_keys=True)
+    key = settings_key(settings)
     for task in tasks:
         entry = entries.get(task.key)
         output = Path(task.output)
         owned = owns_output(entry, output)
-        if owned and entry.get("status") == "done" and entry.get("settings") == settings_key:
+        if owned and entry.get("status") == "done" and entry.get("settings") == key:
             unchanged, task = _input_unchanged(task, entry)
             if unchanged:
                 stats = {"input_stat": list(task.input_stat), "output_stat": _file_stat(output)}
@@ -300,7 +311,7 @@ def plan_batch(
             recorded = entry is not None and bool(entry.get("output_sha256"))
             written += [p for p in _companions(output, settings) if p.exists() and not recorded]
             if written:
-                plan.refuse.append(_refusal(task, written[0], settings_key))
+                plan.refuse.append(_refusal(task, written[0], key))
                 continue
         plan.run.append(task)
     return plan

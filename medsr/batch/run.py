@@ -39,6 +39,7 @@ from medsr.batch.plan import (
     batch_patient_id,
     owns_output,
     plan_batch,
+    settings_key,
 )
 from medsr.errors import MedsrError
 from medsr.io import make_output_folder
@@ -162,7 +163,7 @@ def _recorder(
 ) -> Callable[[dict], None]:
     """What settles each finished input: its entry, the manifest saved (so that a stopped batch
     resumes), `on_done`."""
-    settings_key = json.dumps(settings, sort_keys=True)
+    key = settings_key(settings)
 
     def record(result: dict) -> None:
         previous = entries.get(result["input"]) or {}
@@ -171,7 +172,7 @@ def _recorder(
             result.update(
                 output_sha256=previous["output_sha256"], output_stat=previous.get("output_stat")
             )
-        result["settings"] = settings_key
+        result["settings"] = key
         entries[result["input"]] = result
         _save_manifest(manifest_path, entries, settings)  # after every input: resumable
         if on_done:

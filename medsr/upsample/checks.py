@@ -56,6 +56,44 @@ def fit_steps_of(options: dict) -> int:
 DEFAULT_SEED = 0
 
 
+#: the self-ensemble sizes the reconstruction takes (`medsr.upsample.reconstruct.ENSEMBLE_FLIPS`)
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+#: the most passes the default gives (8 gained 0.01 dB over 4 on validation, at twice the cost)
+DEFAULT_MAX_ENSEMBLE = 4
+#: the default ensemble's budget: output voxels x passes beyond the first (`default_ensemble`)
+ENSEMBLE_BUDGET = 48_000_000
+
+
+def default_ensemble(shape: tuple[int, ...], count: int = 1) -> int:
+    """The default self-ensemble for `count` outputs (RGB channels, a series' frames) of
+    `shape`: the most passes, up to `DEFAULT_MAX_ENSEMBLE`, whose passes beyond the first decode
+    at most `ENSEMBLE_BUDGET` voxels. A pass costs about the reconstruction's time again, which
+    grows with the outputs, while the fit's does not: one 256 x 256 x 195 output (12.8 M voxels)
+    gets 4 passes, a 512 x 512 x 360 one (94 M) a single one, which keeps the time targets of
+    docs/benchmarks.md."""
+    voxels = int(np.prod(shape)) * max(int(count), 1)
+    sizes = [n for n in ENSEMBLE_SIZES if n <= DEFAULT_MAX_ENSEMBLE]
+    return max(n for n in sizes if (n - 1) * voxels <= ENSEMBLE_BUDGET)
+
+
+def check_ensemble(ensemble) -> int:
+    """`ensemble` as an int of `ENSEMBLE_SIZES`.
+
+    Raises:
+        ValueError: another value, named in the message.
+    """
+    if ensemble not in ENSEMBLE_SIZES or isinstance(ensemble, bool):
+        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
+    return int(ensemble)
+
+
+def ensemble_of(options: dict, shape: tuple[int, ...], count: int = 1) -> int:
+    """``options["ensemble"]`` checked; where it is absent or None, `default_ensemble` for
+    `count` outputs of `shape`."""
+    ensemble = options.get("ensemble")
+    return default_ensemble(shape, count) if ensemble is None else check_ensemble(ensemble)
+
+
 #: fewest slices along the thick axis that a reconstruction needs
 MIN_SLICES = 4
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from medsr.intensity import intensity_range, normalise_intensity
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.runtime import precision_autocast, resolve_precision
+from medsr.upsample.checks import check_ensemble
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ DECODER_BUDGET = 32 * 2**20
 #: first n: (along the plane's in-plane axis w, along the thick axis, the neighbour planes'
 #: order). Each is a symmetry of the acquisition that training draws too (flips of both plane
 #: axes, reversed neighbour order), so every pass is an equally good estimate and their mean
-#: has less variance. The second pass flips both plane axes: on the validation volumes it gained
-#: more than either flip alone (docs/benchmarks.md, "Self-ensemble")
+#: has less variance (docs/benchmarks.md, "The fit's pixel loss and the self-ensemble"; the default
+#: number of passes: `medsr.upsample.checks.default_ensemble`)
 ENSEMBLE_FLIPS = (
     (False, False, False),
     (True, True, False),
@@ -60,32 +61,6 @@ ENSEMBLE_FLIPS = (
     (True, False, True),
     (False, True, True),
 )
-#: the ensemble sizes `reconstruct` takes
-ENSEMBLE_SIZES = (1, 2, 4, 8)
-#: the default ensemble's budget: output voxels x passes beyond the first (`default_ensemble`)
-ENSEMBLE_BUDGET = 48_000_000
-
-
-def default_ensemble(shape: tuple[int, ...]) -> int:
-    """The default self-ensemble for an output of `shape` (voxels): the most passes, of 1, 2
-    and 4, whose passes beyond the first decode at most `ENSEMBLE_BUDGET` voxels. A pass costs
-    about the reconstruction's time again, which grows with the output, while the fit's does
-    not: small and mid-size outputs get 4 passes (a 256 x 256 x 195 output of 12.8 M voxels),
-    large ones fewer (a 512 x 512 x 360 output, 94 M voxels: one), which keeps the time targets
-    of docs/benchmarks.md."""
-    voxels = int(np.prod(shape))
-    return max(n for n in ENSEMBLE_SIZES[:3] if (n - 1) * voxels <= ENSEMBLE_BUDGET)
-
-
-def check_ensemble(ensemble: int) -> int:
-    """`ensemble` as an int of `ENSEMBLE_SIZES`.
-
-    Raises:
-        ValueError: another value, named in the message.
-    """
-    if ensemble not in ENSEMBLE_SIZES:
-        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
-    return int(ensemble)
 
 
 def position_chunk(generator, planes: int, width: int, count: int) -> int:
@@ -116,19 +91,32 @@ def encode_planes(generator, lr: torch.Tensor, factor: float, precision: str) ->
 
 
 def predict_flipped(
-    generator,
+    generator: MISRGenerator,
     lr: torch.Tensor,
     positions: torch.Tensor,
     factor: float,
     precision: str,
     flips: tuple[bool, bool, bool],
     chunk: int,
-):
-    """The centre planes of `lr` (B, k, W, n) at `positions`, predicted from `lr` flipped by
-    `flips` (w, thick axis, neighbour order) and flipped back: yields (slice of `positions`,
-    (B, W, len) float32 tensor) per chunk of `chunk` positions. Flipping the thick axis maps
-    position t to ``n - 1 - t``, so the flipped pass is decoded at the mirrored positions and
-    its values come back in the caller's order."""
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """One pass of the self-ensemble over a batch of planes, decoded in chunks of positions.
+
+    The planes are flipped by `flips` and the prediction flipped back. Flipping the thick axis
+    maps position t to ``n - 1 - t``, so that pass is decoded at the mirrored positions and its
+    values come back in the caller's order.
+
+    Args:
+        generator: the generator (with `encode` / `predict_at`, or a plain forward).
+        lr: (B, k, W, n) low-resolution planes on the generator's device.
+        positions: (M,) output positions along the last axis of `lr`.
+        factor: low-resolution spacing / output spacing.
+        precision: the resolved precision (`encode_planes`).
+        flips: (along W, along the thick axis, the neighbours' order), one of `ENSEMBLE_FLIPS`.
+        chunk: positions decoded per call (`position_chunk`).
+
+    Yields:
+        (slice of `positions`, (B, W, len) float32 tensor of the centre planes there).
+    """
     flip_w, flip_n, flip_p = flips
     dims = [d for d, on in ((-2, flip_w), (-1, flip_n), (1, flip_p)) if on]
     if dims:

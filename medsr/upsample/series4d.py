@@ -37,7 +37,7 @@ from medsr.io.nifti import write_nifti_frames
 from medsr.io.volume import Volume
 from medsr.provenance import input_stat, provenance_description, sha256
 from medsr.upsample.api import upsample_volume
-from medsr.upsample.checks import DEFAULT_SEED, fit_steps_of
+from medsr.upsample.checks import DEFAULT_SEED, ensemble_of, fit_steps_of
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ def fit_mode(
     if fit_per_frame:
         return "per-frame"
     return "mean" if fit_frame is None else f"frame {fit_frame}"
+
+
+def series_ensemble(options: dict, shape: tuple[int, ...], outputs: int) -> dict:
+    """`options` with the learned method's self-ensemble resolved for a whole series: every
+    frame is reconstructed with it, so the default counts all `outputs` (frames x channels) of
+    `shape` (`medsr.upsample.checks.default_ensemble`), not one frame's."""
+    return dict(options, ensemble=ensemble_of(options, shape, outputs))
 
 
 def _can_hold_back(frame: Volume, options: dict) -> bool:
@@ -125,6 +132,10 @@ def upsample_series(
         whose ``meta["provenance"]`` describes the series, ``fit_mode`` included).
     """
     mode = fit_mode(method, options, fit_frame, fit_per_frame, frame)
+    if method == "misr" and frame is not None:
+        target = {name: options.get(name) for name in ("spacing", "scale", "axis")}
+        grid = plan_output_grid(frame.spatial_shape, frame.affine, **target)
+        options = series_ensemble(options, grid.shape, frames * frame.num_channels)
     key = _settings_key(method, mode, {**options, **settings})
     folder = _kept_frames_folder(output, input_path, frames, key)
     served, fit_record = dict(options), {} if mode is None else {"fit_mode": mode}
@@ -168,7 +179,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
     model (``options["loaded"]``), as `upsample_volume` would fit that volume; the noise put back
     on its inputs is that of `noise_from` (one frame: the mean's noise is averaged down)."""
     from medsr.runtime import fit_precision, resolve_device
-    from medsr.upsample.adapt import adapt_to_grid, fit_facts
+    from medsr.upsample.adapt import FIT_PIXEL_LOSS, adapt_to_grid, fit_facts
 
     device = resolve_device(options.get("device"))
     prior, config = options["loaded"]
@@ -197,6 +208,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
     if steps_run:  # the fit's own arithmetic, as `upsample_misr` records it
         precision = options.get("precision", "auto")
         facts["fit_precision"] = fit_precision(precision, device, config.train.mixed_precision)
+        facts["fit_pixel_loss"] = FIT_PIXEL_LOSS
     return adapted, int(steps_run), guard, facts
 
 
