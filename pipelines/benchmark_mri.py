@@ -252,7 +252,7 @@ def read_rows(path: Path) -> list[dict]:
             elif key == "gain":
                 row[key] = float(value) if value else ""
             elif key not in ("volume", "condition", "profile", "factor_group", "method", "guard"):
-                row[key] = float(value)
+                row[key] = float(value) if value else float("nan")  # merged rows lack some
         rows.append(row)
     return rows
 

@@ -251,3 +251,21 @@ def test_the_peak_rss_is_the_commands_own_not_the_benchmarks():
     assert 5 < peak < 300
     with pytest.raises(RuntimeError, match="failed"):
         benchmark_mri.run_method(["no-such-command"], in_process=False)
+
+
+def test_benchmark_rows_merged_from_two_runs_read_back(tmp_path):
+    """Rows merged from runs of other methods (the interpolations keep no peak RSS) read back:
+    an empty number is NaN, not an error."""
+    learned = {"case": 0, "volume": "v", "factor": 4.0, "axis": 1, "condition": "family"}
+    learned |= {"profile": "boxcar", "factor_group": "x4-x6.5", "thickness": 4.0, "method": "misr"}
+    learned |= {"mask_voxels": 10, "data_range": 1.0, "psnr": 30.0, "ssim": 0.9, "hfen": 0.1}
+    learned |= {"sharpness": 0.8, "seconds": 20.0, "peak_mib": 500.0, "guard": "adapted"}
+    learned |= {"gain": 0.9}
+    spline = {key: value for key, value in learned.items() if key not in ("guard", "gain")}
+    spline |= {"method": "bspline", "psnr": 28.0, "peak_mib": ""}
+    path = tmp_path / "rows.csv"
+    benchmark_mri.write_rows(path, [learned, spline])
+    rows = benchmark_mri.read_rows(path)
+    assert rows[0]["peak_mib"] == 500.0 and np.isnan(rows[1]["peak_mib"])
+    assert rows[1]["gain"] == "" and rows[0]["gain"] == 0.9
+    assert "| 0 | v | 4 |" in benchmark_mri.markdown(rows)
