@@ -19,13 +19,13 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
 
 import torch
 from benchmark_mri import Case, acquire
+from fit_curves import append_rows, check_out
 
 import medsr.upsample.adapt as adapt
 from medsr.evaluate.simulate import score
@@ -97,22 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--condition", default="family", choices=("family", "noise", "sinc", "gap"))
     parser.add_argument("--model", help="checkpoint (default: the shipped weights)")
     parser.add_argument("--steps", type=int, help="fit steps (default: the command's)")
-    parser.add_argument("--loss", nargs="+", default=["l1"], choices=("mse", "l1"))
+    parser.add_argument("--loss", nargs="+", default=["mse"], choices=("mse", "l1"))
     parser.add_argument("--ensembles", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.out.exists() and args.out.stat().st_size:
-        with args.out.open(newline="", encoding="utf-8") as stream:
-            if tuple(next(csv.reader(stream), [])) != FIELDS:
-                raise SystemExit(f"error: {args.out} has other columns; use a new --out")
+    check_out(args.out, FIELDS)
     torch.manual_seed(0)
-    rows = [row for loss in args.loss for row in case_rows(args, loss)]
-    new = not args.out.exists() or args.out.stat().st_size == 0
-    with args.out.open("a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(args.out, [row for loss in args.loss for row in case_rows(args, loss)], FIELDS)
     return 0
 
 

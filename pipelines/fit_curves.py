@@ -217,16 +217,26 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def check_out(out: Path) -> None:
-    """`--out` is appended to: refuse, before any work, a CSV whose header is not `FIELDS` (one
-    written by an older version of this script, whose rows would not line up)."""
+def check_out(out: Path, fields: tuple[str, ...] = FIELDS) -> None:
+    """`--out` is appended to: refuse, before any work, a CSV whose header is not `fields` (one
+    written by an older version of the script, whose rows would not line up)."""
     if out.exists() and out.stat().st_size:
         with out.open(newline="", encoding="utf-8") as stream:
             header = next(csv.reader(stream), [])
-        if tuple(header) != FIELDS:
+        if tuple(header) != fields:
             raise SystemExit(
                 f"error: {out} has other columns than this script writes; use a new --out"
             )
+
+
+def append_rows(out: Path, rows: list[dict], fields: tuple[str, ...] = FIELDS) -> None:
+    """`rows` appended to the CSV `out` (its header first if it is new or empty)."""
+    new = not out.exists() or out.stat().st_size == 0
+    with out.open("a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,13 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     check_out(args.out)
-    rows = run(args)
-    new = not args.out.exists() or args.out.stat().st_size == 0
-    with args.out.open("a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(args.out, run(args))
     return 0
 
 
