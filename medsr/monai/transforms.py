@@ -146,10 +146,9 @@ class ThroughPlaneUpsample(Transform):
 
         check_slice_profile(slice_profile)
         self.slice_profile = slice_profile
-        if method == "misr" and misr_options.get("ensemble") is not None:
-            from medsr.upsample.checks import check_ensemble
+        from medsr.upsample.checks import check_ensemble_option
 
-            check_ensemble(misr_options["ensemble"])
+        check_ensemble_option(method, misr_options)
         self.fit_frame, self.fit_per_frame = fit_frame, fit_per_frame
 
     def _upsample(self, volume: Volume, confidence: bool = False, options=None) -> Volume:

@@ -74,8 +74,8 @@ ASSUMED_THICKNESS_RATIO = 1.0
 
 #: the fit's pixel loss (`medsr.config.LossConfig.pixel_loss`): MSE, chosen on the validation
 #: volumes (docs/benchmarks.md, "The fit's pixel loss and the self-ensemble"): L1 gained
-#: +0.04 dB on ten cases along axis 0 but lost 0.04-0.11 dB in all four first cases along
-#: axis 1, and it was below MSE on the test benchmark's first cases that prompted those
+#: +0.04 dB on ten cases along axis 0 but lost 0.03-0.11 dB in all eight along axes 1 and 2
+#: (run after the test benchmark's first cases showed L1 below MSE)
 FIT_PIXEL_LOSS = "mse"
 
 

@@ -20,7 +20,7 @@ from medsr.provenance import provenance_description, provenance_record, sha256
 from medsr.upsample.baseline import average_slabs, upsample_baseline
 from medsr.upsample.checks import (
     DEFAULT_SEED,
-    check_ensemble,
+    check_ensemble_option,
     check_fit,
     default_fit_steps,
     load_model,
@@ -222,10 +222,9 @@ def upsample_volume(
     elif method not in METHODS:
         raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     elif method == "misr":
-        if misr_options.get("ensemble") is not None:
-            check_ensemble(misr_options["ensemble"])
+        # the ensemble, the model, its range and the fit, before anything is logged or computed
+        check_ensemble_option(method, misr_options)
         if misr_options.get("loaded") is None:
-            # the model, its range and the fit, before anything is logged or computed
             misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
             check_fit(volume, grid, misr_options, "the volume")
     logger.info(

@@ -87,6 +87,13 @@ def check_ensemble(ensemble) -> int:
     return int(ensemble)
 
 
+def check_ensemble_option(method: str, options: dict) -> None:
+    """Before any work: the learned method's ``options["ensemble"]``, where given, is one of
+    `ENSEMBLE_SIZES` (`check_ensemble`); other methods do not read it."""
+    if method == "misr" and options.get("ensemble") is not None:
+        check_ensemble(options["ensemble"])
+
+
 def ensemble_of(options: dict, shape: tuple[int, ...], count: int = 1) -> int:
     """``options["ensemble"]`` checked; where it is absent or None, `default_ensemble` for
     `count` outputs of `shape`."""

@@ -21,7 +21,7 @@ from medsr.upsample.api import Method, upsample_volume
 from medsr.upsample.checks import (
     check_confidence,
     check_confidence_output,
-    check_ensemble,
+    check_ensemble_option,
     check_fit,
     check_input,
     check_labels_output,
@@ -241,8 +241,7 @@ def check_input_file(
     frames = volume_frames(input_path) if input_path.is_file() else 1
     steps = fit_steps_of(misr_options)
     check_series_fit(frames, method, steps, fit_frame, fit_per_frame, input_path)
-    if method == "misr" and misr_options.get("ensemble") is not None:
-        check_ensemble(misr_options["ensemble"])
+    check_ensemble_option(method, misr_options)
     check_slice_profile(slice_profile)
     read = dict(spacing=input_spacing, unit=input_unit, series=series)
     volume = _with_acquisition(  # a 4D series: its first frame, for the checks

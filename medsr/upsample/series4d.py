@@ -87,13 +87,18 @@ def series_ensemble(options: dict, shape: tuple[int, ...], outputs: int) -> dict
     return dict(options, ensemble=ensemble_of(options, shape, outputs))
 
 
+def _frame_grid(frame: Volume, options: dict):
+    """The output grid of one frame of `frame`'s geometry for `options`' target."""
+    target = {key: options.get(key) for key in ("spacing", "scale", "axis")}
+    return plan_output_grid(frame.spatial_shape, frame.affine, **target)
+
+
 def _can_hold_back(frame: Volume, options: dict) -> bool:
     """Whether `frame`'s upsampled axis (for `options`' target) is long enough for the held-back
     slices that calibrate the residual gain (`medsr.upsample.adapt.guard_slab`)."""
     from medsr.upsample.adapt import guard_slab
 
-    target = {key: options.get(key) for key in ("spacing", "scale", "axis")}
-    grid = plan_output_grid(frame.spatial_shape, frame.affine, **target)
+    grid = _frame_grid(frame, options)
     return guard_slab(frame.spatial_shape[grid.axis], options["loaded"][0].neighbours) is not None
 
 
@@ -133,9 +138,8 @@ def upsample_series(
     """
     mode = fit_mode(method, options, fit_frame, fit_per_frame, frame)
     if method == "misr" and frame is not None:
-        target = {name: options.get(name) for name in ("spacing", "scale", "axis")}
-        grid = plan_output_grid(frame.spatial_shape, frame.affine, **target)
-        options = series_ensemble(options, grid.shape, frames * frame.num_channels)
+        shape = _frame_grid(frame, options).shape
+        options = series_ensemble(options, shape, frames * frame.num_channels)
     key = _settings_key(method, mode, {**options, **settings})
     folder = _kept_frames_folder(output, input_path, frames, key)
     served, fit_record = dict(options), {} if mode is None else {"fit_mode": mode}
