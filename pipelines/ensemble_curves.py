@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from benchmark_mri import Case, acquire
-from fit_curves import append_rows, check_out
+from fit_curves import add_case_arguments, append_rows, check_out
 
 import medsr.upsample.adapt as adapt
 from medsr.evaluate.simulate import score
@@ -89,12 +89,7 @@ def case_rows(args: argparse.Namespace, loss: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/mri"))
-    parser.add_argument("--volume", required=True)
-    parser.add_argument("--factor", type=float, required=True)
-    parser.add_argument("--axis", type=int, default=2)
-    parser.add_argument("--profile", default="boxcar")
-    parser.add_argument("--condition", default="family", choices=("family", "noise", "sinc", "gap"))
+    add_case_arguments(parser, ("family", "noise", "sinc", "gap"))
     parser.add_argument("--model", help="checkpoint (default: the shipped weights)")
     parser.add_argument("--steps", type=int, help="fit steps (default: the command's)")
     parser.add_argument("--loss", nargs="+", default=["mse"], choices=("mse", "l1"))

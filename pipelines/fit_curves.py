@@ -239,8 +239,8 @@ def append_rows(out: Path, rows: list[dict], fields: tuple[str, ...] = FIELDS) -
         writer.writerows(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_case_arguments(parser: argparse.ArgumentParser, conditions: tuple[str, ...]) -> None:
+    """The options that name one case of the MRI benchmark's acquisition (`benchmark_mri.Case`)."""
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mri"))
     parser.add_argument("--volume", required=True)
     parser.add_argument("--factor", type=float, required=True)
@@ -249,9 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--condition",
         default="family",
-        choices=("family", "noise"),
+        choices=conditions,
         help="the MRI benchmark's acquisition condition (noise: Rician noise on the thick slices)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_case_arguments(parser, ("family", "noise"))
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=CKPT")
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 100, 200, 400])
     parser.add_argument("--seconds", type=float, nargs="+", default=[15, 45])
