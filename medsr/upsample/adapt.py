@@ -33,21 +33,28 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import torch
 
 from medsr.config import Config, DataConfig, LossConfig, TrainConfig
-from medsr.degrade import thin_slices
 from medsr.errors import MedsrError
-from medsr.geometry import OutputGrid, neighbour_indices, slab_positions
+from medsr.geometry import OutputGrid
 from medsr.intensity import grey_array
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.runtime import deterministic_algorithms, fit_precision
-from medsr.train.noise import scan_noise, thicken_like_scan
-from medsr.train.pairs import MIN_PATCH_SLICES, PairSampler, PlaneSource, sources_self_supervised
+from medsr.train.noise import scan_noise
+from medsr.train.pairs import PairSampler, sources_self_supervised
 from medsr.train.trainer import Trainer
-from medsr.upsample.heldout import apply_guard, calibrated, guard_without_fit
+from medsr.upsample.heldout import (
+    NARROW_SLICE,
+    SHORT_AXIS,
+    apply_guard,
+    calibrated,
+    guard_planes,
+    guard_slab,
+    guard_without_fit,
+)
+from medsr.upsample.profile import estimate_slice_profile
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +94,11 @@ MATCH_SCAN_NOISE = True
 #: whether the model's residual over B-spline is scaled by the gain that fits the held-back
 #: slices best (`medsr.upsample.heldout.calibrated`), with or without a fit
 CALIBRATE_GAIN = True
+
+
+#: whether a scan that does not state its slice profile has it estimated from its data
+#: (`medsr.upsample.profile`; undecided: the profiles the model was trained with)
+ESTIMATE_PROFILE = True
 
 
 #: the most thin positions of a patch the fit's decoder is trained on in a step
@@ -173,50 +185,6 @@ def check_fit_extent(shape: tuple[int, ...], axis: int, factor: float, name: str
             )
 
 
-def guard_slab(count: int, neighbours: int) -> tuple[int, int] | None:
-    """The planes [start, stop) along the upsampled axis held back from the fit: the `neighbours`
-    slices around its middle; None when the axis is too short to spare them (fewer than four
-    slabs' worth of patch centres would be left on either side)."""
-    if count < 2 * neighbours + 2 * MIN_PATCH_SLICES:
-        return None
-    start = count // 2 - neighbours // 2
-    return start, start + neighbours
-
-
-def guard_planes(
-    sources: list[PlaneSource],
-    slab: tuple[int, int],
-    neighbours: int,
-    ratio: float,
-    profile: str | None = None,
-    noise: float = 0.0,
-) -> list[tuple]:
-    """(lr, hr, positions, factor) of the slab's middle slice of every source, thickened along
-    its `a` axis as the fit thickens: by `ratio` x the factor (the fit's thickness ratio), with
-    the scan's slice profile if given, else boxcar, and the scan's `noise` put back, drawn from a
-    fixed seed."""
-    rng = np.random.default_rng(0)
-    planes = []
-    for source in sources:
-        count, length, factor = source.array.shape[0], source.array.shape[2], source.factor
-        slices = int(np.floor(length / factor))
-        if slices < MIN_PATCH_SLICES:
-            continue
-        index = neighbour_indices(np.array([(slab[0] + slab[1]) // 2]), neighbours, 1, count)[0]
-        patch = np.ascontiguousarray(source.array[index, :, : thin_slices(slices, factor, length)])
-        lr = thicken_like_scan(patch, factor, factor * ratio, profile or "boxcar", noise, rng)
-        positions = slab_positions(slices, factor)
-        hr = patch[neighbours // 2][..., : len(positions)]
-        planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
-    return planes
-
-
-#: the guard's record where no slices could be held back
-SHORT_AXIS = "the upsampled axis is too short to hold slices back"
-#: ... where the held-back slice is too short, across the factor, to be thickened
-NARROW_SLICE = "the held-back slice is too small to thicken by the factor"
-
-
 def adapt_to_scan(
     generator: MISRGenerator,
     config: Config,
@@ -256,7 +224,8 @@ def adapt_to_scan(
             default: `ASSUMED_THICKNESS_RATIO` (contiguous).
         profile: the scan's slice profile (``"boxcar"``, ``"gaussian"`` or ``"sinc"``, the
             2D multi-slice profile; `medsr.degrade.slice_profile_weights`), if known; default:
-            the profiles the model was trained with.
+            estimated from the data (`ESTIMATE_PROFILE`), where undecided the profiles the
+            model was trained with.
         progress: show a progress bar.
         noise: the voxel noise to put back on the thickened inputs (normalised units); default:
             `volume`'s own (`scan_noise`; a series fitted on its mean passes one frame's).
@@ -288,6 +257,12 @@ def adapt_to_scan(
         "the scan's voxel noise: std %.4g (normalised units), put back when thickening", noise
     )
     ratio = fit_thickness_ratio(thickness_ratio)
+    if profile is None and ESTIMATE_PROFILE:
+        estimate = estimate_slice_profile(sources, factor, ratio, noise)
+        logger.info("slice profile from the data: %s (%s)", estimate.profile, estimate.reason)
+        profile = estimate.profile
+        if guard is not None:
+            guard["slice_profile_estimate"] = estimate.record()
     neighbours = generator.neighbours
     planes = [] if slab is None else guard_planes(sources, slab, neighbours, ratio, profile, noise)
     if steps <= 0:

@@ -1,7 +1,7 @@
 """What the slices held back from the fit measure: the guard's choice, and the residual gain.
 
-The fit holds a slab of in-plane slices back (`medsr.upsample.adapt.guard_slab`) and thickens
-their middle slice as it thickens its pairs (`medsr.upsample.adapt.guard_planes`); a plane here
+The fit holds a slab of in-plane slices back (`guard_slab`) and thickens
+their middle slice as it thickens its pairs (`guard_planes`); a plane here
 is that (lr, hr, positions, factor), one per in-plane orientation. `guard_score` scores a model
 on them, `apply_guard` (after a fit) and `guard_without_fit` choose between the adapted model,
 the prior and B-spline, and `calibrated` scales the kept model's residual over B-spline by the
@@ -17,9 +17,13 @@ import logging
 import numpy as np
 import torch
 
+from medsr.degrade import thin_slices
 from medsr.evaluate.metrics import psnr
+from medsr.geometry import neighbour_indices, slab_positions
 from medsr.nets import MISRGenerator
 from medsr.nets.generator import exact_bspline
+from medsr.train.noise import thicken_like_scan
+from medsr.train.pairs import MIN_PATCH_SLICES, PlaneSource
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,50 @@ GUARD_TIE_DB = 0.05
 
 #: the guard's rule, as the provenance records it
 GUARD_RULE = f"best PSNR; within {GUARD_TIE_DB} dB of it: adapted, then prior, then bspline"
+
+
+def guard_slab(count: int, neighbours: int) -> tuple[int, int] | None:
+    """The planes [start, stop) along the upsampled axis held back from the fit: the `neighbours`
+    slices around its middle; None when the axis is too short to spare them (fewer than four
+    slabs' worth of patch centres would be left on either side)."""
+    if count < 2 * neighbours + 2 * MIN_PATCH_SLICES:
+        return None
+    start = count // 2 - neighbours // 2
+    return start, start + neighbours
+
+
+def guard_planes(
+    sources: list[PlaneSource],
+    slab: tuple[int, int],
+    neighbours: int,
+    ratio: float,
+    profile: str | None = None,
+    noise: float = 0.0,
+) -> list[tuple]:
+    """(lr, hr, positions, factor) of the slab's middle slice of every source, thickened along
+    its `a` axis as the fit thickens: by `ratio` x the factor (the fit's thickness ratio), with
+    the scan's slice profile if given, else boxcar, and the scan's `noise` put back, drawn from a
+    fixed seed."""
+    rng = np.random.default_rng(0)
+    planes = []
+    for source in sources:
+        count, length, factor = source.array.shape[0], source.array.shape[2], source.factor
+        slices = int(np.floor(length / factor))
+        if slices < MIN_PATCH_SLICES:
+            continue
+        index = neighbour_indices(np.array([(slab[0] + slab[1]) // 2]), neighbours, 1, count)[0]
+        patch = np.ascontiguousarray(source.array[index, :, : thin_slices(slices, factor, length)])
+        lr = thicken_like_scan(patch, factor, factor * ratio, profile or "boxcar", noise, rng)
+        positions = slab_positions(slices, factor)
+        hr = patch[neighbours // 2][..., : len(positions)]
+        planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
+    return planes
+
+
+#: the guard's record where no slices could be held back
+SHORT_AXIS = "the upsampled axis is too short to hold slices back"
+#: ... where the held-back slice is too short, across the factor, to be thickened
+NARROW_SLICE = "the held-back slice is too small to thicken by the factor"
 
 
 def _scores_text(record: dict) -> str:

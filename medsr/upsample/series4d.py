@@ -95,8 +95,8 @@ def _frame_grid(frame: Volume, options: dict):
 
 def _can_hold_back(frame: Volume, options: dict) -> bool:
     """Whether `frame`'s upsampled axis (for `options`' target) is long enough for the held-back
-    slices that calibrate the residual gain (`medsr.upsample.adapt.guard_slab`)."""
-    from medsr.upsample.adapt import guard_slab
+    slices that calibrate the residual gain (`medsr.upsample.heldout.guard_slab`)."""
+    from medsr.upsample.heldout import guard_slab
 
     grid = _frame_grid(frame, options)
     return guard_slab(frame.spatial_shape[grid.axis], options["loaded"][0].neighbours) is not None

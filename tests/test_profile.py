@@ -1,0 +1,126 @@
+"""The slice profile estimated from a scan's own data (`medsr.upsample.profile`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+import medsr.upsample.adapt as adapt
+from medsr.degrade import simulate_thick_slices
+from medsr.io import Volume
+from medsr.nets.checkpoint import build_generator
+from medsr.train.pairs import PlaneSource
+from medsr.upsample.profile import (
+    BOXCAR_RATIO,
+    GAUSSIAN_RATIO,
+    _misfit,
+    decide,
+    estimate_slice_profile,
+)
+
+
+def _texture(seed: int, shape=(48, 48, 72), sigma=1.2) -> np.ndarray:
+    """Isotropic texture (smoothed white noise) in [0, 1]: the same statistics along every axis,
+    the estimator's premise."""
+    field = gaussian_filter(np.random.default_rng(seed).normal(size=shape), sigma)
+    return ((field - field.min()) / (field.max() - field.min())).astype(np.float32)
+
+
+def _sources(thick: np.ndarray, factor: float, inplane=(1.0, 1.0)) -> list[PlaneSource]:
+    """The fit's two in-plane orientations of a volume thick along its last axis."""
+    first = PlaneSource(
+        np.transpose(thick, (2, 1, 0)), (factor, inplane[1], inplane[0]), "a0", factor, 1
+    )
+    second = PlaneSource(
+        np.transpose(thick, (2, 0, 1)), (factor, inplane[0], inplane[1]), "a1", factor, 1
+    )
+    return [first, second]
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+@pytest.mark.parametrize("profile", ["boxcar", "gaussian"])
+def test_the_acquisitions_profile_is_found_on_isotropic_texture(factor, profile):
+    thick = simulate_thick_slices(_texture(factor), 2, factor, profile=profile)
+    estimate = estimate_slice_profile(_sources(thick, factor), factor, 1.0, 0.0)
+    assert estimate.profile == profile, estimate.scores
+    assert set(estimate.scores) == {"boxcar", "gaussian", "sinc"}
+
+
+def test_the_scans_noise_put_back_keeps_a_noisy_boxcar_a_boxcar():
+    factor, sigma = 3, 0.03
+    thick = simulate_thick_slices(_texture(7), 2, factor, profile="boxcar")
+    noisy = thick + np.random.default_rng(1).normal(0, sigma, thick.shape).astype(np.float32)
+    assert estimate_slice_profile(_sources(noisy, factor), factor, 1.0, sigma).profile == "boxcar"
+
+
+def test_differing_in_plane_spacings_and_short_axes_are_left_undecided():
+    thick = simulate_thick_slices(_texture(3), 2, 3, profile="gaussian")
+    estimate = estimate_slice_profile(_sources(thick, 3, inplane=(1.0, 1.5)), 3, 1.0, 0.0)
+    assert estimate.profile is None and "in-plane spacings differ" in estimate.reason
+    short = simulate_thick_slices(_texture(3, shape=(48, 48, 24)), 2, 3, profile="gaussian")
+    estimate = estimate_slice_profile(_sources(short, 3), 3, 1.0, 0.0)  # 8 slices: 4 bins
+    assert estimate.profile is None and "frequency bins" in estimate.reason
+
+
+def _scores(gaussian_level, gaussian_power, box=1.0):
+    boxcar = {"level": box, "power": box}
+    return {
+        "boxcar": boxcar,
+        "sinc": {"level": 9.0, "power": 9.0},
+        "gaussian": {"level": gaussian_level, "power": gaussian_power},
+    }
+
+
+def test_the_rule_names_a_profile_only_past_its_thresholds():
+    below, above = 0.99, 1.01
+    assert decide(_scores(GAUSSIAN_RATIO * below, 1.0)).profile == "gaussian"
+    assert decide(_scores(GAUSSIAN_RATIO * above, BOXCAR_RATIO * above)).profile == "boxcar"
+    assert decide(_scores(GAUSSIAN_RATIO * above, BOXCAR_RATIO * below)).profile is None
+    # the best boxcar-like candidate is the reference: sinc when it fits better than the boxcar
+    scores = _scores(GAUSSIAN_RATIO * above, BOXCAR_RATIO * below)
+    scores["sinc"] = {"level": 0.5, "power": 0.5}
+    assert decide(scores).profile == "boxcar"
+
+
+def test_the_power_score_forgives_a_power_law_the_level_score_does_not():
+    difference = 0.3 - 0.7 * np.log(np.arange(1, 11))
+    assert _misfit(difference, "power") < 1e-20
+    assert _misfit(difference, "level") > 0.1
+    assert _misfit(difference - difference.mean() + 2.0, "level") == pytest.approx(
+        _misfit(difference, "level")
+    )
+
+
+def _scan(profile: str) -> Volume:
+    """A thick-slice scan (1 x 1 x 3 mm) of isotropic texture, as `medsr upsample` reads one."""
+    thick = simulate_thick_slices(_texture(11, shape=(40, 40, 96)), 2, 3, profile=profile)
+    return Volume(thick * 1000.0, np.diag([1.0, 1.0, 3.0, 1.0]))
+
+
+def test_the_fit_uses_and_records_the_estimate_unless_told(monkeypatch, tiny_config):
+    told = []
+    real = adapt.adaptation_config
+
+    def spy(config, steps, seed, thickness_ratio=None, profile=None, *rest):
+        told.append(profile)
+        return real(config, steps, seed, thickness_ratio, profile, *rest)
+
+    monkeypatch.setattr(adapt, "adaptation_config", spy)
+    generator = build_generator(tiny_config)
+    scan, guard = _scan("gaussian"), {}
+    options = dict(axis=2, factor=3.0, steps=1, device=torch.device("cpu"), calibrate=False)
+    adapt.adapt_to_scan(generator, tiny_config, scan, guard=guard, **options)
+    assert told == ["gaussian"]
+    assert guard["slice_profile_estimate"]["profile"] == "gaussian"
+    assert set(guard["slice_profile_estimate"]["scores"]["sinc"]) == {"level", "power"}
+
+    guard = {}  # a profile the scan states is used as it is, and nothing is estimated
+    adapt.adapt_to_scan(generator, tiny_config, scan, guard=guard, profile="boxcar", **options)
+    assert told[-1] == "boxcar" and "slice_profile_estimate" not in guard
+
+    monkeypatch.setattr(adapt, "ESTIMATE_PROFILE", False)
+    guard = {}
+    adapt.adapt_to_scan(generator, tiny_config, scan, guard=guard, **options)
+    assert told[-1] is None and "slice_profile_estimate" not in guard
