@@ -68,6 +68,7 @@ FIT_OPTIONS = {
     "gain": ("CALIBRATE_GAIN", lambda value: _on_off(value)),
     "queries": ("FIT_QUERY_POSITIONS", int),
     "loss": ("FIT_PIXEL_LOSS", lambda value: _one_of(value, ("mse", "l1"), "loss")),
+    "estimate": ("ESTIMATE_PROFILE", lambda value: _on_off(value)),
 }
 
 #: a model spec's ``,key=value`` passed as `medsr upsample` options: what the fit is told of the
@@ -89,7 +90,7 @@ def _one_of(value: str, choices: tuple[str, ...], key: str) -> str:
 
 def _on_off(value: str) -> bool:
     if value not in ("on", "off"):
-        raise ValueError(f"noise= and gain= take on or off, not {value!r}")
+        raise ValueError(f"noise=, gain= and estimate= take on or off, not {value!r}")
     return value == "on"
 
 
@@ -182,7 +183,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         source = write_volume(thick, Path(folder) / "thick.nii.gz", overwrite=True)
         common = ["-o", str(Path(folder) / "out.nii.gz"), "--overwrite", "--quiet"]
-        common += ["--dtype", "float32"]
+        common += ["--dtype", "float32", "--axis", str(args.axis)]
+        # the truth's grid: its spacing along the axis (an anisotropic source's finest in-plane
+        # spacing, the default target, may be finer)
+        common += ["--spacing", f"{float(volume.spacing[args.axis]):.9g}"]
         medsr(["upsample", str(source), *common, "--method", "bspline"])
         base = score(
             read_volume(Path(folder) / "out.nii.gz").array,
