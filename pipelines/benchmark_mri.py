@@ -233,13 +233,20 @@ def benchmark_case(data: Path, case: Case, index: int, options: dict, folder: Pa
 
 
 def guard_fields(record: Path) -> dict:
-    """The fit guard's choice and residual gain from an output's provenance `record` (empty
-    where the output has none: B-spline, the first version, a fit without held-back slices)."""
+    """The fit guard's choice, residual gain and the slice profile estimated from the data
+    (`medsr.upsample.profile`; empty where undecided or told) from an output's provenance
+    `record` (empty where the output has none: B-spline, the first version, a fit without
+    held-back slices)."""
     try:
         guard = json.loads(record.read_text(encoding="utf-8")).get("fit_guard", {})
     except (OSError, ValueError):
         guard = {}
-    return {"guard": guard.get("choice", ""), "gain": guard.get("residual_gain", "")}
+    estimate = guard.get("slice_profile_estimate") or {}
+    return {
+        "guard": guard.get("choice", ""),
+        "gain": guard.get("residual_gain", ""),
+        "estimated_profile": estimate.get("profile") or "",
+    }
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -251,7 +258,15 @@ def read_rows(path: Path) -> list[dict]:
                 row[key] = int(value)
             elif key == "gain":
                 row[key] = float(value) if value else ""
-            elif key not in ("volume", "condition", "profile", "factor_group", "method", "guard"):
+            elif key not in (
+                "volume",
+                "condition",
+                "profile",
+                "factor_group",
+                "method",
+                "guard",
+                "estimated_profile",
+            ):
                 row[key] = float(value) if value else float("nan")  # merged rows lack some
         rows.append(row)
     return rows

@@ -57,7 +57,8 @@ FIELDS = (
     "seconds",
 )
 FIELDS += ("psnr", "ssim", "hfen", "bspline_psnr", "bspline_ssim", "delta_psnr", "delta_ssim")
-FIELDS += ("guard", "gain")  # the output's fit guard: its choice and the residual gain used
+#: the output's fit guard: its choice, the residual gain used and the estimated slice profile
+FIELDS += ("guard", "gain", "estimated_profile")
 
 
 #: what a model spec's ``,key=value`` sets in `medsr.upsample.adapt`, and how it is read

@@ -171,16 +171,24 @@ def test_fit_curves_points_parse_models_rates_and_the_first_version():
         fit_curves.points("f=first-version:/tmp/old,thickness=1", [0], [45], 3.0)
 
 
-def test_the_benchmarks_read_the_guard_and_gain_from_the_provenance(tmp_path):
+def test_the_benchmarks_read_the_guard_gain_and_estimate_from_the_provenance(tmp_path):
     import fit_curves
 
     record = tmp_path / "out.nii.gz.json"
-    assert benchmark_mri.guard_fields(record) == {"guard": "", "gain": ""}  # none written
+    none = {"guard": "", "gain": "", "estimated_profile": ""}
+    assert benchmark_mri.guard_fields(record) == none  # none written
     record.write_text('{"fit_guard": {"choice": "prior", "residual_gain": 0.61}}')
-    assert benchmark_mri.guard_fields(record) == {"guard": "prior", "gain": 0.61}
+    assert benchmark_mri.guard_fields(record) == none | {"guard": "prior", "gain": 0.61}
+    estimate = '{"profile": "gaussian", "reason": "r", "scores": {}}'
+    record.write_text(
+        f'{{"fit_guard": {{"choice": "adapted", "slice_profile_estimate": {estimate}}}}}'
+    )
+    assert benchmark_mri.guard_fields(record)["estimated_profile"] == "gaussian"
+    record.write_text('{"fit_guard": {"slice_profile_estimate": {"profile": null}}}')
+    assert benchmark_mri.guard_fields(record)["estimated_profile"] == ""  # undecided
     record.write_text('{"method": "bspline"}')
-    assert benchmark_mri.guard_fields(record) == {"guard": "", "gain": ""}
-    assert fit_curves.FIELDS[-2:] == ("guard", "gain")
+    assert benchmark_mri.guard_fields(record) == none
+    assert fit_curves.FIELDS[-3:] == ("guard", "gain", "estimated_profile")
 
 
 def test_fit_curves_refuses_to_append_under_another_header(tmp_path):
@@ -190,7 +198,7 @@ def test_fit_curves_refuses_to_append_under_another_header(tmp_path):
     fit_curves.check_out(out)  # none yet
     out.write_text(",".join(fit_curves.FIELDS) + "\n", encoding="utf-8")
     fit_curves.check_out(out)  # this script's own
-    out.write_text(",".join(fit_curves.FIELDS[:-2]) + "\n", encoding="utf-8")  # before guard, gain
+    out.write_text(",".join(fit_curves.FIELDS[:-1]) + "\n", encoding="utf-8")  # before the estimate
     with pytest.raises(SystemExit, match="other columns"):
         fit_curves.check_out(out)
 
