@@ -249,6 +249,11 @@ def guard_fields(record: Path) -> dict:
     }
 
 
+#: the columns of a row that hold text
+TEXT_COLUMNS = ("volume", "condition", "profile", "factor_group", "method", "guard")
+TEXT_COLUMNS += ("estimated_profile",)
+
+
 def read_rows(path: Path) -> list[dict]:
     """Rows of an earlier `--out` CSV, with their numbers as numbers."""
     rows = []
@@ -258,15 +263,7 @@ def read_rows(path: Path) -> list[dict]:
                 row[key] = int(value)
             elif key == "gain":
                 row[key] = float(value) if value else ""
-            elif key not in (
-                "volume",
-                "condition",
-                "profile",
-                "factor_group",
-                "method",
-                "guard",
-                "estimated_profile",
-            ):
+            elif key not in TEXT_COLUMNS:
                 row[key] = float(value) if value else float("nan")  # merged rows lack some
         rows.append(row)
     return rows

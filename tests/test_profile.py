@@ -64,6 +64,26 @@ def test_differing_in_plane_spacings_and_short_axes_are_left_undecided():
     assert estimate.profile is None and "frequency bins" in estimate.reason
 
 
+@pytest.mark.parametrize("factor", [2, 3])
+def test_a_sinc_acquisition_is_never_taken_for_a_gaussian(factor):
+    thick = simulate_thick_slices(_texture(5), 2, factor, profile="sinc")
+    assert estimate_slice_profile(_sources(thick, factor), factor, 1.0, 0.0).profile != "gaussian"
+
+
+def test_blank_constant_and_mismatched_scans_are_left_undecided():
+    factor = 3
+    constant = np.full((48, 48, 24), 0.5, np.float32)
+    estimate = estimate_slice_profile(_sources(constant, factor), factor, 1.0, 0.0)
+    assert estimate.profile is None and "varies" in estimate.reason
+    blank = np.zeros((48, 48, 24), np.float32)
+    assert estimate_slice_profile(_sources(blank, factor), factor, 1.0, 0.0).profile is None
+    # an isotropic volume upsampled by an explicit factor: its through-plane lines are as sharp
+    # as its in-plane ones, unlike any thickening of them
+    sharp = _texture(2)
+    estimate = estimate_slice_profile(_sources(sharp, factor), factor, 1.0, 0.0)
+    assert estimate.profile is None and "no candidate fits" in estimate.reason, estimate.scores
+
+
 def _scores(gaussian_level, gaussian_power, box=1.0):
     boxcar = {"level": box, "power": box}
     return {
@@ -108,11 +128,19 @@ def test_the_fit_uses_and_records_the_estimate_unless_told(monkeypatch, tiny_con
         return real(config, steps, seed, thickness_ratio, profile, *rest)
 
     monkeypatch.setattr(adapt, "adaptation_config", spy)
+    guarded, planes = [], adapt.guard_planes
+
+    def guard_spy(sources, slab, neighbours, ratio, profile=None, noise=0.0):
+        guarded.append(profile)
+        return planes(sources, slab, neighbours, ratio, profile, noise)
+
+    monkeypatch.setattr(adapt, "guard_planes", guard_spy)
     generator = build_generator(tiny_config)
     scan, guard = _scan("gaussian"), {}
     options = dict(axis=2, factor=3.0, steps=1, device=torch.device("cpu"), calibrate=False)
     adapt.adapt_to_scan(generator, tiny_config, scan, guard=guard, **options)
     assert told == ["gaussian"]
+    assert guarded == ["gaussian"]  # the held-back slices are thickened as the fit thickens
     assert guard["slice_profile_estimate"]["profile"] == "gaussian"
     assert set(guard["slice_profile_estimate"]["scores"]["sinc"]) == {"level", "power"}
 

@@ -53,7 +53,8 @@ def add_input_geometry(
             choices=SLICE_PROFILES,
             help="shape of the slice profile, for the learned method's fit (sinc: a 2D "
             "multi-slice MRI's truncated-sinc RF pulse, side lobes into the neighbours; "
-            "default: boxcar and Gaussian, as the model was trained)",
+            "default: estimated from the scan, else boxcar and Gaussian as the model was "
+            "trained)",
         )
     parser.add_argument(
         "--input-spacing",

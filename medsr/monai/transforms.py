@@ -115,7 +115,8 @@ class ThroughPlaneUpsample(Transform):
             (``3``, ``"3mm"``, ``"20um"``; a bare number is in the image's unit), as the CLI's
             ``--slice-thickness``.
         slice_profile: the shape of the slice profile for the fit (``"boxcar"``, ``"gaussian"``,
-            ``"sinc"``), as the CLI's ``--slice-profile``; default: the model's training family.
+            ``"sinc"``), as the CLI's ``--slice-profile``; default: estimated from the image
+            (`medsr.upsample.profile`), where undecided the model's training family.
         fit_frame: a 4D series' fit on this frame instead of the mean (``--fit-frame``).
         fit_per_frame: a 4D series' frames each fitted on their own (``--fit-per-frame``).
         **misr_options: the learned method's options as in the CLI: model, fit_steps (None:

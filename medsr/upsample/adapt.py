@@ -126,7 +126,8 @@ def adaptation_config(
     (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that thickness only, else `ASSUMED_THICKNESS_RATIO`; with `profile`
-    (``--slice-profile``), that profile's shape only, else the profiles the model was trained on;
+    (the scan's, ``--slice-profile``, or the estimate's), that profile's shape only, else the
+    profiles the model was trained on;
     `input_noise` (`scan_noise`) is put back on the thickened inputs. `precision`, the fit's
     (`medsr.runtime.fit_precision`): ``"bf16"`` runs the encoder's convolutions in bf16 on the
     CPU (``train.cpu_bf16``), as the reconstruction does.
@@ -249,16 +250,15 @@ def adapt_to_scan(
             guard["reason"] = SHORT_AXIS
         return generator.eval(), 0
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
-    if not MATCH_SCAN_NOISE:
-        noise = 0.0
-    elif noise is None:
-        noise = scan_noise(sources[0].array)
+    own_noise = scan_noise(sources[0].array) if MATCH_SCAN_NOISE else 0.0
+    noise = own_noise if noise is None or not MATCH_SCAN_NOISE else noise
     logger.info(
         "the scan's voxel noise: std %.4g (normalised units), put back when thickening", noise
     )
     ratio = fit_thickness_ratio(thickness_ratio)
     if profile is None and ESTIMATE_PROFILE:
-        estimate = estimate_slice_profile(sources, factor, ratio, noise)
+        # the noise of the slices compared (a 4D series' mean), not the frame's the fit puts back
+        estimate = estimate_slice_profile(sources, factor, ratio, own_noise)
         logger.info("slice profile from the data: %s (%s)", estimate.profile, estimate.reason)
         profile = estimate.profile
         if guard is not None:
