@@ -152,3 +152,26 @@ def test_the_fit_uses_and_records_the_estimate_unless_told(monkeypatch, tiny_con
     guard = {}
     adapt.adapt_to_scan(generator, tiny_config, scan, guard=guard, **options)
     assert told[-1] is None and "slice_profile_estimate" not in guard
+
+
+def test_a_series_fitted_on_its_mean_compares_the_means_own_noise(monkeypatch, tiny_config):
+    """The fit puts one frame's noise back (`noise`), but the estimate compares the fitted
+    volume's own slices, so it takes their noise."""
+    from medsr.train.noise import scan_noise
+    from medsr.train.pairs import sources_self_supervised
+
+    seen = []
+    real = adapt.estimate_slice_profile
+
+    def spy(sources, factor, ratio, noise):
+        seen.append(noise)
+        return real(sources, factor, ratio, noise)
+
+    monkeypatch.setattr(adapt, "estimate_slice_profile", spy)
+    scan = _scan("boxcar")
+    scan = scan.with_array(scan.array + np.random.default_rng(3).normal(0, 20, scan.array.shape))
+    grey = scan.with_array(adapt.grey_array(scan))
+    own = scan_noise(sources_self_supervised(grey, "scan", axis=2, factor=3.0)[0].array)
+    options = dict(axis=2, factor=3.0, steps=1, device=torch.device("cpu"), calibrate=False)
+    adapt.adapt_to_scan(build_generator(tiny_config), tiny_config, grey, noise=0.5, **options)
+    assert own > 0 and seen == [pytest.approx(own)]
