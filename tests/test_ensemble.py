@@ -1,6 +1,7 @@
 """The reconstruction's self-ensemble (`medsr.upsample.reconstruct`, ``ensemble``)."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from medsr.upsample.api import upsample_volume
 from medsr.upsample.checks import ENSEMBLE_BUDGET, default_ensemble
 from medsr.upsample.reconstruct import (
     ENSEMBLE_FLIPS,
+    ensemble_passes,
     plane_orientations,
     reconstruct,
     reconstruct_volume,
@@ -91,6 +93,35 @@ def test_the_ensemble_is_the_mean_of_its_flipped_passes(ensemble):
     np.testing.assert_allclose(out, np.mean(passes, axis=0), rtol=0, atol=1e-5)
     # the flipped passes are real estimates of their own, not copies of the first
     assert np.abs(passes[1] - passes[0]).max() > 1e-3
+
+
+def test_a_single_plane_generator_runs_each_distinct_pass_once(monkeypatch):
+    """With k = 1 the neighbours' order is no symmetry: 8 passes are the 4 distinct flips, run
+    once each, and give what 4 passes give."""
+    import medsr.upsample.reconstruct as module
+
+    torch.manual_seed(0)
+    generator = MISRGenerator(neighbours=1, num_features=8, num_blocks=1, hidden=8, tail_knots=5)
+    torch.nn.init.normal_(generator.decode[-1].weight, std=0.2)
+    generator.eval()
+    assert ensemble_passes(8, 1) == ENSEMBLE_FLIPS[:4]
+    assert ensemble_passes(8, 3) == ENSEMBLE_FLIPS
+    volume = _volume()
+    normalised = (volume.array - volume.array.min()) / np.ptp(volume.array)
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    calls = []
+    original = module.predict_flipped
+    monkeypatch.setattr(
+        module, "predict_flipped", lambda *a, **k: calls.append(a[5]) or original(*a, **k)
+    )
+    run = lambda n: reconstruct(  # noqa: E731
+        normalised, grid, volume.spacing, generator, device=CPU, precision="fp32", ensemble=n
+    )
+    eight = run(8)
+    counts = Counter(calls)  # per batch and orientation, each distinct flip once
+    assert set(counts) == set(ENSEMBLE_FLIPS[:4]) and len(set(counts.values())) == 1
+    calls.clear()
+    np.testing.assert_allclose(eight, run(4), rtol=0, atol=1e-6)
 
 
 def test_one_pass_is_the_plain_reconstruction_to_the_bit():

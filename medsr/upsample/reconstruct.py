@@ -63,6 +63,17 @@ ENSEMBLE_FLIPS = (
 )
 
 
+def ensemble_passes(ensemble: int, neighbours: int) -> tuple[tuple[bool, bool, bool], ...]:
+    """The distinct flips of an ensemble of `ensemble` passes (the first of `ENSEMBLE_FLIPS`)
+    for a generator of `neighbours` planes: with one plane, reversing the neighbours' order
+    changes nothing, so those passes would repeat the others. The mean is the same (every pass
+    counted as often), without the repeated work."""
+    passes = ENSEMBLE_FLIPS[:ensemble]
+    if neighbours == 1:
+        passes = tuple(dict.fromkeys((flip_w, flip_n, False) for flip_w, flip_n, _ in passes))
+    return passes
+
+
 def position_chunk(generator, planes: int, width: int, count: int) -> int:
     """Output positions decoded per call: all of them, fewer when the decoder's temporaries
     (about five float32 tensors of hidden x width per position and plane, and two of the offset
@@ -161,14 +172,14 @@ def reconstruct(
         precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (`medsr.runtime.resolve_precision`).
         disagreement: also return ``|o1 - o2| / 2`` of the two orientations' reconstructions.
         ensemble: passes per orientation (`ENSEMBLE_SIZES`), the first of `ENSEMBLE_FLIPS`,
-            averaged; 1: the plain reconstruction.
+            averaged (the distinct ones, `ensemble_passes`); 1: the plain reconstruction.
 
     Returns:
         float32 array of `grid.shape`, normalised units, mean of both orientations (and of the
         ensemble's passes); with `disagreement`, (that mean, half the orientations' absolute
         difference).
     """
-    passes = ENSEMBLE_FLIPS[: check_ensemble(ensemble)]
+    passes = ensemble_passes(check_ensemble(ensemble), generator.neighbours)
     precision = resolve_precision(precision, device)
     generator = generator.to(device).eval()
     if CHANNELS_LAST.get(precision, False):
