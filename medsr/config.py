@@ -87,6 +87,11 @@ class DataConfig:
         thickness_ratios: range of slice thickness / slice spacing (< 1 gap, > 1 overlap).
         noise_max: largest Rician noise std (normalised units) added to the thin truth before
             thickening (in 2 of 3 batches).
+        thick_noise_share: share of those noisy batches whose thick input carries the drawn
+            noise in full, as a real thick slice carries its scan's voxel noise (the per-scan
+            fit's model, `input_noise`); in the others thickening averages it down (a thick
+            acquisition's higher SNR). 0: never (no random draw is spent on it, so configs
+            without it give the same pairs as before it existed).
         blur_max: largest Gaussian sigma (voxels of the source) that smooths the content of 1 in
             3 batches before it is degraded, input and target alike, within each neighbour plane
             (along the axis made thick and the plane's other axis, not across the neighbour
@@ -126,6 +131,7 @@ class DataConfig:
     profiles: tuple[Literal["boxcar", "gaussian", "sinc"], ...] = ("boxcar", "gaussian")
     thickness_ratios: tuple[float, float] = (0.8, 1.2)
     noise_max: float = 0.03
+    thick_noise_share: float = 0.0
     blur_max: float = 0.0
     input_noise: float = 0.0
     gamma_range: tuple[float, float] = (0.7, 1.4)
@@ -163,6 +169,10 @@ class DataConfig:
             )
         if self.noise_max < 0:
             raise MedsrError(f"config data.noise_max must be >= 0, got {self.noise_max}")
+        if not 0 <= self.thick_noise_share <= 1:
+            raise MedsrError(
+                f"config data.thick_noise_share must be in [0, 1], got {self.thick_noise_share}"
+            )
         if self.blur_max < 0:
             raise MedsrError(f"config data.blur_max must be >= 0, got {self.blur_max}")
         if self.input_noise < 0:

@@ -363,3 +363,45 @@ def test_the_noise_put_back_is_the_scans_in_every_thick_slice():
     np.testing.assert_allclose(lr.var(axis=(0, 1)), sigma**2, rtol=0.05)
     with pytest.raises(ValueError, match="thick slices"):
         restore_thick_noise(lr[..., :3], sigma, (40, 4.0, 8.0, "gaussian"), rng)
+
+
+def test_a_share_of_noisy_batches_carries_the_noise_on_the_thick_input_in_full():
+    """`DataConfig.thick_noise_share`: in that share of the noisy batches the thick input
+    carries the drawn noise in full (a real thick slice's voxel noise), in the others what
+    thickening left of it."""
+    import dataclasses
+
+    flat = Volume(array=np.full((48, 48, 64), 0.5, np.float32), affine=np.eye(4))
+    base = DataConfig(
+        min_factor=4.0,
+        max_factor=4.0,
+        profiles=("boxcar",),
+        thickness_ratios=(1.0, 1.0),
+        patch_width=32,
+        patch_slices=6,
+        batch_size=8,
+        validation_fraction=0.0,
+        gamma_range=(1.0, 1.0),
+        gain_range=(1.0, 1.0),
+        noise_max=0.2,
+    )
+
+    def ratios(share: float) -> list[float]:
+        config = dataclasses.replace(base, thick_noise_share=share)
+        sampler = build_sampler([(flat, "flat")], config, 3)
+        rng = np.random.default_rng(0)
+        out = []
+        for _ in range(30):
+            lr, hr, _, _ = sampler.sample(rng)
+            if float(hr.numpy().std()) > 0.01:  # a noisy batch
+                out.append(float(lr.numpy().std()) / float(hr.numpy().std()))
+        return out
+
+    averaged, full = ratios(0.0), ratios(1.0)
+    assert averaged and full
+    # 4 thin slices per thick one: a quarter of the variance is left, half the std; in full: all
+    assert max(averaged) < 0.6 and min(full) > 0.85
+    half = ratios(0.5)
+    assert any(r < 0.6 for r in half) and any(r > 0.85 for r in half)
+    with pytest.raises(MedsrError, match="thick_noise_share"):
+        DataConfig(thick_noise_share=1.5)

@@ -243,14 +243,20 @@ class PairSampler:
                 patch = patch[::-1]
             patches[b] = patch
         patches = change_content(patches, data, rng)
+        input_noise = data.input_noise
         if data.noise_max > 0 and rng.random() < 2 / 3:
             # noise on the thin truth before thickening: thick slices average it down (a thick
             # acquisition has the higher SNR), and the target keeps the noise floor it would have
-            patches = add_rician_noise(patches, rng.uniform(0, data.noise_max), rng)
+            level = rng.uniform(0, data.noise_max)
+            patches = add_rician_noise(patches, level, rng)
+            if data.thick_noise_share > 0 and rng.random() < data.thick_noise_share:
+                # ... or the thick slices carry it in full, as a scan's thick voxels carry its
+                # voxel noise (the per-scan fit's model)
+                input_noise = max(input_noise, level)
         profile = data.profiles[int(rng.integers(len(data.profiles)))]
         thickness = factor * rng.uniform(*data.thickness_ratios)
-        # the scan's noise that thickening averaged away, put back (the per-scan fit)
-        lr = thicken_like_scan(patches, factor, thickness, profile, data.input_noise, rng)
+        # the noise that thickening averaged away, put back (the per-scan fit; `input_noise`)
+        lr = thicken_like_scan(patches, factor, thickness, profile, input_noise, rng)
         positions = slab_positions(slices, factor)
         hr = patches[:, self.neighbours // 2 : self.neighbours // 2 + 1, :, : len(positions)]
         if 0 < data.query_positions < len(positions):
