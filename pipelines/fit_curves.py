@@ -18,7 +18,10 @@ the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,
 scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GAIN`);
 ``,queries=N`` trains the fit's decoder on N stratified thin positions of each patch a step
 (`FIT_QUERY_POSITIONS`; 0: all); ``,loss=mse|l1`` sets the fit's pixel loss (`FIT_PIXEL_LOSS`).
-``--condition noise`` adds the MRI benchmark's Rician noise to the thick slices.
+``--condition`` takes the MRI benchmark's conditions: ``noise`` adds its Rician noise to the thick
+slices, ``gap`` thins the slices (and states their thickness, as a header would), ``sinc``
+acquires with the 2D multi-slice profile (and says so, as the protocol would), as in
+`benchmark_mri.method_argv`.
 
 Design choices are made on the validation volume of pipelines/configs/split.yaml
 (`itk_t1_2x2x3mm.nii.gz` since 2026-12-02; the Haase T1 before); the test volumes are only
@@ -143,9 +146,12 @@ def command_argv(options: list[str], spacing: float) -> list[str]:
     return argv
 
 
-def points(model: str, steps: list[int], seconds: list[float], spacing: float) -> list[tuple]:
+def points(
+    model: str, steps: list[int], seconds: list[float], spacing: float, told: list[str] = ()
+) -> list[tuple]:
     """(extra argv, row fields, PYTHONPATH, fit settings) per point of one model (`spacing`: the
-    thick input's, for a ``thickness=`` option)."""
+    thick input's, for a ``thickness=`` option; `told`: what the case's protocol tells the fit,
+    `condition_argv`, before the model's own options)."""
     label, _, spec = model.partition("=")
     spec, *options = spec.split(",")
     fit = fit_settings(options) or None
@@ -163,7 +169,7 @@ def points(model: str, steps: list[int], seconds: list[float], spacing: float) -
             for s in seconds
         ]
     extra = [] if spec == "default" else ["--model", spec]
-    extra += command_argv(options, spacing)
+    extra = [*extra, *told, *command_argv(options, spacing)]
     return [
         (
             extra + ["--fit-steps", str(n)],
@@ -173,6 +179,18 @@ def points(model: str, steps: list[int], seconds: list[float], spacing: float) -
         )
         for n in steps
     ]
+
+
+def condition_argv(case: Case, spacing: float) -> list[str]:
+    """What the MRI benchmark tells its learned method of the case's acquisition
+    (`benchmark_mri.method_argv`): a gap's slice thickness (a header states it), the ``sinc``
+    condition's profile (its protocol does); `spacing`: the thick input's."""
+    argv = []
+    if case.thickness is not None:
+        argv += ["--slice-thickness", f"{case.thickness / case.factor * spacing:.6g}"]
+    if case.condition == "sinc":
+        argv += ["--slice-profile", "sinc"]
+    return argv
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -196,8 +214,11 @@ def run(args: argparse.Namespace) -> list[dict]:
             axis=args.axis,
             data_range=data_range,
         )
+        told = condition_argv(case, spacing)
         for model in args.model:
-            for extra, fields, pythonpath, fit in points(model, args.steps, args.seconds, spacing):
+            for extra, fields, pythonpath, fit in points(
+                model, args.steps, args.seconds, spacing, told
+            ):
                 (Path(folder) / "out.nii.gz.json").unlink(missing_ok=True)  # not the last point's
                 seconds = medsr(["upsample", str(source), *common, *extra], pythonpath, fit)
                 pred = read_volume(Path(folder) / "out.nii.gz").array
@@ -261,7 +282,7 @@ def add_case_arguments(parser: argparse.ArgumentParser, conditions: tuple[str, .
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_case_arguments(parser, ("family", "noise"))
+    add_case_arguments(parser, ("family", "noise", "gap", "sinc"))
     parser.add_argument("--model", action="append", required=True, metavar="LABEL=CKPT")
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 100, 200, 400])
     parser.add_argument("--seconds", type=float, nargs="+", default=[15, 45])
