@@ -175,3 +175,22 @@ def test_a_series_fitted_on_its_mean_compares_the_means_own_noise(monkeypatch, t
     options = dict(axis=2, factor=3.0, steps=1, device=torch.device("cpu"), calibrate=False)
     adapt.adapt_to_scan(build_generator(tiny_config), tiny_config, grey, noise=0.5, **options)
     assert own > 0 and seen == [pytest.approx(own)]
+
+
+def test_a_time_bound_counts_the_estimate(monkeypatch, tiny_config):
+    """``--fit-seconds`` bounds the whole fit: time the slice-profile estimate took is not
+    spent again on steps."""
+    import time
+
+    real = adapt.estimate_slice_profile
+
+    def slow(*args):
+        time.sleep(2.0)
+        return real(*args)
+
+    monkeypatch.setattr(adapt, "estimate_slice_profile", slow)
+    options = dict(axis=2, factor=3.0, steps=10**6, device=torch.device("cpu"), calibrate=False)
+    _, steps = adapt.adapt_to_scan(
+        build_generator(tiny_config), tiny_config, _scan("boxcar"), seconds=2.0, **options
+    )
+    assert steps <= 1

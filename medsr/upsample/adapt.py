@@ -220,7 +220,8 @@ def adapt_to_scan(
         steps: optimisation steps (0: return the generator as it is).
         device: torch device.
         seed: seed of the patch sampling.
-        seconds: optional wall-clock upper bound on the fit.
+        seconds: optional wall-clock upper bound on the fit, counted from the start of its
+            preparation (the scan's noise, the slice-profile estimate, the held-back slices).
         thickness_ratio: the scan's slice thickness / slice spacing, if known (below 1: a gap);
             default: `ASSUMED_THICKNESS_RATIO` (contiguous).
         profile: the scan's slice profile (``"boxcar"``, ``"gaussian"`` or ``"sinc"``, the
@@ -249,6 +250,8 @@ def adapt_to_scan(
         if calibrate and guard is not None:
             guard["reason"] = SHORT_AXIS
         return generator.eval(), 0
+    start = time.perf_counter()  # a time bound counts the fit's preparation (the estimate)
+    deadline = None if seconds is None else start + seconds
     sources = sources_self_supervised(volume, "scan", axis=axis, factor=factor)
     own_noise = scan_noise(sources[0].array) if MATCH_SCAN_NOISE else 0.0
     noise = own_noise if noise is None or not MATCH_SCAN_NOISE else noise
@@ -280,8 +283,6 @@ def adapt_to_scan(
     )
     sampler = PairSampler(sources, adapt_config.data, neighbours)
     sampler.held_out_planes = slab if planes else None
-    start = time.perf_counter()
-    deadline = None if seconds is None else start + seconds
     with deterministic_algorithms(device):
         trainer = Trainer(adapt_config, sampler, device, validation=[])
         trainer.generator.load_state_dict(generator.state_dict())
