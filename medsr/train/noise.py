@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medsr.degrade import thicken_last_axis, thickened_noise_share
+from medsr.config import DataConfig
+from medsr.degrade import add_rician_noise, thicken_last_axis, thickened_noise_share
 from medsr.train.patches import foreground_voxels
 
 #: median absolute deviation / std of a Gaussian
@@ -68,3 +69,23 @@ def thicken_like_scan(
     if sigma > 0:
         lr = restore_thick_noise(lr, sigma, (thin.shape[-1], factor, thickness, profile), rng)
     return lr
+
+
+def draw_noise(
+    patches: np.ndarray, data: DataConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """A training batch's noise: (the thin `patches`, the noise to put back on their thick
+    input, `thicken_like_scan`'s `sigma`).
+
+    In 2 of 3 batches (with ``data.noise_max``) Rician noise goes on the thin truth before
+    thickening: thick slices average it down (a thick acquisition has the higher SNR), and the
+    target keeps the noise floor it would have. In ``data.thick_noise_share`` of those the thick
+    input carries it in full, as a scan's thick voxels carry its voxel noise (the per-scan fit's
+    model). The fit's own ``data.input_noise`` is put back in every batch."""
+    input_noise = data.input_noise
+    if data.noise_max > 0 and rng.random() < 2 / 3:
+        level = rng.uniform(0, data.noise_max)
+        patches = add_rician_noise(patches, level, rng)
+        if data.thick_noise_share > 0 and rng.random() < data.thick_noise_share:
+            input_noise = max(input_noise, level)
+    return patches, input_noise

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from medsr.config import DataConfig
-from medsr.degrade import add_rician_noise, thicken_last_axis, thin_slices
+from medsr.degrade import thicken_last_axis, thin_slices
 from medsr.errors import MedsrError
 from medsr.geometry import (
     anisotropy,
@@ -44,7 +44,7 @@ from medsr.geometry import (
 from medsr.intensity import grey_array, intensity_range, normalise_intensity
 from medsr.io import Volume
 from medsr.train.content import change_content
-from medsr.train.noise import thicken_like_scan
+from medsr.train.noise import draw_noise, thicken_like_scan
 from medsr.train.patches import (
     PlaneSlab,
     foreground_starts,
@@ -243,16 +243,7 @@ class PairSampler:
                 patch = patch[::-1]
             patches[b] = patch
         patches = change_content(patches, data, rng)
-        input_noise = data.input_noise
-        if data.noise_max > 0 and rng.random() < 2 / 3:
-            # noise on the thin truth before thickening: thick slices average it down (a thick
-            # acquisition has the higher SNR), and the target keeps the noise floor it would have
-            level = rng.uniform(0, data.noise_max)
-            patches = add_rician_noise(patches, level, rng)
-            if data.thick_noise_share > 0 and rng.random() < data.thick_noise_share:
-                # ... or the thick slices carry it in full, as a scan's thick voxels carry its
-                # voxel noise (the per-scan fit's model)
-                input_noise = max(input_noise, level)
+        patches, input_noise = draw_noise(patches, data, rng)
         profile = data.profiles[int(rng.integers(len(data.profiles)))]
         thickness = factor * rng.uniform(*data.thickness_ratios)
         # the noise that thickening averaged away, put back (the per-scan fit; `input_noise`)
