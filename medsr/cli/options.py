@@ -159,7 +159,7 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         choices=[1, 2, 4, 8],
         metavar="N",
         help="reconstruction passes averaged, each on flipped planes (1, 2, 4 or 8; default: 4 "
-        "for outputs up to 16 M voxels, fewer for larger ones, whose passes cost most: "
+        "for outputs up to 10.7 M voxels, fewer for larger ones, whose passes cost most: "
         "docs/benchmarks.md, 'The fit's pixel loss and the self-ensemble')",
     )
 

@@ -60,17 +60,20 @@ DEFAULT_SEED = 0
 ENSEMBLE_SIZES = (1, 2, 4, 8)
 #: the most passes the default gives (8 gained 0.01 dB over 4 on validation, at twice the cost)
 DEFAULT_MAX_ENSEMBLE = 4
-#: the default ensemble's budget: output voxels x passes beyond the first (`default_ensemble`)
-ENSEMBLE_BUDGET = 48_000_000
+#: the default ensemble's budget: output voxels x passes beyond the first (`default_ensemble`).
+#: 48 M until 2026-12-07; a pass of the 8-block prior costs 1.45 x the 4-block one's (5.8 s
+#: against 4.0 s on the 256 x 256 x 60 benchmark, docs/benchmarks.md, "Eight blocks"), so the
+#: budget shrank by as much: the extra passes take the time they took before
+ENSEMBLE_BUDGET = 32_000_000
 
 
 def default_ensemble(shape: tuple[int, ...], count: int = 1) -> int:
     """The default self-ensemble for `count` outputs (RGB channels, a series' frames) of
     `shape`: the most passes, up to `DEFAULT_MAX_ENSEMBLE`, whose passes beyond the first decode
     at most `ENSEMBLE_BUDGET` voxels. A pass costs about the reconstruction's time again, which
-    grows with the outputs, while the fit's does not: one 256 x 256 x 195 output (12.8 M voxels)
-    gets 4 passes, a 512 x 512 x 360 one (94 M) a single one, which keeps the time targets of
-    docs/benchmarks.md."""
+    grows with the outputs, while the fit's does not: one 197 x 233 x 189 output (8.7 M voxels)
+    gets 4 passes, a 256 x 256 x 195 one (12.8 M) 2, a 512 x 512 x 360 one (94 M) a single one,
+    which keeps the time targets of docs/benchmarks.md."""
     voxels = int(np.prod(shape)) * max(int(count), 1)
     sizes = [n for n in ENSEMBLE_SIZES if n <= DEFAULT_MAX_ENSEMBLE]
     return max(n for n in sizes if (n - 1) * voxels <= ENSEMBLE_BUDGET)
