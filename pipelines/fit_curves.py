@@ -20,8 +20,8 @@ scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GA
 (`FIT_QUERY_POSITIONS`; 0: all); ``,loss=mse|l1`` sets the fit's pixel loss (`FIT_PIXEL_LOSS`).
 ``--condition`` takes the MRI benchmark's conditions: ``noise`` adds its Rician noise to the thick
 slices, ``gap`` thins the slices (and states their thickness, as a header would), ``sinc``
-acquires with the 2D multi-slice profile (and says so, as the protocol would), as in
-`benchmark_mri.method_argv`.
+(with ``--profile sinc``, the 2D multi-slice profile) tells the fitted points the profile, as
+the protocol would; what each point is told is what `benchmark_mri.method_argv` tells it.
 
 Design choices are made on the validation volume of pipelines/configs/split.yaml
 (`itk_t1_2x2x3mm.nii.gz` since 2026-12-02; the Haase T1 before); the test volumes are only
@@ -147,11 +147,11 @@ def command_argv(options: list[str], spacing: float) -> list[str]:
 
 
 def points(
-    model: str, steps: list[int], seconds: list[float], spacing: float, told: list[str] = ()
+    model: str, steps: list[int], seconds: list[float], spacing: float, case: Case | None = None
 ) -> list[tuple]:
     """(extra argv, row fields, PYTHONPATH, fit settings) per point of one model (`spacing`: the
-    thick input's, for a ``thickness=`` option; `told`: what the case's protocol tells the fit,
-    `condition_argv`, before the model's own options)."""
+    thick input's, for a ``thickness=`` option; `case`: what its condition tells each point,
+    `condition_argv`, goes before the model's own options)."""
     label, _, spec = model.partition("=")
     spec, *options = spec.split(",")
     fit = fit_settings(options) or None
@@ -168,11 +168,14 @@ def points(
             )
             for s in seconds
         ]
-    extra = [] if spec == "default" else ["--model", spec]
-    extra = [*extra, *told, *command_argv(options, spacing)]
+    model_argv = [] if spec == "default" else ["--model", spec]
+
+    def told(n: int) -> list[str]:
+        return [] if case is None else condition_argv(case, spacing, fitted=n > 0)
+
     return [
         (
-            extra + ["--fit-steps", str(n)],
+            [*model_argv, *told(n), *command_argv(options, spacing), "--fit-steps", str(n)],
             {"model": label, "steps": n, "fit_seconds": ""},
             None,
             fit,
@@ -181,14 +184,25 @@ def points(
     ]
 
 
-def condition_argv(case: Case, spacing: float) -> list[str]:
-    """What the MRI benchmark tells its learned method of the case's acquisition
-    (`benchmark_mri.method_argv`): a gap's slice thickness (a header states it), the ``sinc``
-    condition's profile (its protocol does); `spacing`: the thick input's."""
+def condition_argv(case: Case, spacing: float, fitted: bool) -> list[str]:
+    """What the MRI benchmark tells its learned methods of a case's acquisition.
+
+    As `benchmark_mri.method_argv` does: a gap's slice thickness to every point (a header states
+    it), the ``sinc`` condition's profile to fitted points only (its protocol does; the
+    benchmark's prior alone is not told it).
+
+    Args:
+        case: the case.
+        spacing: the thick input's spacing along the case's axis (mm).
+        fitted: whether the point fits (``--fit-steps`` above 0).
+
+    Returns:
+        `medsr upsample` options.
+    """
     argv = []
     if case.thickness is not None:
         argv += ["--slice-thickness", f"{case.thickness / case.factor * spacing:.6g}"]
-    if case.condition == "sinc":
+    if case.condition == "sinc" and fitted:
         argv += ["--slice-profile", "sinc"]
     return argv
 
@@ -214,10 +228,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             axis=args.axis,
             data_range=data_range,
         )
-        told = condition_argv(case, spacing)
         for model in args.model:
             for extra, fields, pythonpath, fit in points(
-                model, args.steps, args.seconds, spacing, told
+                model, args.steps, args.seconds, spacing, case
             ):
                 (Path(folder) / "out.nii.gz.json").unlink(missing_ok=True)  # not the last point's
                 seconds = medsr(["upsample", str(source), *common, *extra], pythonpath, fit)
@@ -288,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, nargs="+", default=[15, 45])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.condition == "sinc" and args.profile != "sinc":
+        parser.error("--condition sinc acquires with the sinc profile: give --profile sinc")
     check_out(args.out)
     append_rows(args.out, run(args))
     return 0

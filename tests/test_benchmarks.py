@@ -171,6 +171,36 @@ def test_fit_curves_points_parse_models_rates_and_the_first_version():
         fit_curves.points("f=first-version:/tmp/old,thickness=1", [0], [45], 3.0)
 
 
+def test_fit_curves_tells_a_condition_what_the_mri_benchmark_tells_it():
+    """A gap's thickness in the same millimetres as `benchmark_mri.method_argv` (fit_curves
+    knows the thick spacing, the benchmark the thin one); the sinc profile to fitted points only,
+    as the benchmark tells `misr` and not `misr_prior`."""
+    import fit_curves
+
+    options = {"threads": None, "fit_steps": None}
+    thin, factor = 0.7, 4.0
+    gap = benchmark_mri.Case("v.nii.gz", factor, 0, "gap", "boxcar")
+    for method, steps in (("misr", 800), ("misr_prior", 0)):
+        expected = benchmark_mri.method_argv(method, Path("in"), Path("out"), gap, thin, options)
+        told = fit_curves.condition_argv(gap, factor * thin, fitted=steps > 0)
+        where = expected.index("--slice-thickness")
+        assert told == expected[where : where + 2] and "--slice-profile" not in expected
+    sinc = benchmark_mri.Case("v.nii.gz", 5.0, 0, "sinc", "sinc")
+    for method, steps in (("misr", 800), ("misr_prior", 0)):
+        expected = benchmark_mri.method_argv(method, Path("in"), Path("out"), sinc, thin, options)
+        told = fit_curves.condition_argv(sinc, 5.0 * thin, fitted=steps > 0)
+        assert told == (["--slice-profile", "sinc"] if "--slice-profile" in expected else [])
+        assert bool(told) == (steps > 0)
+    points = fit_curves.points("m=default", [0, 800], [45], 5.0 * thin, sinc)
+    assert [p[0] for p in points] == [
+        ["--fit-steps", "0"],
+        ["--slice-profile", "sinc", "--fit-steps", "800"],
+    ]
+    with pytest.raises(SystemExit):  # a sinc condition acquired with another profile
+        fit_curves.main(["--volume", "v.nii.gz", "--factor", "5", "--condition", "sinc"]
+                        + ["--model", "m=default", "--out", "unused.csv"])  # fmt: skip
+
+
 def test_the_benchmarks_read_the_guard_gain_and_estimate_from_the_provenance(tmp_path):
     import fit_curves
 

@@ -405,3 +405,22 @@ def test_a_share_of_noisy_batches_carries_the_noise_on_the_thick_input_in_full()
     assert any(r < 0.6 for r in half) and any(r > 0.85 for r in half)
     with pytest.raises(MedsrError, match="thick_noise_share"):
         DataConfig(thick_noise_share=1.5)
+
+
+def test_without_thick_noise_the_batch_noise_draws_what_it_drew_before():
+    """`draw_noise` with ``thick_noise_share`` 0 takes the random draws of the inline code it
+    replaced (a 2/3 draw, the level, the Rician noise), so existing configs make the same pairs
+    and leave the generator where it was."""
+    from medsr.train.noise import draw_noise
+
+    patches = np.full((2, 3, 8, 12), 0.5, np.float32)
+    config = DataConfig(noise_max=0.05)
+    for seed in range(6):
+        ours, before = np.random.default_rng(seed), np.random.default_rng(seed)
+        noisy, input_noise = draw_noise(patches, config, ours)
+        expected = patches
+        if before.random() < 2 / 3:
+            expected = add_rician_noise(patches, before.uniform(0, 0.05), before)
+        np.testing.assert_array_equal(noisy, expected)
+        assert input_noise == 0.0
+        assert ours.random() == before.random()  # the stream goes on from the same place
