@@ -137,8 +137,8 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="steps adapting the model to each scan (default 800 where the fit's encoder runs "
-        "in bf16, on a CPU with native bf16, else 400: about 26 s of a 35 s, or 25 s of a 45 s, "
-        "256x256x60 upsample on 2 CPU cores; 0: the shipped prior alone)",
+        "in bf16, on a CPU with native bf16, else 400: about 22 s of a 37 s 256x256x60 upsample "
+        "on 2 AMX CPU cores; 0: the shipped prior alone)",
     )
     parser.add_argument(
         "--fit-seconds",

@@ -1,6 +1,9 @@
-"""The scan's noise in the per-scan fit: measured on its in-plane slices (`scan_noise`), and put
-back on the slices the fit thickens from them (`restore_thick_noise`), so that the fit's inputs
-are as noisy as the thick slices it will upsample (`medsr.config.DataConfig.input_noise`)."""
+"""The noise model of training pairs and of the per-scan fit.
+
+Training draws Rician noise on the thin truth of a share of its batches (`draw_noise`). The
+per-scan fit measures the scan's noise on its in-plane slices (`scan_noise`) and puts it back on
+the slices it thickens from them (`restore_thick_noise`), so that the fit's inputs are as noisy
+as the thick slices it will upsample (`medsr.config.DataConfig.input_noise`)."""
 
 from __future__ import annotations
 
@@ -74,14 +77,23 @@ def thicken_like_scan(
 def draw_noise(
     patches: np.ndarray, data: DataConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, float]:
-    """A training batch's noise: (the thin `patches`, the noise to put back on their thick
-    input, `thicken_like_scan`'s `sigma`).
+    """A training batch's noise, drawn as `data` says.
 
     In 2 of 3 batches (with ``data.noise_max``) Rician noise goes on the thin truth before
     thickening: thick slices average it down (a thick acquisition has the higher SNR), and the
     target keeps the noise floor it would have. In ``data.thick_noise_share`` of those the thick
     input carries it in full, as a scan's thick voxels carry its voxel noise (the per-scan fit's
-    model). The fit's own ``data.input_noise`` is put back in every batch."""
+    model). The fit's own ``data.input_noise`` is put back in every batch.
+
+    Args:
+        patches: the batch's thin truth (..., thin slices), normalised.
+        data: the data config (``noise_max``, ``thick_noise_share``, ``input_noise``).
+        rng: the batch's random generator.
+
+    Returns:
+        (the thin patches, noisy or not; the noise std to put back on their thick input,
+        `thicken_like_scan`'s `sigma`).
+    """
     input_noise = data.input_noise
     if data.noise_max > 0 and rng.random() < 2 / 3:
         level = rng.uniform(0, data.noise_max)

@@ -64,10 +64,18 @@ ENSEMBLE_FLIPS = (
 
 
 def ensemble_passes(ensemble: int, neighbours: int) -> tuple[tuple[bool, bool, bool], ...]:
-    """The distinct flips of an ensemble of `ensemble` passes (the first of `ENSEMBLE_FLIPS`)
-    for a generator of `neighbours` planes: with one plane, reversing the neighbours' order
-    changes nothing, so those passes would repeat the others. The mean is the same (every pass
-    counted as often), without the repeated work."""
+    """The distinct flips of an ensemble's passes.
+
+    With one plane, reversing the neighbours' order changes nothing, so those passes would
+    repeat the others; the mean is the same without them (every pass counted as often).
+
+    Args:
+        ensemble: passes asked for (`ENSEMBLE_SIZES`; the first of `ENSEMBLE_FLIPS`).
+        neighbours: the generator's k.
+
+    Returns:
+        The flips to run, in `ENSEMBLE_FLIPS`' order.
+    """
     passes = ENSEMBLE_FLIPS[:ensemble]
     if neighbours == 1:
         passes = tuple(dict.fromkeys((flip_w, flip_n, False) for flip_w, flip_n, _ in passes))
