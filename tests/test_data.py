@@ -16,6 +16,15 @@ from medsr.train.pairs import (
 )
 
 CLEAN = {"noise_max": 0.0, "gamma_range": (1.0, 1.0), "gain_range": (1.0, 1.0)}
+#: contiguous boxcar slices in small batches of whole patches: pairs whose noise can be read off
+BOXCAR_BATCHES = {
+    "profiles": ("boxcar",),
+    "thickness_ratios": (1.0, 1.0),
+    "patch_width": 32,
+    "patch_slices": 6,
+    "batch_size": 8,
+    "validation_fraction": 0.0,
+}
 
 
 def test_sources_are_views_of_one_normalised_copy(hr_volume):
@@ -293,12 +302,7 @@ def test_the_scans_noise_is_put_back_on_the_inputs_it_thickens():
     for noise in (0.0, sigma):
         config = DataConfig(
             self_supervised=True,
-            profiles=("boxcar",),
-            thickness_ratios=(1.0, 1.0),
-            patch_width=32,
-            patch_slices=6,
-            batch_size=8,
-            validation_fraction=0.0,
+            **BOXCAR_BATCHES,
             input_noise=noise * scale if noise else 0.0,
             **CLEAN,
         )
@@ -375,12 +379,7 @@ def test_a_share_of_noisy_batches_carries_the_noise_on_the_thick_input_in_full()
     base = DataConfig(
         min_factor=4.0,
         max_factor=4.0,
-        profiles=("boxcar",),
-        thickness_ratios=(1.0, 1.0),
-        patch_width=32,
-        patch_slices=6,
-        batch_size=8,
-        validation_fraction=0.0,
+        **BOXCAR_BATCHES,
         gamma_range=(1.0, 1.0),
         gain_range=(1.0, 1.0),
         noise_max=0.2,
