@@ -24,10 +24,9 @@ from pathlib import Path
 
 from benchmark_mri import Case, acquire
 
-from medsr.intensity import grey_array
 from medsr.io import read_volume
 from medsr.train.noise import scan_noise
-from medsr.train.pairs import sources_self_supervised
+from medsr.upsample.adapt import scan_sources
 from medsr.upsample.profile import estimate_slice_profile
 
 #: (file, folder key, axes)
@@ -68,8 +67,7 @@ def cases(folders: dict) -> list[dict]:
 
 def one_case(volume, name: str, factor: float, axis: int, condition: str, profile: str) -> dict:
     thick, *_ = acquire(volume, Case(name, factor, axis, condition, profile), seed=0)
-    grey = thick.with_array(grey_array(thick))
-    sources = sources_self_supervised(grey, "scan", axis=axis, factor=factor)
+    sources = scan_sources(thick, axis, factor)
     estimate = estimate_slice_profile(sources, factor, 1.0, scan_noise(sources[0].array))
     row = {"volume": name.split(".nii")[0], "factor": factor, "axis": axis}
     row |= {"condition": condition, "profile": profile, "estimate": estimate.profile or ""}

@@ -368,9 +368,15 @@ def adapt_to_grid(
     )
 
 
+def scan_sources(volume: Volume, axis: int, factor: float) -> list:
+    """The fit's plane sources of `volume`: its grey slices across `axis`, normalised, made
+    thick by `factor` (`medsr.train.pairs.sources_self_supervised`), as `adapt_to_grid` hands
+    them to `adapt_to_scan`."""
+    grey = volume.with_array(grey_array(volume))
+    return sources_self_supervised(grey, "scan", axis=axis, factor=factor)
+
+
 def grid_noise(volume: Volume, grid: OutputGrid) -> float:
     """`scan_noise` of `volume`'s slices across `grid`'s axis, in the fit's normalised units."""
     factor = float(volume.spacing[grid.axis] / grid.spacing)
-    grey = volume.with_array(grey_array(volume))
-    sources = sources_self_supervised(grey, "scan", axis=grid.axis, factor=factor)
-    return scan_noise(sources[0].array)
+    return scan_noise(scan_sources(volume, grid.axis, factor)[0].array)
