@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,10 @@ from medsr.degrade import simulate_thick_slices
 from medsr.io import Volume
 from medsr.nets.checkpoint import build_generator
 from medsr.train.pairs import PlaneSource
+import medsr.upsample.profile as profile_module
 from medsr.upsample.profile import (
     BOXCAR_RATIO,
+    BOXCAR_RATIO_MATCHED,
     GAUSSIAN_RATIO,
     _misfit,
     decide,
@@ -102,6 +106,36 @@ def test_the_rule_names_a_profile_only_past_its_thresholds():
     scores = _scores(GAUSSIAN_RATIO * above, BOXCAR_RATIO * below)
     scores["sinc"] = {"level": 0.5, "power": 0.5}
     assert decide(scores).profile == "boxcar"
+
+
+def test_a_target_at_the_in_plane_spacing_names_the_boxcar_sooner():
+    between = _scores(GAUSSIAN_RATIO * 1.01, (BOXCAR_RATIO_MATCHED + BOXCAR_RATIO) / 2)
+    assert BOXCAR_RATIO_MATCHED < BOXCAR_RATIO
+    assert decide(between, matched=True).profile == "boxcar"
+    assert decide(between).profile is None
+    below = _scores(GAUSSIAN_RATIO * 1.01, BOXCAR_RATIO_MATCHED * 0.99)
+    assert decide(below, matched=True).profile is None
+
+
+@pytest.mark.parametrize(("thick_spacing", "matched"), [(3.0, True), (3.1, True), (4.5, False)])
+def test_matched_means_the_output_spacing_is_the_in_plane_spacing(
+    monkeypatch, thick_spacing, matched
+):
+    seen = []
+    real = profile_module.decide
+
+    def spy(scores, matched=False):
+        seen.append(matched)
+        return real(scores, matched)
+
+    monkeypatch.setattr(profile_module, "decide", spy)
+    thick = simulate_thick_slices(_texture(3), 2, 3, profile="boxcar")
+    sources = [  # x3 from `thick_spacing`: an output of thick_spacing / 3 against 1 mm in-plane
+        replace(source, spacing=(thick_spacing, *source.spacing[1:]))
+        for source in _sources(thick, 3)
+    ]
+    estimate_slice_profile(sources, 3, 1.0, 0.0)
+    assert seen == [matched]
 
 
 def test_the_power_score_forgives_a_power_law_the_level_score_does_not():
