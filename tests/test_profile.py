@@ -10,11 +10,11 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 import medsr.upsample.adapt as adapt
+import medsr.upsample.profile as profile_module
 from medsr.degrade import simulate_thick_slices
 from medsr.io import Volume
 from medsr.nets.checkpoint import build_generator
 from medsr.train.pairs import PlaneSource
-import medsr.upsample.profile as profile_module
 from medsr.upsample.profile import (
     BOXCAR_RATIO,
     BOXCAR_RATIO_MATCHED,
