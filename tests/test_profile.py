@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -19,6 +17,7 @@ from medsr.upsample.profile import (
     BOXCAR_RATIO,
     BOXCAR_RATIO_MATCHED,
     GAUSSIAN_RATIO,
+    MATCHED_MIN_FACTOR,
     _misfit,
     decide,
     estimate_slice_profile,
@@ -32,13 +31,17 @@ def _texture(seed: int, shape=(48, 48, 72), sigma=1.2) -> np.ndarray:
     return ((field - field.min()) / (field.max() - field.min())).astype(np.float32)
 
 
-def _sources(thick: np.ndarray, factor: float, inplane=(1.0, 1.0)) -> list[PlaneSource]:
-    """The fit's two in-plane orientations of a volume thick along its last axis."""
+def _sources(
+    thick: np.ndarray, factor: float, inplane=(1.0, 1.0), spacing: float | None = None
+) -> list[PlaneSource]:
+    """The fit's two in-plane orientations of a volume thick along its last axis, its slices
+    `spacing` apart (default: `factor`, an output at the in-plane spacing)."""
+    spacing = factor if spacing is None else spacing
     first = PlaneSource(
-        np.transpose(thick, (2, 1, 0)), (factor, inplane[1], inplane[0]), "a0", factor, 1
+        np.transpose(thick, (2, 1, 0)), (spacing, inplane[1], inplane[0]), "a0", factor, 1
     )
     second = PlaneSource(
-        np.transpose(thick, (2, 0, 1)), (factor, inplane[0], inplane[1]), "a1", factor, 1
+        np.transpose(thick, (2, 0, 1)), (spacing, inplane[0], inplane[1]), "a1", factor, 1
     )
     return [first, second]
 
@@ -84,7 +87,7 @@ def test_blank_constant_and_mismatched_scans_are_left_undecided():
     # an isotropic volume upsampled by an explicit factor: its through-plane lines are as sharp
     # as its in-plane ones, unlike any thickening of them
     sharp = _texture(2)
-    estimate = estimate_slice_profile(_sources(sharp, factor), factor, 1.0, 0.0)
+    estimate = estimate_slice_profile(_sources(sharp, factor, spacing=1.0), factor, 1.0, 0.0)
     assert estimate.profile is None and "no candidate fits" in estimate.reason, estimate.scores
 
 
@@ -117,10 +120,8 @@ def test_a_target_at_the_in_plane_spacing_names_the_boxcar_sooner():
     assert decide(below, matched=True).profile is None
 
 
-@pytest.mark.parametrize(("thick_spacing", "matched"), [(3.0, True), (3.1, True), (4.5, False)])
-def test_matched_means_the_output_spacing_is_the_in_plane_spacing(
-    monkeypatch, thick_spacing, matched
-):
+def _matched_seen(monkeypatch) -> list[bool]:
+    """What `estimate_slice_profile` passes `decide` as ``matched``, call by call."""
     seen = []
     real = profile_module.decide
 
@@ -129,12 +130,39 @@ def test_matched_means_the_output_spacing_is_the_in_plane_spacing(
         return real(scores, matched)
 
     monkeypatch.setattr(profile_module, "decide", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("thick_spacing", "matched"),
+    [(3.0, True), (3.1, True), (3.2, False), (4.5, False), (1.0, False)],
+)
+def test_matched_means_the_output_spacing_is_the_in_plane_spacing(
+    monkeypatch, thick_spacing, matched
+):
+    seen = _matched_seen(monkeypatch)
     thick = simulate_thick_slices(_texture(3), 2, 3, profile="boxcar")
-    sources = [  # x3 from `thick_spacing`: an output of thick_spacing / 3 against 1 mm in-plane
-        replace(source, spacing=(thick_spacing, *source.spacing[1:]))
-        for source in _sources(thick, 3)
-    ]
-    estimate_slice_profile(sources, 3, 1.0, 0.0)
+    # x3 from slices `thick_spacing` apart: an output of thick_spacing / 3 against 1 mm in-plane
+    # (1.0: an isotropic volume upsampled by an explicit factor, an output finer than in-plane)
+    estimate_slice_profile(_sources(thick, 3, spacing=thick_spacing), 3, 1.0, 0.0)
+    assert seen == [matched]
+
+
+@pytest.mark.parametrize(("factor", "matched"), [(1.5, False), (2.0, True)])
+def test_matched_holds_only_from_the_tuned_factors(monkeypatch, factor, matched):
+    seen = _matched_seen(monkeypatch)
+    thick = simulate_thick_slices(_texture(4, shape=(48, 48, 96)), 2, factor, profile="boxcar")
+    estimate_slice_profile(_sources(thick, factor), factor, 1.0, 0.0)
+    assert seen == [matched] and MATCHED_MIN_FACTOR == 2.0
+
+
+@pytest.mark.parametrize(("thick_mm", "matched"), [(3.0, True), (1.0, False)])
+def test_the_fits_sources_give_the_thick_spacing_first(monkeypatch, thick_mm, matched):
+    seen = _matched_seen(monkeypatch)
+    scan = Volume(_texture(6, shape=(40, 40, 32)) * 100.0, np.diag([1.0, 1.0, thick_mm, 1.0]))
+    sources = adapt.scan_sources(scan, axis=2, factor=3.0)
+    assert sources[0].spacing[0] == thick_mm
+    estimate_slice_profile(sources, 3.0, 1.0, 0.0)
     assert seen == [matched]
 
 
