@@ -1,15 +1,18 @@
 """One fit, every self-ensemble: PSNR / SSIM over B-spline of the reconstruction with 1, 2, 4 or
-8 flipped passes (`medsr.upsample.reconstruct.ENSEMBLE_FLIPS`) after the same fit, for the fit's
+8 flipped passes (`medsr.upsample.ensemble.ENSEMBLE_FLIPS`) after the same fit, for the fit's
 pixel loss given (`medsr.upsample.adapt.FIT_PIXEL_LOSS`).
 
 The case is the MRI benchmark's (`benchmark_mri.acquire`: the same acquisition, mask and robust
 data range); the fit and the reconstructions run in this process, through the functions that
 `medsr upsample` calls (`adapt_to_grid`, `reconstruct_volume`, `calibrated` included), so the
-fit is run once and each ensemble only adds its reconstruction. The ensemble and the fit's loss
-were chosen on the validation volumes of pipelines/configs/split.yaml with it (the ITK T1 and its
-smoothed copy, `make_validation_volumes.py`); the test volumes are only measured. `fit_curves.py`
-measures the same settings (``,loss=`` and ``,ensemble=``) one `medsr upsample` process per
-point, i.e. with a fit per point; this script fits once per loss and reuses the fit.
+fit is run once and each ensemble only adds its reconstruction. The residual gain is therefore
+fitted here for one pass (`adapt_to_grid`'s default), as `medsr upsample` fitted it until
+2026-12-07 (evening); since then it fits it for the ensemble it reconstructs with. The ensemble
+and the fit's loss were chosen on the validation volumes of pipelines/configs/split.yaml with
+it (the ITK T1 and its smoothed copy, `make_validation_volumes.py`); the test volumes are only
+measured. `fit_curves.py` measures the same settings (``,loss=`` and ``,ensemble=``) one
+`medsr upsample` process per point, i.e. with a fit per point; this script fits once per loss
+and reuses the fit.
 
 Usage (from the repository root):
     python pipelines/ensemble_curves.py --data VAL --volume itk_t1_2x2x3mm.nii.gz --factor 4 \

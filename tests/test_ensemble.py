@@ -14,9 +14,8 @@ from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.upsample.api import upsample_volume
 from medsr.upsample.checks import ENSEMBLE_BUDGET, default_ensemble
+from medsr.upsample.ensemble import ENSEMBLE_FLIPS, ensemble_passes
 from medsr.upsample.reconstruct import (
-    ENSEMBLE_FLIPS,
-    ensemble_passes,
     plane_orientations,
     reconstruct,
     reconstruct_volume,
@@ -176,6 +175,7 @@ def test_each_pass_is_the_plain_reconstruction_of_the_flipped_volume(monkeypatch
     """A pass flipped along w, the thick axis or the neighbours' order is the single-pass
     reconstruction of the volume flipped along that array axis, flipped back (one orientation;
     an integer factor for the thick axis, whose output grid is then its own mirror)."""
+    import medsr.upsample.ensemble as ensemble_module
     import medsr.upsample.reconstruct as reconstruction
 
     generator = _random_generator()
@@ -188,10 +188,10 @@ def test_each_pass_is_the_plain_reconstruction_of_the_flipped_volume(monkeypatch
     flipped = np.ascontiguousarray(np.flip(normalised, axis))
     options = dict(device=CPU, precision="fp32")
     expected = np.flip(reconstruct(flipped, grid, volume.spacing, generator, **options), axis)
-    monkeypatch.setattr(reconstruction, "ENSEMBLE_FLIPS", (flips,))
+    monkeypatch.setattr(ensemble_module, "ENSEMBLE_FLIPS", (flips,))
     out = reconstruct(normalised, grid, volume.spacing, generator, **options)
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
-    monkeypatch.setattr(reconstruction, "ENSEMBLE_FLIPS", ((False, False, False),))
+    monkeypatch.setattr(ensemble_module, "ENSEMBLE_FLIPS", ((False, False, False),))
     plain = reconstruct(normalised, grid, volume.spacing, generator, **options)
     assert np.abs(out - plain).max() > 1e-3  # the pass is its own estimate
 

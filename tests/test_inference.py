@@ -829,6 +829,71 @@ def test_the_residual_gain_is_the_least_squares_gain_within_its_range(gain, expe
     assert residual_gain(as_bspline(generator), planes, "cpu") == 1.0
 
 
+def _ensemble_planes(generator, gain: float, ensemble: int) -> list[tuple]:
+    """Guard planes whose truth is B-spline + `gain` x the residual of the reconstruction's
+    `ensemble`-pass mean, taken from `reconstruct.predict_flipped`, the reconstruction's own
+    passes."""
+    from medsr.nets.generator import exact_bspline
+    from medsr.upsample.ensemble import ensemble_passes
+    from medsr.upsample.reconstruct import predict_flipped
+
+    planes = []
+    for lr, _, positions, factor in _planes_with_gain(generator, 1.0):
+        passes = ensemble_passes(ensemble, generator.neighbours)
+        with torch.no_grad():
+            total = sum(
+                next(predict_flipped(generator, lr, positions, factor, "fp32", f, 99))[1]
+                for f in passes
+            )
+            base = exact_bspline(lr[:, 1:2], positions)[:, 0]
+        truth = base + gain * (total / len(passes) - base)
+        planes.append((lr, truth[0].numpy(), positions, factor))
+    return planes
+
+
+@pytest.mark.parametrize("ensemble", [2, 4, 8])
+def test_the_residual_gain_is_fitted_on_the_reconstructions_ensemble(ensemble):
+    """The gain is the one that fits the residual the output carries: the mean of the
+    reconstruction's flipped passes (the same passes `reconstruct` runs), not one pass's."""
+    from medsr.upsample.heldout import plane_prediction, residual_gain
+
+    generator, _ = load_generator(default_model_path())
+    planes = _ensemble_planes(generator, 0.6, ensemble)
+    assert residual_gain(generator, planes, "cpu", ensemble) == pytest.approx(0.6, abs=1e-4)
+    assert abs(residual_gain(generator, planes, "cpu") - 0.6) > 1e-3  # one pass: another gain
+    lr, _, positions, factor = planes[0]
+    with torch.no_grad():  # one pass is the plain forward, bit for bit
+        plain = generator.eval()(lr, positions, factor)[0, 0]
+        assert torch.equal(plane_prediction(generator, lr, positions, factor), plain)
+
+
+def test_the_fit_and_the_prior_alone_calibrate_for_the_ensemble_asked(monkeypatch, tiny_config):
+    import medsr.upsample.adapt as adapt
+    from medsr.nets.checkpoint import build_generator
+
+    seen = []
+    real_calibrated = adapt.calibrated
+    real_without = adapt.guard_without_fit
+
+    def calibrated(generator, planes, device, record, ensemble=1):
+        seen.append(("fit", ensemble))
+        return real_calibrated(generator, planes, device, record, ensemble)
+
+    def without(prior, planes, device, ensemble=1):
+        seen.append(("no fit", ensemble))
+        return real_without(prior, planes, device, ensemble)
+
+    monkeypatch.setattr(adapt, "calibrated", calibrated)
+    monkeypatch.setattr(adapt, "guard_without_fit", without)
+    rng = np.random.default_rng(0)
+    scan = Volume(rng.random((40, 40, 24), dtype=np.float32), np.diag([1.0, 1.0, 3.0, 1.0]))
+    options = {"axis": 2, "factor": 3.0, "device": torch.device("cpu"), "profile": "boxcar"}
+    generator = build_generator(tiny_config)
+    adapt.adapt_to_scan(generator, tiny_config, scan, steps=1, ensemble=4, **options)
+    adapt.adapt_to_scan(generator, tiny_config, scan, steps=0, ensemble=2, **options)
+    assert seen == [("fit", 4), ("no fit", 2)]
+
+
 def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
     """`fit_steps` 0: the prior's residual is scaled by the gain fitted on the held-back slices,
     recorded with the acquisition the slices were thickened with; the output is B-spline +
@@ -837,7 +902,8 @@ def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
     import medsr.upsample.adapt as adapt
 
     volume = _thick_volume(shape=(30, 28, 16))
-    options = dict(method="misr", fit_steps=0, keep_dtype=False, device="cpu")
+    # one pass: the gain of its single prediction (the ensemble's: the test above)
+    options = dict(method="misr", fit_steps=0, keep_dtype=False, device="cpu", ensemble=1)
     calibrated = upsample_volume(volume, **options)
     record = calibrated.meta["provenance"]
     guard = record["fit_guard"]

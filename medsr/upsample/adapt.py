@@ -204,6 +204,7 @@ def adapt_to_scan(
     noise: float | None = None,
     calibrate: bool = True,
     precision: str = "auto",
+    ensemble: int = 1,
 ) -> tuple[MISRGenerator, int]:
     """Fine-tune a copy of `generator` on `volume`'s slices across `axis`, then scale its
     residual over B-spline by the gain that fits the held-back slices best (`calibrated`).
@@ -240,6 +241,8 @@ def adapt_to_scan(
             (`medsr.runtime.fit_precision`): with ``"auto"`` or ``"bf16"`` on a CPU with native
             bf16 the encoder's convolutions train in bf16, float32 elsewhere on the CPU; on CUDA
             the model's mixed-precision setting.
+        ensemble: the passes the reconstruction will average (`medsr.upsample.reconstruct`);
+            the residual gain is fitted on the held-back slices' prediction by as many passes.
 
     Returns:
         (the adapted (or calibrated) generator in eval mode, the number of steps run).
@@ -273,7 +276,7 @@ def adapt_to_scan(
             if guard is not None:
                 guard["reason"] = NARROW_SLICE
             return generator.eval(), 0
-        model, record = guard_without_fit(generator.eval(), planes, device)
+        model, record = guard_without_fit(generator.eval(), planes, device, ensemble)
         if guard is not None:
             guard.update(record, scan_noise=round(noise, 6))
         return model, 0
@@ -294,7 +297,7 @@ def adapt_to_scan(
     if planes:
         adapted, record = apply_guard(adapted, generator.to(device), planes, device)
         if calibrate:
-            adapted = calibrated(adapted, planes, device, record)
+            adapted = calibrated(adapted, planes, device, record, ensemble)
     else:
         record["reason"] = SHORT_AXIS if slab is None else NARROW_SLICE
     record["scan_noise"] = round(noise, 6)
@@ -339,6 +342,7 @@ def adapt_to_grid(
     noise_from: Volume | None = None,
     calibrate: bool = True,
     precision: str = "auto",
+    ensemble: int = 1,
 ) -> tuple[MISRGenerator, int]:
     """`adapt_to_scan` for upsampling `volume` onto `grid`: the fit of the learned method (its
     grey values, the grid's axis and factor, the scan's `thickness_ratio` and slice profile,
@@ -365,6 +369,7 @@ def adapt_to_grid(
         noise=noise,
         calibrate=calibrate,
         precision=precision,
+        ensemble=ensemble,
     )
 
 

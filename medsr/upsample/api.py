@@ -73,7 +73,7 @@ def upsample_misr(
             slices, with or without a fit (`medsr.upsample.heldout.calibrated`); off for a model
             that is already calibrated (a 4D series' frames after its one fit).
         ensemble: reconstruction passes averaged per orientation, flipped (1, 2, 4 or 8;
-            `medsr.upsample.reconstruct.ENSEMBLE_FLIPS`); None: as many as the output's size
+            `medsr.upsample.ensemble.ENSEMBLE_FLIPS`); None: as many as the output's size
             (times its channels) allows (`medsr.upsample.checks.default_ensemble`).
 
     Returns:
@@ -113,6 +113,7 @@ def upsample_misr(
         guard=(guard := {}),
         calibrate=calibrate,
         precision=resolved,
+        ensemble=ensemble,
     )
     release_freed_memory()  # the fit's freed buffers, before the output is allocated
     planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis)

@@ -56,7 +56,7 @@ def fit_steps_of(options: dict) -> int:
 DEFAULT_SEED = 0
 
 
-#: the self-ensemble sizes the reconstruction takes (`medsr.upsample.reconstruct.ENSEMBLE_FLIPS`)
+#: the self-ensemble sizes the reconstruction takes (`medsr.upsample.ensemble.ENSEMBLE_FLIPS`)
 ENSEMBLE_SIZES = (1, 2, 4, 8)
 #: the most passes the default gives (8 gained 0.01 dB over 4 on validation, at twice the cost)
 DEFAULT_MAX_ENSEMBLE = 4

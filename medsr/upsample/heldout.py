@@ -24,6 +24,7 @@ from medsr.nets import MISRGenerator
 from medsr.nets.generator import exact_bspline
 from medsr.train.noise import thicken_like_scan
 from medsr.train.pairs import MIN_PATCH_SLICES, PlaneSource
+from medsr.upsample.ensemble import ensemble_passes, flipped_pass
 
 logger = logging.getLogger(__name__)
 
@@ -121,15 +122,16 @@ def apply_guard(adapted, prior, planes, device) -> tuple[MISRGenerator, dict]:
 NO_FIT_RULE = f"no fit; best PSNR, within {GUARD_TIE_DB} dB of it: prior, then bspline"
 
 
-def guard_without_fit(prior, planes, device) -> tuple[MISRGenerator, dict]:
-    """With no fit (``fit_steps`` 0): the prior, calibrated (`calibrated`), or B-spline where the
-    prior scores below B-spline on the guard planes by more than `GUARD_TIE_DB` even so. The
-    record holds the prior's own score, B-spline's, the gain and the choice."""
+def guard_without_fit(prior, planes, device, ensemble: int = 1) -> tuple[MISRGenerator, dict]:
+    """With no fit (``fit_steps`` 0): the prior, calibrated (`calibrated`, for the
+    reconstruction's `ensemble`), or B-spline where the prior scores below B-spline on the guard
+    planes by more than `GUARD_TIE_DB` even so. The record holds the prior's own score,
+    B-spline's, the gain and the choice."""
     record = {
-        name: round(guard_score(model, planes, device), 4)
+        name: round(guard_score(model, planes, device, ensemble), 4)
         for name, model in (("psnr_prior", prior), ("psnr_bspline", None))
     }
-    model = calibrated(prior.eval(), planes, device, record)
+    model = calibrated(prior.eval(), planes, device, record, ensemble)
     score = record.get("psnr_calibrated", record["psnr_prior"])
     # `calibrated` records a gain of 0 (the output is B-spline) as the choice ``bspline``
     below = record.get("choice") == "bspline" or score < record["psnr_bspline"] - GUARD_TIE_DB
@@ -144,16 +146,19 @@ def guard_without_fit(prior, planes, device) -> tuple[MISRGenerator, dict]:
 
 
 @torch.no_grad()
-def guard_score(generator: MISRGenerator | None, planes: list[tuple], device) -> float:
-    """Mean PSNR (normalised units, range 1) on the guard planes; None: cubic B-spline."""
+def guard_score(
+    generator: MISRGenerator | None, planes: list[tuple], device, ensemble: int = 1
+) -> float:
+    """Mean PSNR (normalised units, range 1) on the guard planes of `generator`'s prediction
+    (the mean of `ensemble` flipped passes, `plane_prediction`); None: cubic B-spline."""
     scores = []
     for lr, hr, positions, factor in planes:
         lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
         if generator is None:
-            pred = _bspline_of(lr, positions)
+            pred = _bspline_of(lr, positions)[0, 0]
         else:
-            pred = generator.eval()(lr, positions, factor)
-        scores.append(psnr(pred[0, 0].float().cpu().numpy(), hr, data_range=1.0))
+            pred = plane_prediction(generator, lr, positions, factor, ensemble)
+        scores.append(psnr(pred.float().cpu().numpy(), hr, data_range=1.0))
     return float(np.mean(scores))
 
 
@@ -184,10 +189,31 @@ def plane_parts(array: np.ndarray, number: int) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def residual_sums(generator: MISRGenerator, planes: list[tuple], device) -> np.ndarray:
+def plane_prediction(
+    generator: MISRGenerator, lr: torch.Tensor, positions: torch.Tensor, factor, ensemble: int = 1
+) -> torch.Tensor:
+    """(W, M) prediction of a guard plane's centre slice: the mean of the self-ensemble's
+    `ensemble` passes (`medsr.upsample.ensemble.ensemble_passes`), each on flipped inputs and
+    flipped back, as the reconstruction averages them; one pass is the plain forward."""
+    passes = ensemble_passes(ensemble, lr.shape[1])
+    total = 0
+    for flips in passes:
+        flipped, at = flipped_pass(lr, positions, flips)
+        pred = generator.eval()(flipped, at, factor)[0, 0]
+        total = total + (pred.flip(-2) if flips[0] else pred)
+    return total / len(passes)
+
+
+@torch.no_grad()
+def residual_sums(
+    generator: MISRGenerator, planes: list[tuple], device, ensemble: int = 1
+) -> np.ndarray:
     """Per part of each guard plane, plane by plane, (sum r * d, sum r * r, sum d * d) with r the
     generator's residual over B-spline and d the truth's: the squared error of
-    ``bspline + g * r`` on the part is ``dd - 2 g rd + g^2 rr``, for any gain g.
+    ``bspline + g * r`` on the part is ``dd - 2 g rd + g^2 rr``, for any gain g. The prediction
+    is the mean of `ensemble` flipped passes (`plane_prediction`), the residual the output will
+    carry: averaging passes shrinks the parts where they disagree, so the gain that fits the
+    ensemble is not the one that fits a single pass.
 
     The planes are `guard_planes`' two orientations of one slice, the second with the first's
     axes swapped; each is cut into `GAIN_CHECK_PARTS` along the same axis of the slice (the
@@ -197,7 +223,7 @@ def residual_sums(generator: MISRGenerator, planes: list[tuple], device) -> np.n
     for number, (lr, hr, positions, factor) in enumerate(planes):
         lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
         base = _bspline_of(lr, positions)[0, 0].double().cpu()
-        pred = generator.eval()(lr, positions, factor)[0, 0].double().cpu()
+        pred = plane_prediction(generator, lr, positions, factor, ensemble).double().cpu()
         residual, truth = (pred - base).numpy(), hr - base.numpy()
         for r, d in zip(plane_parts(residual, number), plane_parts(truth, number), strict=True):
             sums.append((np.sum(r * d), np.sum(r * r), np.sum(d * d)))
@@ -211,12 +237,14 @@ def least_squares_gain(sums: np.ndarray) -> float:
     return 1.0 if energy <= 0.0 else float(np.clip(cross / energy, *GAIN_RANGE))
 
 
-def residual_gain(generator: MISRGenerator, planes: list[tuple], device) -> float:
+def residual_gain(
+    generator: MISRGenerator, planes: list[tuple], device, ensemble: int = 1
+) -> float:
     """The gain g of the generator's residual over B-spline that makes ``bspline + g * residual``
     fit the guard `planes` best in least squares (closed form, over all their pixels), clipped to
     `GAIN_RANGE`; 1.0 where the residual is zero. g < 1: the model over-sharpens this scan
     (a smooth scan, or a prior trained on sharper content); g > 1: it under-sharpens."""
-    return least_squares_gain(residual_sums(generator, planes, device))
+    return least_squares_gain(residual_sums(generator, planes, device, ensemble))
 
 
 def gain_holds_out(sums: np.ndarray, parts: int = GAIN_CHECK_PARTS) -> bool:
@@ -255,15 +283,18 @@ def scale_residual(generator: MISRGenerator, gain: float) -> MISRGenerator:
     return scaled.eval()
 
 
-def calibrated(generator: MISRGenerator, planes: list[tuple], device, record: dict):
-    """`generator` with its residual scaled by the least-squares gain on the guard `planes`, if
+def calibrated(
+    generator: MISRGenerator, planes: list[tuple], device, record: dict, ensemble: int = 1
+):
+    """`generator` with its residual scaled by the least-squares gain on the guard `planes` (its
+    predictions the mean of the reconstruction's `ensemble` passes, `residual_sums`), if
     that gain holds on the parts it was not fitted on (`gain_holds_out`); else as it is (and as
     it is with no planes, or if B-spline was chosen). The gain used (``residual_gain``, 1.0 when
     none), the one rejected (``residual_gain_rejected``) and the calibrated model's score on the
     planes the gain was fitted on (``psnr_calibrated``: in-sample) go into `record`."""
     if not planes or record.get("choice") == "bspline":
         return generator
-    sums = residual_sums(generator, planes, device)
+    sums = residual_sums(generator, planes, device, ensemble)
     gain = least_squares_gain(sums)
     if gain != 1.0 and not gain_holds_out(sums):
         record.update(residual_gain=1.0, residual_gain_rejected=round(gain, 4))
@@ -275,6 +306,6 @@ def calibrated(generator: MISRGenerator, planes: list[tuple], device, record: di
     if gain == 1.0:
         return generator
     scaled = scale_residual(generator, gain)
-    record["psnr_calibrated"] = round(guard_score(scaled, planes, device), 4)
+    record["psnr_calibrated"] = round(guard_score(scaled, planes, device, ensemble), 4)
     logger.info("residual gain on held-back slices: %.3f", gain)
     return scaled

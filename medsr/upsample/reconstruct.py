@@ -32,6 +32,7 @@ from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.runtime import precision_autocast, resolve_precision
 from medsr.upsample.checks import check_ensemble
+from medsr.upsample.ensemble import ensemble_passes, flipped_pass
 
 logger = logging.getLogger(__name__)
 
@@ -44,42 +45,6 @@ CHANNELS_LAST = {"bf16": True, "fp16": False, "fp32": True}
 
 #: memory for the decoder's per-output temporaries of one call (bytes)
 DECODER_BUDGET = 32 * 2**20
-
-#: the flips of the self-ensemble's passes, in the order an ensemble of n passes takes the
-#: first n: (along the plane's in-plane axis w, along the thick axis, the neighbour planes'
-#: order). Each is a symmetry of the acquisition that training draws too (flips of both plane
-#: axes, reversed neighbour order), so every pass is an equally good estimate and their mean
-#: has less variance (docs/benchmarks.md, "The fit's pixel loss and the self-ensemble"; the default
-#: number of passes: `medsr.upsample.checks.default_ensemble`)
-ENSEMBLE_FLIPS = (
-    (False, False, False),
-    (True, True, False),
-    (True, False, False),
-    (False, True, False),
-    (False, False, True),
-    (True, True, True),
-    (True, False, True),
-    (False, True, True),
-)
-
-
-def ensemble_passes(ensemble: int, neighbours: int) -> tuple[tuple[bool, bool, bool], ...]:
-    """The distinct flips of an ensemble's passes.
-
-    With one plane, reversing the neighbours' order changes nothing, so those passes would
-    repeat the others; the mean is the same without them (every pass counted as often).
-
-    Args:
-        ensemble: passes asked for (`ENSEMBLE_SIZES`; the first of `ENSEMBLE_FLIPS`).
-        neighbours: the generator's k.
-
-    Returns:
-        The flips to run, in `ENSEMBLE_FLIPS`' order.
-    """
-    passes = ENSEMBLE_FLIPS[:ensemble]
-    if neighbours == 1:
-        passes = tuple(dict.fromkeys((flip_w, flip_n, False) for flip_w, flip_n, _ in passes))
-    return passes
 
 
 def position_chunk(generator, planes: int, width: int, count: int) -> int:
@@ -136,12 +101,8 @@ def predict_flipped(
     Yields:
         (slice of `positions`, (B, W, len) float32 tensor of the centre planes there).
     """
-    flip_w, flip_n, flip_p = flips
-    dims = [d for d, on in ((-2, flip_w), (-1, flip_n), (1, flip_p)) if on]
-    if dims:
-        lr = lr.flip(dims)
-    if flip_n:
-        positions = (lr.shape[-1] - 1) - positions
+    flip_w = flips[0]
+    lr, positions = flipped_pass(lr, positions, flips)
     if hasattr(generator, "encode"):  # decode large outputs in chunks
         encoded = encode_planes(generator, lr, factor, precision)
         for first in range(0, len(positions), chunk):
