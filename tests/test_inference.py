@@ -867,7 +867,30 @@ def test_the_residual_gain_is_fitted_on_the_reconstructions_ensemble(ensemble):
         assert torch.equal(plane_prediction(generator, lr, positions, factor), plain)
 
 
+@pytest.mark.parametrize("ensemble", [None, 2])
+def test_upsample_fits_the_gain_for_the_passes_it_reconstructs_with(monkeypatch, ensemble):
+    """The ensemble the output's provenance records (the default for its size, or the one
+    asked) is the one the gain is fitted for: `upsample_volume` hands it down to the fit."""
+    import medsr.upsample.adapt as adapt
+
+    seen = []
+    real = adapt.adapt_to_scan
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["ensemble"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(adapt, "adapt_to_scan", spy)
+    volume = _thick_volume(shape=(30, 28, 16))
+    options = dict(method="misr", fit_steps=0, keep_dtype=False, device="cpu", ensemble=ensemble)
+    result = upsample_volume(volume, **options)
+    record = result.meta["provenance"]
+    assert seen == [record["ensemble"]] and record["fit_guard"]["gain_passes"] == seen[0]
+    assert seen[0] == (4 if ensemble is None else ensemble)
+
+
 def test_the_fit_and_the_prior_alone_calibrate_for_the_ensemble_asked(monkeypatch, tiny_config):
+    """`adapt_to_scan` fits the gain for the `ensemble` it is given, with a fit and without."""
     import medsr.upsample.adapt as adapt
     from medsr.nets.checkpoint import build_generator
 

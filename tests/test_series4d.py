@@ -195,6 +195,17 @@ def test_a_series_is_fitted_once_and_a_chosen_frame_gives_the_3d_result(tmp_path
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # partial folders gone
 
 
+@pytest.mark.parametrize("ensemble", [[], ["--ensemble", "2"]])
+def test_a_series_fit_calibrates_for_the_passes_its_frames_take(tmp_path, ensemble):
+    series = tmp_path / "s.nii.gz"
+    _phantom_series(series, frames=2, shape=(30, 28, 16))  # long enough to hold slices back
+    out = tmp_path / "sr.nii.gz"
+    argv = ["upsample", str(series), "-o", str(out), "--fit-steps", "2", "--quiet", *ensemble]
+    assert main(argv) == 0
+    record = _record(out)
+    assert record["fit_guard"]["gain_passes"] == record["ensemble"] == (2 if ensemble else 4)
+
+
 def _stream_cases() -> dict[str, tuple[list[np.ndarray], dict | None]]:
     rng = np.random.default_rng(0)
     scaling = {"dtype": "int16", "slope": 0.5, "inter": -1024.0}

@@ -38,7 +38,12 @@ def ensemble_passes(ensemble: int, neighbours: int) -> tuple[tuple[bool, bool, b
 
     Returns:
         The flips to run, in `ENSEMBLE_FLIPS`' order.
+
+    Raises:
+        ValueError: `ensemble` is not 1 to `len(ENSEMBLE_FLIPS)`.
     """
+    if not 1 <= ensemble <= len(ENSEMBLE_FLIPS):
+        raise ValueError(f"ensemble must be 1 to {len(ENSEMBLE_FLIPS)} passes, got {ensemble}")
     passes = ENSEMBLE_FLIPS[:ensemble]
     if neighbours == 1:
         passes = tuple(dict.fromkeys((flip_w, flip_n, False) for flip_w, flip_n, _ in passes))

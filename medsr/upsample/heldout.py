@@ -296,6 +296,7 @@ def calibrated(
         return generator
     sums = residual_sums(generator, planes, device, ensemble)
     gain = least_squares_gain(sums)
+    record["gain_passes"] = int(ensemble)  # fitted, checked and scored on as many passes
     if gain != 1.0 and not gain_holds_out(sums):
         record.update(residual_gain=1.0, residual_gain_rejected=round(gain, 4))
         logger.info("residual gain %.3f not kept: it did not hold on a held-out slice", gain)

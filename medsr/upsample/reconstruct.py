@@ -8,10 +8,11 @@ output grid's own positions along z (``generator(lr, positions, factor)``, any r
 positions of `medsr.geometry.plan_output_grid`), in chunks of positions within `DECODER_BUDGET`.
 Both orientations are averaged into one float32 output array, which is the only full-size buffer
 (plus the input). With an ``ensemble`` of more than one pass, every batch of planes is also
-reconstructed flipped (`ENSEMBLE_FLIPS`: along the plane's in-plane axis, along the thick axis,
-the neighbours' order reversed; the geometric self-ensemble of EDSR+, Lim et al. CVPRW 2017) and
-the passes are averaged, flipped back, into the same buffer. With ``disagreement=True`` the
-second orientation goes into one extra float32 buffer first, which then holds half their
+reconstructed flipped (`medsr.upsample.ensemble.ENSEMBLE_FLIPS`: along the plane's in-plane
+axis, along the thick axis, the neighbours' order reversed; the geometric self-ensemble of
+EDSR+, Lim et al. CVPRW 2017) and the passes are averaged, flipped back, into the same buffer.
+With ``disagreement=True`` the second orientation goes into one extra float32 buffer first,
+which then holds half their
 absolute difference (the confidence map's first term, `medsr.upsample.confidence`); the average
 is the same, to the bit with one pass (with more, each orientation's passes are summed first: the
 same up to float32 rounding).
@@ -95,7 +96,8 @@ def predict_flipped(
         positions: (M,) output positions along the last axis of `lr`.
         factor: low-resolution spacing / output spacing.
         precision: the resolved precision (`encode_planes`).
-        flips: (along W, along the thick axis, the neighbours' order), one of `ENSEMBLE_FLIPS`.
+        flips: (along W, along the thick axis, the neighbours' order), one of
+            `medsr.upsample.ensemble.ENSEMBLE_FLIPS`.
         chunk: positions decoded per call (`position_chunk`).
 
     Yields:
@@ -140,8 +142,9 @@ def reconstruct(
         on_batch: called with the number of planes done after each batch (progress).
         precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (`medsr.runtime.resolve_precision`).
         disagreement: also return ``|o1 - o2| / 2`` of the two orientations' reconstructions.
-        ensemble: passes per orientation (`ENSEMBLE_SIZES`), the first of `ENSEMBLE_FLIPS`,
-            averaged (the distinct ones, `ensemble_passes`); 1: the plain reconstruction.
+        ensemble: passes per orientation (`medsr.upsample.checks.ENSEMBLE_SIZES`), the first
+            of `medsr.upsample.ensemble.ENSEMBLE_FLIPS`, averaged (the distinct ones,
+            `ensemble_passes`); 1: the plain reconstruction.
 
     Returns:
         float32 array of `grid.shape`, normalised units, mean of both orientations (and of the

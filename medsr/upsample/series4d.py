@@ -207,7 +207,8 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         guard=(guard := {}),
         noise_from=noise_from,
         precision=options.get("precision", "auto"),
-        ensemble=ensemble_of(options, grid.shape),  # resolved for the series by its caller
+        # resolved for the series by its callers (`series_ensemble`); else one frame's default
+        ensemble=ensemble_of(options, grid.shape, volume.num_channels),
     )
     facts = fit_facts(volume, grid.axis)
     if steps_run:  # the fit's own arithmetic, as `upsample_misr` records it
