@@ -241,8 +241,8 @@ def adapt_to_scan(
             (`medsr.runtime.fit_precision`): with ``"auto"`` or ``"bf16"`` on a CPU with native
             bf16 the encoder's convolutions train in bf16, float32 elsewhere on the CPU; on CUDA
             the model's mixed-precision setting.
-        ensemble: the passes the reconstruction will average (`medsr.upsample.reconstruct`);
-            the residual gain is fitted on the held-back slices' prediction by as many passes.
+        ensemble: the passes the reconstruction will average (`medsr.upsample.ensemble`); the
+            residual gain is fitted on the held-back slices' prediction by as many passes.
 
     Returns:
         (the adapted (or calibrated) generator in eval mode, the number of steps run).

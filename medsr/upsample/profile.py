@@ -29,19 +29,19 @@ the model was trained on (`None`):
   above 2.5, all at x2 on the ITK T1's own 3 mm axis, upsampled to 3 mm from in-plane lines of
   2 mm (a target coarser than the in-plane lines, where the stricter ratio stays): two (3.03,
   3.15) are named Gaussian by the level score first; the third (3.51) the 2.5 x would have named
-  boxcar. The 2D multi-slice ``sinc`` profile counts
-  as boxcar-like: its spectrum is within noise of the boxcar's, and the fit takes it as a boxcar.
+  boxcar. The 2D multi-slice ``sinc`` profile counts as boxcar-like: its spectrum is within noise
+  of the boxcar's, and the fit takes it as a boxcar.
 
 The thresholds were set on 140 simulated acquisitions of the training and validation volumes
 (`pipelines/profile_estimate_cases.py`: the Haase T1 along every axis, the ITK T1 and its
 smoothed copy and the EPI along their thick axis; x2 to x8; boxcar, Gaussian and sinc profiles,
 with and without Rician noise; never a test volume): the rule named 29 of the 56 Gaussian
 acquisitions and 57 of the 84 boxcar-like ones, and no acquisition as the wrong one (34 of 84
-before `BOXCAR_RATIO_MATCHED`, 2026-12-07). It refuses
-to guess (`None`, with the reason) where the two in-plane spacings differ (the two orientations'
-lines would not be of one kind; across the ITK T1's 2 mm axes the rule did mistake profiles),
-where the through-plane lines are too short for `MIN_BINS` frequency bins, where either side has
-no foreground segment or no variation, and where even the best candidate fits badly
+before `BOXCAR_RATIO_MATCHED`, 2026-12-07). It refuses to guess (`None`, with the reason)
+where the two in-plane spacings differ (the two orientations' lines would not be of one kind;
+across the ITK T1's 2 mm axes the rule did mistake profiles), where the through-plane lines are
+too short for `MIN_BINS` frequency bins, where either side has no foreground segment or no
+variation, and where even the best candidate fits badly
 (`MAX_MISFIT`: the in-plane lines thickened by the factor do not look like the through-plane
 ones at all, e.g. an isotropic volume upsampled by an explicit factor). Like the fit, it takes
 the in-plane lines thickened by the factor to stand for the through-plane ones.
