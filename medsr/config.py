@@ -17,6 +17,14 @@ import yaml
 from medsr.errors import MedsrError
 from medsr.io.atomic import write_text_atomically
 
+#: planes per generator call in the reconstruction (``--batch-size``; `batch_size=` of the API
+#: and the MONAI layer). 4, not 8, since 2026-12-07 (night): on the chest CT at x10
+#: (512 x 512 x 36 -> 360 slices) the median peak RSS of five runs fell by about 100 MiB (the
+#: encoder's activations are batch x channels x the plane), in the same time and to the same
+#: bytes; the encoder ran faster at 4 than at 8 in the speed runs too (docs/benchmarks.md,
+#: "Four planes per call").
+PLANE_BATCH = 4
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -292,6 +292,54 @@ def test_decoding_in_chunks_of_positions_gives_the_same_volume(monkeypatch):
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_planes_per_call_do_not_change_the_volume(precision):
+    """`PLANE_BATCH` was lowered for memory on the promise that the batch changes no value: the
+    planes of a batch are independent (a batch that does not divide the planes is covered too)."""
+    import medsr.upsample.reconstruct
+    from medsr.config import PLANE_BATCH
+
+    torch.manual_seed(0)
+    generator = __import__("medsr.nets", fromlist=["MISRGenerator"]).MISRGenerator(
+        num_features=8, num_blocks=1, hidden=8
+    )
+    torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
+    volume = _thick_volume(thick=3.5, shape=(13, 10, 6))
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    outputs = [
+        medsr.upsample.reconstruct.reconstruct_volume(
+            volume,
+            grid,
+            generator,
+            device=torch.device("cpu"),
+            batch_size=size,
+            precision=precision,
+        )
+        for size in (1, 3, PLANE_BATCH, 8)
+    ]
+    for output in outputs[1:]:
+        np.testing.assert_allclose(output, outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_the_cli_reconstructs_with_the_shared_plane_batch(phantom_path, tmp_path, monkeypatch):
+    import medsr.upsample.api
+    from medsr.config import PLANE_BATCH
+
+    seen = []
+    real = medsr.upsample.api.upsample_misr
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["batch_size"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(medsr.upsample.api, "upsample_misr", spy)
+    out = tmp_path / "out.nii.gz"
+    argv = ["upsample", str(phantom_path), "-o", str(out), "--fit-steps", "0", "--quiet"]
+    assert main(argv) == 0
+    assert main([*argv, "--overwrite", "--batch-size", "2"]) == 0
+    assert seen == [PLANE_BATCH, 2]
+
+
 def _checkpoint(path, config):
     from medsr import __version__
     from medsr.config import config_to_dict

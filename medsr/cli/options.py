@@ -106,8 +106,14 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
 def add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     if batch_size:
+        from medsr.config import PLANE_BATCH  # light: no torch
+
         parser.add_argument(
-            "--batch-size", type=int, default=8, metavar="N", help="planes per generator call"
+            "--batch-size",
+            type=int,
+            default=PLANE_BATCH,
+            metavar="N",
+            help=f"planes per generator call (default {PLANE_BATCH})",
         )
     parser.add_argument(
         "--threads", type=threads, metavar="N", help="CPU threads for torch (default: torch's)"

@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 
+from medsr.config import PLANE_BATCH
 from medsr.errors import MedsrError
 from medsr.geometry import OutputGrid, plan_output_grid
 from medsr.io import (
@@ -41,7 +42,7 @@ def upsample_misr(
     fit_seconds: float | None = None,
     seed: int = DEFAULT_SEED,
     device: str | None = None,
-    batch_size: int = 8,
+    batch_size: int = PLANE_BATCH,
     progress: bool = False,
     loaded: tuple | None = None,
     precision: str = "auto",

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from medsr.config import PLANE_BATCH
 from medsr.geometry import OutputGrid, neighbour_indices, neighbour_offset
 from medsr.intensity import intensity_range, normalise_intensity
 from medsr.io import Volume
@@ -124,7 +125,7 @@ def reconstruct(
     generator: MISRGenerator,
     *,
     device: torch.device,
-    batch_size: int = 8,
+    batch_size: int = PLANE_BATCH,
     on_batch: Callable[[int], None] | None = None,
     precision: str = "auto",
     disagreement: bool = False,
@@ -201,7 +202,7 @@ def reconstruct_volume(
     generator: MISRGenerator,
     *,
     device: torch.device,
-    batch_size: int = 8,
+    batch_size: int = PLANE_BATCH,
     on_batch: Callable[[int], None] | None = None,
     precision: str = "auto",
     disagreement: bool = False,
