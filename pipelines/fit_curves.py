@@ -16,8 +16,10 @@ the thick spacing), as a header or the user would; ``,precision=auto|bf16|fp32``
 self-ensemble (``--ensemble``); ``,noise=on|off`` puts the scan's noise back on
 the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off``
 scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GAIN`);
-``,queries=N`` trains the fit's decoder on N stratified thin positions of each patch a step
-(`FIT_QUERY_POSITIONS`; 0: all); ``,loss=mse|l1`` sets the fit's pixel loss (`FIT_PIXEL_LOSS`).
+``,slabs=N`` fits the prior alone's residual gain on N slabs
+(`NO_FIT_CALIBRATION_SLABS`); ``,queries=N`` trains the fit's decoder on N stratified thin
+positions of each patch a step (`FIT_QUERY_POSITIONS`; 0: all); ``,loss=mse|l1`` sets the fit's
+pixel loss (`FIT_PIXEL_LOSS`).
 ``--condition`` takes the MRI benchmark's conditions: ``noise`` adds its Rician noise to the thick
 slices, ``gap`` thins the slices (and states their thickness, as a header would), ``sinc``
 (with ``--profile sinc``, the 2D multi-slice profile) tells the fitted points the profile, as
@@ -73,6 +75,7 @@ FIT_OPTIONS = {
     "queries": ("FIT_QUERY_POSITIONS", int),
     "loss": ("FIT_PIXEL_LOSS", lambda value: _one_of(value, ("mse", "l1"), "loss")),
     "estimate": ("ESTIMATE_PROFILE", lambda value: _on_off(value)),
+    "slabs": ("NO_FIT_CALIBRATION_SLABS", int),
 }
 
 #: a model spec's ``,key=value`` passed as `medsr upsample` options: what the fit is told of the

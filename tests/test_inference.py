@@ -978,9 +978,10 @@ def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
     calibrated = upsample_volume(volume, **options)
     record = calibrated.meta["provenance"]
     guard = record["fit_guard"]
-    assert (
-        guard["choice"] == "prior" and guard["rule"].startswith("no fit") and guard["planes"] == 2
-    )
+    assert guard["choice"] == "prior" and guard["rule"].startswith("no fit")
+    # nothing is fitted, so the gain is fitted on slabs across the middle of the volume, two
+    # orientations each (a fit holds back one slab: the guard's tests above)
+    assert guard["planes"] == 2 * adapt.NO_FIT_CALIBRATION_SLABS
     assert 0.0 <= guard["residual_gain"] <= 1.5 and guard["residual_gain"] != 1.0
     assert guard["psnr_calibrated"] >= guard["psnr_prior"] - 1e-3
     assert record["fit_thickness_ratio"] == 1.0 and record["fit_steps_run"] == 0
@@ -993,6 +994,25 @@ def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
     expected = base + guard["residual_gain"] * (raw.array - base)
     span = float(np.ptp(volume.array))
     np.testing.assert_allclose(calibrated.array, expected, atol=2e-3 * span)
+
+
+@pytest.mark.parametrize("count", [16, 17, 60, 300])
+@pytest.mark.parametrize("number", [1, 3, 5, 9])
+def test_the_calibration_slabs_spread_over_the_middle_of_the_axis(count, number):
+    """Distinct slabs of `neighbours` slices, evenly spread over `CALIBRATION_SPAN` of the axis
+    (not its ends, mostly background), each inside it."""
+    from medsr.upsample.heldout import CALIBRATION_SPAN, calibration_slabs
+
+    slabs = calibration_slabs(count, 3, number)
+    centres = [start + 1 for start, _ in slabs]
+    assert all(stop - start == 3 for start, stop in slabs)
+    assert centres == sorted(set(centres)) and len(slabs) <= number
+    assert len(slabs) == number or count * (CALIBRATION_SPAN[1] - CALIBRATION_SPAN[0]) < number
+    low, high = (share * count for share in CALIBRATION_SPAN)
+    assert all(low - 0.5 <= centre <= high + 0.5 for centre in centres)
+    if number > 1:
+        gaps = np.diff(centres)
+        assert gaps.max() - gaps.min() <= 1  # even, to the rounding
 
 
 def _sums(*parts: tuple[float, float, float]) -> np.ndarray:

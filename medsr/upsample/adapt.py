@@ -50,6 +50,8 @@ from medsr.upsample.heldout import (
     SHORT_AXIS,
     apply_guard,
     calibrated,
+    calibration_planes,
+    calibration_slabs,
     guard_planes,
     guard_slab,
     guard_without_fit,
@@ -99,6 +101,11 @@ CALIBRATE_GAIN = True
 #: whether a scan that does not state its slice profile has it estimated from its data
 #: (`medsr.upsample.profile`; undecided: the profiles the model was trained with)
 ESTIMATE_PROFILE = True
+
+#: where nothing is fitted (``fit_steps`` 0), the slabs the residual gain is fitted and checked
+#: on (`heldout.calibration_slabs`, evenly spread along the upsampled axis); a fit holds back
+#: one slab only (`guard_slab`), since every slice held back is one it does not train on
+NO_FIT_CALIBRATION_SLABS = 5
 
 
 #: the most thin positions of a patch the fit's decoder is trained on in a step
@@ -271,6 +278,9 @@ def adapt_to_scan(
             guard["slice_profile_estimate"] = estimate.record()
     neighbours = generator.neighbours
     planes = [] if slab is None else guard_planes(sources, slab, neighbours, ratio, profile, noise)
+    if planes and steps <= 0:  # nothing is fitted: nothing needs holding back
+        slabs = calibration_slabs(volume.spatial_shape[axis], neighbours, NO_FIT_CALIBRATION_SLABS)
+        planes = calibration_planes(sources, slabs, neighbours, ratio, profile, noise)
     if steps <= 0:
         if not planes:
             if guard is not None:

@@ -6,7 +6,10 @@ is that (lr, hr, positions, factor), one per in-plane orientation. `guard_score`
 on them, `apply_guard` (after a fit) and `guard_without_fit` choose between the adapted model,
 the prior and B-spline, and `calibrated` scales the kept model's residual over B-spline by the
 one gain that fits them best: a prior trained on sharper content than the scan's over-sharpens
-it (validation: docs/benchmarks.md, "Residual gain").
+it (validation: docs/benchmarks.md, "Residual gain"). Where nothing is fitted, nothing needs
+holding back, and the gain is fitted on several slabs spread over the middle of the axis
+(`calibration_slabs`, `calibration_planes`; docs/benchmarks.md, "The prior alone calibrated on
+five slabs").
 """
 
 from __future__ import annotations
@@ -53,6 +56,22 @@ def guard_slab(count: int, neighbours: int) -> tuple[int, int] | None:
     return start, start + neighbours
 
 
+#: the share of the upsampled axis the calibration slabs are spread over (its middle: the ends of
+#: a scan are mostly background, where B-spline is all but exact)
+CALIBRATION_SPAN = (0.25, 0.75)
+
+
+def calibration_slabs(count: int, neighbours: int, number: int) -> list[tuple[int, int]]:
+    """`number` slabs of `neighbours` slices along an axis of `count`, centred at evenly spaced
+    points (the ends excluded; repeated centres once): where nothing is fitted to the scan, the
+    residual gain can be fitted on slices across the whole volume instead of `guard_slab`'s
+    one."""
+    low, span = CALIBRATION_SPAN[0] * count, (CALIBRATION_SPAN[1] - CALIBRATION_SPAN[0]) * count
+    centres = sorted({int(round(low + (i + 0.5) * span / number)) for i in range(number)})
+    first = neighbours // 2
+    return [(centre - first, centre - first + neighbours) for centre in centres]
+
+
 def guard_planes(
     sources: list[PlaneSource],
     slab: tuple[int, int],
@@ -60,12 +79,13 @@ def guard_planes(
     ratio: float,
     profile: str | None = None,
     noise: float = 0.0,
+    seed: int = 0,
 ) -> list[tuple]:
     """(lr, hr, positions, factor) of the slab's middle slice of every source, thickened along
     its `a` axis as the fit thickens: by `ratio` x the factor (the fit's thickness ratio), with
-    the scan's slice profile if given, else boxcar, and the scan's `noise` put back, drawn from a
-    fixed seed."""
-    rng = np.random.default_rng(0)
+    the scan's slice profile if given, else boxcar, and the scan's `noise` put back, drawn from
+    `seed`."""
+    rng = np.random.default_rng(seed)
     planes = []
     for source in sources:
         count, length, factor = source.array.shape[0], source.array.shape[2], source.factor
@@ -79,6 +99,24 @@ def guard_planes(
         hr = patch[neighbours // 2][..., : len(positions)]
         planes.append((torch.from_numpy(lr[None].copy()), hr, torch.from_numpy(positions), factor))
     return planes
+
+
+def calibration_planes(
+    sources: list[PlaneSource],
+    slabs: list[tuple[int, int]],
+    neighbours: int,
+    ratio: float,
+    profile: str | None = None,
+    noise: float = 0.0,
+) -> list[tuple]:
+    """`guard_planes` of every slab (`calibration_slabs`), slab by slab (so that the planes keep
+    alternating between the two orientations, as `plane_parts` takes them), each slab's noise
+    from its own seed."""
+    return [
+        plane
+        for seed, slab in enumerate(slabs)
+        for plane in guard_planes(sources, slab, neighbours, ratio, profile, noise, seed)
+    ]
 
 
 #: the guard's record where no slices could be held back
