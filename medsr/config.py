@@ -15,7 +15,6 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from medsr.errors import MedsrError
-from medsr.io.atomic import write_text_atomically
 
 #: planes per generator call in the reconstruction (``--batch-size``; `batch_size=` of the API
 #: and the MONAI layer). 4, not 8, since 2026-12-07 (night): on the chest CT at x10
@@ -380,4 +379,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
+    from medsr.io.atomic import write_text_atomically  # the CLI's parser imports this module
+
     write_text_atomically(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

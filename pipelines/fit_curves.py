@@ -75,7 +75,7 @@ FIT_OPTIONS = {
     "queries": ("FIT_QUERY_POSITIONS", int),
     "loss": ("FIT_PIXEL_LOSS", lambda value: _one_of(value, ("mse", "l1"), "loss")),
     "estimate": ("ESTIMATE_PROFILE", lambda value: _on_off(value)),
-    "slabs": ("NO_FIT_CALIBRATION_SLABS", int),
+    "slabs": ("NO_FIT_CALIBRATION_SLABS", lambda value: _at_least_one(value, "slabs")),
 }
 
 #: a model spec's ``,key=value`` passed as `medsr upsample` options: what the fit is told of the
@@ -93,6 +93,12 @@ def _one_of(value: str, choices: tuple[str, ...], key: str) -> str:
     if value not in choices:
         raise ValueError(f"{key}= takes one of {choices}, not {value!r}")
     return value
+
+
+def _at_least_one(value: str, key: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{key}= takes a whole number of at least 1, not {value!r}")
+    return int(value)
 
 
 def _on_off(value: str) -> bool:

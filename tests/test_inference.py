@@ -321,6 +321,39 @@ def test_the_planes_per_call_do_not_change_the_volume(precision):
         np.testing.assert_allclose(output, outputs[0], rtol=1e-5, atol=1e-5)
 
 
+def test_every_entry_point_defaults_to_the_shared_plane_batch():
+    import inspect
+
+    import medsr.upsample.api
+    import medsr.upsample.reconstruct
+    from medsr.config import PLANE_BATCH
+
+    functions = (
+        medsr.upsample.api.upsample_misr,
+        medsr.upsample.reconstruct.reconstruct,
+        medsr.upsample.reconstruct.reconstruct_volume,
+    )
+    for function in functions:
+        assert inspect.signature(function).parameters["batch_size"].default == PLANE_BATCH
+
+
+def test_a_batch_of_no_planes_is_refused(phantom_path, tmp_path, capsys):
+    import medsr.upsample.reconstruct
+
+    volume = _thick_volume()
+    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    generator, _ = load_generator(default_model_path())
+    with pytest.raises(ValueError, match="at least 1 plane"):
+        medsr.upsample.reconstruct.reconstruct_volume(
+            volume, grid, generator, device=torch.device("cpu"), batch_size=0
+        )
+    out = tmp_path / "out.nii.gz"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["upsample", str(phantom_path), "-o", str(out), "--batch-size", "-1"])
+    assert exit_info.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_the_cli_reconstructs_with_the_shared_plane_batch(phantom_path, tmp_path, monkeypatch):
     import medsr.upsample.api
     from medsr.config import PLANE_BATCH
@@ -965,11 +998,12 @@ def test_the_fit_and_the_prior_alone_calibrate_for_the_ensemble_asked(monkeypatc
     assert seen == [("fit", 4), ("no fit", 2)]
 
 
-def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
-    """`fit_steps` 0: the prior's residual is scaled by the gain fitted on the held-back slices,
-    recorded with the acquisition the slices were thickened with; the output is B-spline +
-    that gain x the prior's residual. With `CALIBRATE_GAIN` off, the prior is used as it is and
-    nothing is recorded."""
+def test_without_a_fit_the_prior_is_calibrated_on_slabs_across_the_axis(monkeypatch):
+    """`fit_steps` 0: the prior's residual is scaled by the gain fitted on in-plane slices
+    (five slabs across the middle of the axis: nothing is held back from a fit), recorded with
+    the acquisition the slices were thickened with; the output is B-spline + that gain x the
+    prior's residual. With `CALIBRATE_GAIN` off, the prior is used as it is and nothing is
+    recorded."""
     import medsr.upsample.adapt as adapt
 
     volume = _thick_volume(shape=(30, 28, 16))
@@ -996,23 +1030,53 @@ def test_without_a_fit_the_prior_is_calibrated_on_held_back_slices(monkeypatch):
     np.testing.assert_allclose(calibrated.array, expected, atol=2e-3 * span)
 
 
-@pytest.mark.parametrize("count", [16, 17, 60, 300])
-@pytest.mark.parametrize("number", [1, 3, 5, 9])
-def test_the_calibration_slabs_spread_over_the_middle_of_the_axis(count, number):
-    """Distinct slabs of `neighbours` slices, evenly spread over `CALIBRATION_SPAN` of the axis
-    (not its ends, mostly background), each inside it."""
+@pytest.mark.parametrize("count", [16, 17, 25, 60, 300])
+@pytest.mark.parametrize("number", [1, 3, 5, 8, 9])
+@pytest.mark.parametrize("neighbours", [2, 3, 4])
+def test_the_calibration_slabs_spread_over_the_middle_of_the_axis(count, number, neighbours):
+    """`number` slabs of `neighbours` slices, each inside the axis, their middles evenly spread
+    over `CALIBRATION_SPAN` of it (not its ends, mostly background); all `number` of them where
+    the span holds a slice per slab (halves round up: 16 slices, 8 slabs are 8, not 5)."""
     from medsr.upsample.heldout import CALIBRATION_SPAN, calibration_slabs
 
-    slabs = calibration_slabs(count, 3, number)
-    centres = [start + 1 for start, _ in slabs]
-    assert all(stop - start == 3 for start, stop in slabs)
-    assert centres == sorted(set(centres)) and len(slabs) <= number
-    assert len(slabs) == number or count * (CALIBRATION_SPAN[1] - CALIBRATION_SPAN[0]) < number
+    slabs = calibration_slabs(count, neighbours, number)
+    assert all(0 <= start and stop <= count and stop - start == neighbours for start, stop in slabs)
+    span = count * (CALIBRATION_SPAN[1] - CALIBRATION_SPAN[0])
+    if span >= number:
+        assert len(slabs) == number
+    middles = [start + neighbours // 2 for start, _ in slabs]
     low, high = (share * count for share in CALIBRATION_SPAN)
-    assert all(low - 0.5 <= centre <= high + 0.5 for centre in centres)
-    if number > 1:
-        gaps = np.diff(centres)
-        assert gaps.max() - gaps.min() <= 1  # even, to the rounding
+    assert all(low - 0.5 <= middle <= high + 0.5 for middle in middles)
+    if len(slabs) > 2:
+        gaps = np.diff(middles)
+        assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1  # even, to the rounding
+
+
+def test_calibration_slabs_refuse_no_slab_and_a_short_axis():
+    from medsr.upsample.heldout import calibration_slabs
+
+    with pytest.raises(ValueError, match="at least 1"):
+        calibration_slabs(60, 3, 0)
+    with pytest.raises(ValueError, match="no slab"):
+        calibration_slabs(2, 3, 5)
+
+
+def test_the_calibration_planes_alternate_orientations_slab_by_slab():
+    """Both in-plane orientations of each slab in turn (the order `plane_parts` cuts them in),
+    the middle slice of each slab as the truth."""
+    from medsr.train.pairs import sources_self_supervised
+    from medsr.upsample.heldout import calibration_planes, calibration_slabs
+
+    volume = _thick_volume(shape=(30, 28, 16))
+    sources = sources_self_supervised(volume, "scan", axis=2, factor=3.0)
+    slabs = calibration_slabs(16, 3, 5)
+    planes = calibration_planes(sources, slabs, 3, 1.0)
+    assert len(planes) == 2 * len(slabs) == 10
+    for number, (lr, hr, _, factor) in enumerate(planes):
+        source = sources[number % 2]
+        middle = slabs[number // 2][0] + 1
+        np.testing.assert_array_equal(hr, source.array[middle][..., : hr.shape[-1]])
+        assert factor == source.factor and lr.shape[1] == 3
 
 
 def _sums(*parts: tuple[float, float, float]) -> np.ndarray:

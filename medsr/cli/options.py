@@ -17,7 +17,8 @@ def length(text: str) -> str:
 
 
 def threads(text: str) -> int:
-    """argparse type of ``--threads``: a whole number >= 1 (else a usage error, exit 2)."""
+    """argparse type of ``--threads`` and ``--batch-size``: a whole number >= 1 (else a usage
+    error, exit 2)."""
     try:
         value = int(text)
     except ValueError as error:
@@ -106,11 +107,11 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
 def add_runtime_options(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     if batch_size:
-        from medsr.config import PLANE_BATCH  # light: no torch
+        from medsr.config import PLANE_BATCH  # light: numpy and yaml, no torch
 
         parser.add_argument(
             "--batch-size",
-            type=int,
+            type=threads,
             default=PLANE_BATCH,
             metavar="N",
             help=f"planes per generator call (default {PLANE_BATCH})",

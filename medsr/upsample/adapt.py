@@ -17,7 +17,8 @@ slice, thickened the way the fit thickens. If the adapted model scores below B-s
 is used if it beats B-spline, else B-spline itself (the generator with its last layer zeroed is
 exactly cubic B-spline); one log line says so and the provenance records it (`fit_guard`).
 
-The same held-back slices then calibrate the model kept, with or without a fit: its residual over
+The same held-back slices then calibrate the model kept (without a fit, nothing is held back and
+five slabs across the middle of the axis do, `NO_FIT_CALIBRATION_SLABS`): its residual over
 B-spline is scaled by the one gain that fits them best in least squares (`residual_gain`,
 `scale_residual`; within `GAIN_RANGE`). A prior trained on sharper content than the scan's
 over-sharpens it, and the gain (below 1) takes that back; it is recorded as
@@ -103,8 +104,9 @@ CALIBRATE_GAIN = True
 ESTIMATE_PROFILE = True
 
 #: where nothing is fitted (``fit_steps`` 0), the slabs the residual gain is fitted and checked
-#: on (`heldout.calibration_slabs`, evenly spread along the upsampled axis); a fit holds back
-#: one slab only (`guard_slab`), since every slice held back is one it does not train on
+#: on (`heldout.calibration_slabs`, evenly spread over the middle half of the upsampled axis); a
+#: fit holds back one slab only (`guard_slab`), since every slice held back is one it does not
+#: train on. The same `guard_slab` length check applies to both
 NO_FIT_CALIBRATION_SLABS = 5
 
 
@@ -277,10 +279,13 @@ def adapt_to_scan(
         if guard is not None:
             guard["slice_profile_estimate"] = estimate.record()
     neighbours = generator.neighbours
-    planes = [] if slab is None else guard_planes(sources, slab, neighbours, ratio, profile, noise)
-    if planes and steps <= 0:  # nothing is fitted: nothing needs holding back
+    if slab is None:
+        planes = []
+    elif steps <= 0:  # nothing is fitted: nothing needs holding back
         slabs = calibration_slabs(volume.spatial_shape[axis], neighbours, NO_FIT_CALIBRATION_SLABS)
         planes = calibration_planes(sources, slabs, neighbours, ratio, profile, noise)
+    else:
+        planes = guard_planes(sources, slab, neighbours, ratio, profile, noise)
     if steps <= 0:
         if not planes:
             if guard is not None:

@@ -62,14 +62,24 @@ CALIBRATION_SPAN = (0.25, 0.75)
 
 
 def calibration_slabs(count: int, neighbours: int, number: int) -> list[tuple[int, int]]:
-    """`number` slabs of `neighbours` slices along an axis of `count`, centred at evenly spaced
-    points (the ends excluded; repeated centres once): where nothing is fitted to the scan, the
-    residual gain can be fitted on slices across the whole volume instead of `guard_slab`'s
-    one."""
+    """Where nothing is fitted to the scan, the slabs the residual gain is fitted on: instead of
+    `guard_slab`'s one, `number` slabs of `neighbours` slices centred at evenly spaced points of
+    `CALIBRATION_SPAN` of an axis of `count` slices (centres that round to the same slice, on an
+    axis too short for `number`, count once). Each lies inside the axis.
+
+    Raises:
+        ValueError: `number` below 1, or an axis shorter than one slab.
+    """
+    if number < 1:
+        raise ValueError(f"calibration slabs must be at least 1, got {number}")
+    if count < neighbours:
+        raise ValueError(f"an axis of {count} slices holds no slab of {neighbours}")
     low, span = CALIBRATION_SPAN[0] * count, (CALIBRATION_SPAN[1] - CALIBRATION_SPAN[0]) * count
-    centres = sorted({int(round(low + (i + 0.5) * span / number)) for i in range(number)})
+    # halves round up (Python's round() sends them to the even number and merges neighbours)
+    points = (int(np.floor(low + (i + 0.5) * span / number + 0.5)) for i in range(number))
     first = neighbours // 2
-    return [(centre - first, centre - first + neighbours) for centre in centres]
+    starts = sorted({min(max(point - first, 0), count - neighbours) for point in points})
+    return [(start, start + neighbours) for start in starts]
 
 
 def guard_planes(
@@ -109,9 +119,11 @@ def calibration_planes(
     profile: str | None = None,
     noise: float = 0.0,
 ) -> list[tuple]:
-    """`guard_planes` of every slab (`calibration_slabs`), slab by slab (so that the planes keep
-    alternating between the two orientations, as `plane_parts` takes them), each slab's noise
-    from its own seed."""
+    """`guard_planes` of every slab (`calibration_slabs`), slab by slab, each slab's noise from
+    its own seed. Where both sources give a plane the planes alternate between the two
+    orientations, as `plane_parts` takes them; where one source's slices are too short to
+    thicken (`guard_planes` skips it, for every slab alike) all are of the other orientation, and
+    `plane_parts` still cuts each in halves of one slice, along alternate axes."""
     return [
         plane
         for seed, slab in enumerate(slabs)
@@ -176,7 +188,7 @@ def guard_without_fit(prior, planes, device, ensemble: int = 1) -> tuple[MISRGen
     record.update(choice="bspline" if below else "prior", planes=len(planes), rule=NO_FIT_RULE)
     if below:
         logger.warning(
-            "the prior did not beat B-spline on held-back slices (%s); using cubic B-spline",
+            "the prior did not beat B-spline on in-plane slices (%s); using cubic B-spline",
             _scores_text(record),
         )
         return as_bspline(prior), record
@@ -253,8 +265,9 @@ def residual_sums(
     carry: averaging passes shrinks the parts where they disagree, so the gain that fits the
     ensemble is not the one that fits a single pass.
 
-    The planes are `guard_planes`' two orientations of one slice, the second with the first's
-    axes swapped; each is cut into `GAIN_CHECK_PARTS` along the same axis of the slice (the
+    The planes are `guard_planes`' two orientations of a slice (of one slice after a fit; of
+    each calibration slab's without one, `calibration_planes`), the second with the first's axes
+    swapped; each is cut into `GAIN_CHECK_PARTS` along the same axis of the slice (the
     first plane's rows, the second's columns), so part j of either plane covers the same
     content."""
     sums = []
@@ -337,7 +350,7 @@ def calibrated(
     record["gain_passes"] = int(ensemble)  # fitted, checked and scored on as many passes
     if gain != 1.0 and not gain_holds_out(sums):
         record.update(residual_gain=1.0, residual_gain_rejected=round(gain, 4))
-        logger.info("residual gain %.3f not kept: it did not hold on a held-out slice", gain)
+        logger.info("residual gain %.3f not kept: it did not hold where it was not fitted", gain)
         return generator
     record["residual_gain"] = round(gain, 4)
     if gain == 0.0:  # no residual at all: the output is B-spline, and the record says so
@@ -346,5 +359,5 @@ def calibrated(
         return generator
     scaled = scale_residual(generator, gain)
     record["psnr_calibrated"] = round(guard_score(scaled, planes, device, ensemble), 4)
-    logger.info("residual gain on held-back slices: %.3f", gain)
+    logger.info("residual gain on in-plane slices: %.3f", gain)
     return scaled

@@ -152,6 +152,8 @@ def reconstruct(
         ensemble's passes); with `disagreement`, (that mean, half the orientations' absolute
         difference).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 plane, got {batch_size}")
     passes = ensemble_passes(check_ensemble(ensemble), generator.neighbours)
     precision = resolve_precision(precision, device)
     generator = generator.to(device).eval()
