@@ -103,10 +103,8 @@ CALIBRATE_GAIN = True
 #: (`medsr.upsample.profile`; undecided: the profiles the model was trained with)
 ESTIMATE_PROFILE = True
 
-#: where nothing is fitted (``fit_steps`` 0), the slabs the residual gain is fitted and checked
-#: on (`heldout.calibration_slabs`, evenly spread over the middle half of the upsampled axis); a
-#: fit holds back one slab only (`guard_slab`), since every slice held back is one it does not
-#: train on. The same `guard_slab` length check applies to both
+#: without a fit, the slabs the gain is fitted and checked on (`heldout.calibration_slabs`: over
+#: the middle half of the axis); a fit holds back one only (`guard_slab`'s length check: both)
 NO_FIT_CALIBRATION_SLABS = 5
 
 
