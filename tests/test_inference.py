@@ -317,8 +317,11 @@ def test_the_planes_per_call_do_not_change_the_volume(precision):
         )
         for size in (1, 3, PLANE_BATCH, 8)
     ]
+    # bf16 kernels may block a batch differently by its size on another CPU: a bf16 rounding
+    # (2^-8 of the range) is the most that may move; fp32 to its own rounding
+    atol = 2**-8 * float(np.ptp(volume.array)) if precision == "bf16" else 1e-5
     for output in outputs[1:]:
-        np.testing.assert_allclose(output, outputs[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(output, outputs[0], rtol=1e-5, atol=atol)
 
 
 def test_every_entry_point_defaults_to_the_shared_plane_batch():
