@@ -604,6 +604,15 @@ def test_slice_profile_passes_through_to_each_fit_and_the_manifest(
     )
 
 
+def test_the_planes_per_call_are_not_part_of_the_manifest_key():
+    """`--batch-size` changes no output value: a rerun with another one redoes nothing."""
+    from medsr.batch.plan import settings_key
+
+    learned = {"method": "misr", "fit_steps": 800, "device": "auto"}
+    assert settings_key(dict(learned, batch_size=4)) == settings_key(dict(learned, batch_size=8))
+    assert settings_key(dict(learned, batch_size=4)) != settings_key(dict(learned, fit_steps=400))
+
+
 def test_a_learned_batch_of_another_medsr_version_is_redone(monkeypatch):
     """The learned method's outputs may change between versions (the fit, the reconstruction):
     its manifest key holds the version; the interpolations' keys stay as they were."""
