@@ -24,6 +24,11 @@ from medsr.errors import MedsrError
 #: "Four planes per call").
 PLANE_BATCH = 4
 
+#: settings that change no output value, left out of the keys a rerun compares (`medsr batch`'s
+#: manifest, a 4D series' kept frames): another ``--batch-size`` redoes nothing
+#: (tests/test_inference.py checks that the planes per call change no value)
+VALUELESS_SETTINGS = ("batch_size",)
+
 
 @dataclass(frozen=True)
 class ModelConfig:

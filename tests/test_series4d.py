@@ -315,6 +315,17 @@ def test_kept_frames_of_other_settings_or_a_changed_input_are_not_reused(
     assert nib.load(out).shape == (24, 22, 27, 3)
 
 
+def test_kept_frames_are_reused_whatever_the_planes_per_call():
+    """The planes per call change no value (`VALUELESS_SETTINGS`): a series resumed with another
+    ``--batch-size`` keeps its frames; another fit does not."""
+    from medsr.upsample.series4d import _settings_key
+
+    options = {"fit_steps": 20, "batch_size": 4}
+    key = _settings_key("linear", None, options)
+    assert key == _settings_key("linear", None, dict(options, batch_size=8))
+    assert key != _settings_key("linear", None, dict(options, fit_steps=40))
+
+
 def test_the_series_fit_source_is_the_mean_or_the_chosen_frame():
     from medsr.io import Volume
     from medsr.upsample.series4d import fit_source

@@ -248,17 +248,13 @@ def _input_unchanged(task: Task, entry: dict) -> tuple[bool, Task]:
     return digest == entry.get("input_sha256"), task
 
 
-#: settings that change no output value, left out of the manifest key: a rerun with another
-#: ``--batch-size`` (planes per call; tests/test_inference.py checks it changes nothing) redoes
-#: nothing
-VALUELESS_SETTINGS = ("batch_size",)
-
-
 def settings_key(settings: dict) -> str:
     """The key an input's manifest entry is done under: its `settings` (less
     `VALUELESS_SETTINGS`), and for the learned method the medsr version (another version's fit
     or reconstruction may give another output; the interpolations' keys stay as older
     manifests wrote them)."""
+    from medsr.config import VALUELESS_SETTINGS
+
     settings = {key: value for key, value in settings.items() if key not in VALUELESS_SETTINGS}
     if settings.get("method") == "misr":
         from medsr._version import __version__

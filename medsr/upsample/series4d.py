@@ -293,15 +293,18 @@ def _one_frame(read_frames: FrameReader, index: int) -> Volume:
 
 def _settings_key(method: str, mode: str | None, options: dict) -> dict:
     """What decides the frames' values besides the input: the options (not the loaded model
-    object or the progress bars), the model's sha256, medsr, torch and the machine."""
+    object, the progress bars or the planes per call, `VALUELESS_SETTINGS`), the model's sha256,
+    medsr, torch and the machine."""
     import torch
 
     from medsr._version import __version__
+    from medsr.config import VALUELESS_SETTINGS
     from medsr.nets.checkpoint import default_model_path
     from medsr.provenance import machine_record
     from medsr.runtime import resolve_device
 
-    key = {k: v for k, v in options.items() if k not in ("loaded", "progress")}
+    ignored = ("loaded", "progress", *VALUELESS_SETTINGS)
+    key = {k: v for k, v in options.items() if k not in ignored}
     key.update(method=method, fit_mode=mode, medsr=__version__, torch=torch.__version__)
     if method == "misr":
         key["model_sha256"] = sha256(options.get("model") or default_model_path())
