@@ -883,6 +883,26 @@ def test_scale_residual_scales_the_residual_over_bspline_exactly():
     assert torch.any(generator.decode[-1].weight)  # the original is left as it was
 
 
+@pytest.mark.parametrize("ensemble", [1, 4])
+def test_the_calibrated_score_is_the_scaled_models_own(ensemble):
+    """`calibrated` scores the scaled model from the predictions it already made (B-spline +
+    gain x the residual) instead of running it: the same score as running it, to rounding."""
+    from medsr.upsample.heldout import calibrated, guard_score, scale_residual
+
+    generator, _ = load_generator(default_model_path())
+    planes = _planes_with_gain(generator, 0.6)
+    noisy = [
+        (lr, hr + 0.01 * np.cos(np.arange(hr.size)).reshape(hr.shape), at, f)
+        for lr, hr, at, f in planes
+    ]
+    record: dict = {}
+    scaled = calibrated(generator, noisy, torch.device("cpu"), record, ensemble)
+    assert record["residual_gain"] != 1.0
+    assert scaled is not generator
+    ran = guard_score(scale_residual(generator, record["residual_gain"]), noisy, "cpu", ensemble)
+    assert record["psnr_calibrated"] == pytest.approx(ran, abs=2e-4)
+
+
 def _planes_with_gain(generator, gain: float) -> list[tuple]:
     """Guard planes whose truth is B-spline + `gain` x the generator's own residual."""
     from medsr.nets.generator import exact_bspline

@@ -177,11 +177,15 @@ def guard_without_fit(prior, planes, device, ensemble: int = 1) -> tuple[MISRGen
     reconstruction's `ensemble`), or B-spline where the prior scores below B-spline on the guard
     planes by more than `GUARD_TIE_DB` even so. The record holds the prior's own score,
     B-spline's, the gain and the choice."""
+    predicted = (
+        plane_predictions(prior, planes, device, ensemble),
+        plane_predictions(None, planes, device),
+    )
     record = {
-        name: round(guard_score(model, planes, device, ensemble), 4)
-        for name, model in (("psnr_prior", prior), ("psnr_bspline", None))
+        name: round(mean_psnr(predictions, planes), 4)
+        for name, predictions in zip(("psnr_prior", "psnr_bspline"), predicted, strict=True)
     }
-    model = calibrated(prior.eval(), planes, device, record, ensemble)
+    model = calibrated(prior.eval(), planes, device, record, ensemble, predicted)
     score = record.get("psnr_calibrated", record["psnr_prior"])
     # `calibrated` records a gain of 0 (the output is B-spline) as the choice ``bspline``
     below = record.get("choice") == "bspline" or score < record["psnr_bspline"] - GUARD_TIE_DB
@@ -195,21 +199,36 @@ def guard_without_fit(prior, planes, device, ensemble: int = 1) -> tuple[MISRGen
     return model, record
 
 
-@torch.no_grad()
 def guard_score(
     generator: MISRGenerator | None, planes: list[tuple], device, ensemble: int = 1
 ) -> float:
     """Mean PSNR (normalised units, range 1) on the guard planes of `generator`'s prediction
     (the mean of `ensemble` flipped passes, `plane_prediction`); None: cubic B-spline."""
-    scores = []
-    for lr, hr, positions, factor in planes:
+    return mean_psnr(plane_predictions(generator, planes, device, ensemble), planes)
+
+
+@torch.no_grad()
+def plane_predictions(
+    generator: MISRGenerator | None, planes: list[tuple], device, ensemble: int = 1
+) -> list[np.ndarray]:
+    """Each guard plane's centre slice as `generator` predicts it (float32 on the CPU; the mean
+    of `ensemble` flipped passes, `plane_prediction`; None: cubic B-spline): computed once and
+    shared by the scores, the gain's sums and the calibrated score."""
+    predictions = []
+    for lr, _, positions, factor in planes:
         lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
         if generator is None:
             pred = _bspline_of(lr, positions)[0, 0]
         else:
             pred = plane_prediction(generator, lr, positions, factor, ensemble)
-        scores.append(psnr(pred.float().cpu().numpy(), hr, data_range=1.0))
-    return float(np.mean(scores))
+        predictions.append(pred.float().cpu().numpy())
+    return predictions
+
+
+def mean_psnr(predictions: list[np.ndarray], planes: list[tuple]) -> float:
+    """Mean PSNR (normalised units, range 1) of `predictions` against the planes' truths."""
+    pairs = zip(predictions, planes, strict=True)
+    return float(np.mean([psnr(pred, plane[1], data_range=1.0) for pred, plane in pairs]))
 
 
 def as_bspline(generator: MISRGenerator) -> MISRGenerator:
@@ -254,9 +273,8 @@ def plane_prediction(
     return total / len(passes)
 
 
-@torch.no_grad()
 def residual_sums(
-    generator: MISRGenerator, planes: list[tuple], device, ensemble: int = 1
+    generator: MISRGenerator, planes: list[tuple], device, ensemble: int = 1, predicted=None
 ) -> np.ndarray:
     """Per part of each guard plane, plane by plane, (sum r * d, sum r * r, sum d * d) with r the
     generator's residual over B-spline and d the truth's: the squared error of
@@ -269,13 +287,16 @@ def residual_sums(
     each calibration slab's without one, `calibration_planes`), the second with the first's axes
     swapped; each is cut into `GAIN_CHECK_PARTS` along the same axis of the slice (the
     first plane's rows, the second's columns), so part j of either plane covers the same
-    content."""
+    content. `predicted`: (the generator's `plane_predictions`, B-spline's), if already made."""
+    if predicted is None:
+        predicted = (
+            plane_predictions(generator, planes, device, ensemble),
+            plane_predictions(None, planes, device),
+        )
     sums = []
-    for number, (lr, hr, positions, factor) in enumerate(planes):
-        lr, positions = lr.to(device), positions.to(device=device, dtype=torch.float32)
-        base = _bspline_of(lr, positions)[0, 0].double().cpu()
-        pred = plane_prediction(generator, lr, positions, factor, ensemble).double().cpu()
-        residual, truth = (pred - base).numpy(), hr - base.numpy()
+    for number, (pred, base, plane) in enumerate(zip(*predicted, planes, strict=True)):
+        base = base.astype(np.float64)
+        residual, truth = pred.astype(np.float64) - base, plane[1] - base
         for r, d in zip(plane_parts(residual, number), plane_parts(truth, number), strict=True):
             sums.append((np.sum(r * d), np.sum(r * r), np.sum(d * d)))
     return np.asarray(sums, dtype=np.float64).reshape(-1, 3)
@@ -335,17 +356,28 @@ def scale_residual(generator: MISRGenerator, gain: float) -> MISRGenerator:
 
 
 def calibrated(
-    generator: MISRGenerator, planes: list[tuple], device, record: dict, ensemble: int = 1
+    generator: MISRGenerator,
+    planes: list[tuple],
+    device,
+    record: dict,
+    ensemble: int = 1,
+    predicted: tuple | None = None,
 ):
     """`generator` with its residual scaled by the least-squares gain on the guard `planes` (its
     predictions the mean of the reconstruction's `ensemble` passes, `residual_sums`), if
     that gain holds on the parts it was not fitted on (`gain_holds_out`); else as it is (and as
     it is with no planes, or if B-spline was chosen). The gain used (``residual_gain``, 1.0 when
     none), the one rejected (``residual_gain_rejected``) and the calibrated model's score on the
-    planes the gain was fitted on (``psnr_calibrated``: in-sample) go into `record`."""
+    planes the gain was fitted on (``psnr_calibrated``: in-sample) go into `record`.
+    `predicted`: (the generator's `plane_predictions` for `ensemble`, B-spline's), if made."""
     if not planes or record.get("choice") == "bspline":
         return generator
-    sums = residual_sums(generator, planes, device, ensemble)
+    if predicted is None:  # made once: the sums and the calibrated score share them
+        predicted = (
+            plane_predictions(generator, planes, device, ensemble),
+            plane_predictions(None, planes, device),
+        )
+    sums = residual_sums(generator, planes, device, ensemble, predicted)
     gain = least_squares_gain(sums)
     record["gain_passes"] = int(ensemble)  # fitted, checked and scored on as many passes
     if gain != 1.0 and not gain_holds_out(sums):
@@ -358,6 +390,9 @@ def calibrated(
     if gain == 1.0:
         return generator
     scaled = scale_residual(generator, gain)
-    record["psnr_calibrated"] = round(guard_score(scaled, planes, device, ensemble), 4)
+    # the scaled model's prediction is B-spline + gain x the residual (`scale_residual`)
+    pairs = zip(*predicted, strict=True)
+    scaled_planes = [base + np.float32(gain) * (pred - base) for pred, base in pairs]
+    record["psnr_calibrated"] = round(mean_psnr(scaled_planes, planes), 4)
     logger.info("residual gain on in-plane slices: %.3f", gain)
     return scaled
