@@ -20,13 +20,14 @@ from medsr.errors import MedsrError
 #: and the MONAI layer). 4, not 8, since 2026-12-07 (night): on the chest CT at x10
 #: (512 x 512 x 36 -> 360 slices) the median peak RSS of five runs fell by about 100 MiB (the
 #: encoder's activations are batch x channels x the plane), in the same time and to the same
-#: bytes; the encoder ran faster at 4 than at 8 in the speed runs too (docs/benchmarks.md,
-#: "Four planes per call").
+#: bytes (there, in bf16); the encoder ran faster at 4 than at 8 in the speed runs too
+#: (docs/benchmarks.md, "Four planes per call").
 PLANE_BATCH = 4
 
-#: settings that change no output value, left out of the keys a rerun compares (`medsr batch`'s
-#: manifest, a 4D series' kept frames): another ``--batch-size`` redoes nothing
-#: (tests/test_inference.py checks that the planes per call change no value)
+#: settings that change no output value beyond rounding, left out of the keys a rerun compares
+#: (`medsr batch`'s manifest, a 4D series' kept frames): another ``--batch-size`` redoes
+#: nothing (tests/test_inference.py: to 1e-5 in fp32, one rounding in bf16; the same bytes
+#: where measured; like ``--threads``, not recorded)
 VALUELESS_SETTINGS = ("batch_size",)
 
 

@@ -94,8 +94,8 @@ FIT_PIXEL_LOSS = "mse"
 MATCH_SCAN_NOISE = True
 
 
-#: whether the model's residual over B-spline is scaled by the gain that fits the held-back
-#: slices best (`medsr.upsample.heldout.calibrated`), with or without a fit
+#: whether the model's residual over B-spline is scaled by the gain that fits in-plane slices
+#: best (`medsr.upsample.heldout.calibrated`): the held-back ones, or without a fit five slabs
 CALIBRATE_GAIN = True
 
 

@@ -71,7 +71,8 @@ def upsample_misr(
             otherwise), ``"bf16"`` or ``"fp32"`` (`medsr.runtime.resolve_precision`).
         confidence: also compute the confidence map (`medsr.upsample.confidence`).
         calibrate: scale the model's residual over B-spline by the gain fitted on held-back
-            slices, with or without a fit (`medsr.upsample.heldout.calibrated`); off for a model
+            slices after a fit, on calibration slabs without one
+            (`medsr.upsample.heldout.calibrated`); off for a model
             that is already calibrated (a 4D series' frames after its one fit).
         ensemble: reconstruction passes averaged per orientation, flipped (1, 2, 4 or 8;
             `medsr.upsample.ensemble.ENSEMBLE_FLIPS`); None: as many as the output's size
