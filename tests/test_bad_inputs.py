@@ -170,7 +170,7 @@ CASES = {
     "4D confidence to NRRD": (
         "upsample {root}/dwi.nii.gz -o {tmp}/o.nii.gz --confidence {tmp}/c.nrrd",
         1,
-        "--confidence maps one volume",
+        "write --confidence as NIfTI",
     ),
     # train
     "train without data": ("train --data {root}/none.nii.gz --out {tmp}/run", 1, "not found"),

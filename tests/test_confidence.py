@@ -148,17 +148,19 @@ def test_cli_writes_the_map_and_its_sidecar_the_same_bytes_on_a_rerun(
     assert outs[0].read_bytes() == plain.read_bytes()  # the main output is the plain run's
 
 
-def test_a_4d_series_with_a_map_is_refused_before_any_work(tmp_path, identity_checkpoint, capsys):
-    # a series fits once and streams its frames (medsr.upsample.series4d); its map is not built
+def test_a_4d_series_map_must_be_nifti_and_is_checked_before_any_work(
+    tmp_path, identity_checkpoint, capsys
+):
+    # a series' map is one 4D file, streamed frame by frame (medsr.upsample.series4d)
     array = np.stack([phantom_array((12, 10, 6), seed=s) for s in range(2)], axis=3)
     scan = tmp_path / "dwi.nii.gz"
     nib.save(nib.Nifti1Image(array, np.diag([1.0, 1.0, 3.0, 1.0])), scan)
-    map_path, out = tmp_path / "map.nii.gz", tmp_path / "out.nii.gz"
+    map_path, out = tmp_path / "map.tif", tmp_path / "out.nii.gz"
     argv = ["upsample", str(scan), "-o", str(out), "--fit-steps", "0", "--quiet"]
     argv += ["--model", str(identity_checkpoint), "--confidence", str(map_path)]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "--confidence maps one volume" in err and len(err.strip().splitlines()) == 1
+    assert "write --confidence as NIfTI" in err and len(err.strip().splitlines()) == 1
     assert not map_path.exists() and not out.exists()
 
 

@@ -245,11 +245,12 @@ def _interrupt_after(monkeypatch, frames: int, error=RuntimeError) -> list[int]:
     """Make the run die once `frames` frames are kept (as a kill would: nothing after it)."""
     kept, real = [], medsr.upsample.series4d._keep_frame
 
-    def keep(folder, index, result, fit_record):
-        if len(kept) == frames:
-            raise error("interrupted")
-        kept.append(index)
-        real(folder, index, result, fit_record)
+    def keep(folder, index, result, fit_record, name="frame"):
+        if name == "frame":  # a frame is kept once its image is (its map, if any, before it)
+            if len(kept) == frames:
+                raise error("interrupted")
+            kept.append(index)
+        real(folder, index, result, fit_record, name)
 
     monkeypatch.setattr(medsr.upsample.series4d, "_keep_frame", keep)
     return kept
@@ -283,6 +284,56 @@ def test_an_interrupted_series_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     assert fits == [] and len(calls) == 2  # the kept fit, and only the two missing frames
     assert out.read_bytes() == whole.read_bytes()
     assert not partial.exists()
+
+
+def test_a_series_confidence_map_is_every_frames_map_and_resumes(tmp_path, monkeypatch):
+    """``--confidence`` on a 4D series: one 4D map on the output's grid, whose frame k is the 3D
+    command's map of frame k (each frame its own fit, as the 3D command); an interrupted run
+    (its map of the next frame kept, not its image) resumes to the same bytes of both files."""
+    series = tmp_path / "s.nii.gz"
+    arrays = _phantom_series(series, frames=3)
+    argv = ["upsample", str(series), "--fit-steps", "2", "--fit-per-frame", "--quiet"]
+    out, mapped = tmp_path / "out.nii.gz", tmp_path / "map.nii.gz"
+    assert main([*argv, "-o", str(out), "--confidence", str(mapped)]) == 0
+    image, uncertainty = nib.load(out), nib.load(mapped)
+    assert uncertainty.shape == image.shape == (24, 22, 24, 3)
+    np.testing.assert_allclose(uncertainty.affine, image.affine)
+    record = _record(mapped)
+    assert record["frames"] == 3 and record["fit_mode"] == "per-frame"
+    for index, array in enumerate(arrays):
+        single = tmp_path / f"frame{index}.nii.gz"
+        nib.save(nib.Nifti1Image(array, nib.load(series).affine), single)
+        one, one_map = tmp_path / f"one{index}.nii.gz", tmp_path / f"map{index}.nii.gz"
+        assert main(["upsample", str(single), "-o", str(one), "--fit-steps", "2", "--quiet",
+                     "--confidence", str(one_map)]) == 0  # fmt: skip
+        np.testing.assert_array_equal(
+            np.asarray(uncertainty.dataobj[..., index]), read_volume(one_map).array
+        )
+    resumed, resumed_map = tmp_path / "again.nii.gz", tmp_path / "again_map.nii.gz"
+    again = [*argv, "-o", str(resumed), "--confidence", str(resumed_map)]
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        main(again)
+    monkeypatch.undo()
+    kept = sorted(p.name for p in partial_folder(resumed).glob("*.npy"))
+    assert kept == ["confidence_00000.npy", "confidence_00001.npy", "frame_00000.npy"]
+    assert main(again) == 0
+    assert resumed.read_bytes() == out.read_bytes()
+    assert resumed_map.read_bytes() == mapped.read_bytes()
+
+
+def test_kept_frames_without_a_map_are_not_reused_for_one(tmp_path, monkeypatch, capsys):
+    series = tmp_path / "s.nii.gz"
+    _phantom_series(series, frames=2)
+    argv = ["upsample", str(series), "--fit-steps", "0", "--quiet", "-o", str(tmp_path / "o.nii")]
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(RuntimeError):
+        main(argv)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main([*argv, "--confidence", str(tmp_path / "map.nii.gz")]) == 0
+    assert "starting over" in capsys.readouterr().err
+    assert nib.load(tmp_path / "map.nii.gz").shape[3] == 2
 
 
 def test_kept_frames_of_other_settings_or_a_changed_input_are_not_reused(

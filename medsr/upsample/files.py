@@ -83,8 +83,8 @@ def upsample_file(
     (`medsr.upsample.series4d`) is fitted once, on the mean of its frames or on frame
     `fit_frame` (`fit_per_frame`: each frame its own fit, as the 3D command), its frames are kept
     as they finish, and a rerun resumes an interrupted series. `confidence`, a path: the learned
-    method's confidence map of a 3D volume (`medsr.upsample.confidence`) is written there too,
-    with its own provenance sidecar.
+    method's confidence map (`medsr.upsample.confidence`; of every frame of a 4D series, as one
+    4D NIfTI) is written there too, with its own provenance sidecar.
 
     Raises:
         MedsrError: bad input, an isotropic input without an explicit target, an output (or
@@ -107,11 +107,6 @@ def upsample_file(
     sidecars += [output.with_name(output.name + ".transforms.json")] if align else []
     check_sidecars(sidecars, overwrite)
     frames = _frame_count(input_path, output, output_format)
-    if confidence is not None and frames > 1:
-        raise MedsrError(
-            f"--confidence maps one volume; '{input_path}' holds {frames} (a 4D series): "
-            "upsample a frame on its own for its map"
-        )
     if frames > 1 and align:
         raise MedsrError(
             f"--align aligns the sections of one volume; '{input_path}' holds {frames}"
@@ -133,7 +128,7 @@ def upsample_file(
     )
     check_outputs(output, labels_path, volume, overwrite, output_format)  # every check first
     if confidence is not None:
-        check_confidence_output(confidence, {}, overwrite, affine=volume.affine)
+        check_confidence_output(confidence, {}, overwrite, affine=volume.affine, frames=frames)
     if output_format == "dicom":
         from medsr.io.dicom_tags import check_dicom_input
 
@@ -157,7 +152,7 @@ def upsample_file(
         settings.update(slice_thickness=slice_thickness)
         if slice_profile:  # only then: earlier partial folders' settings stay the same
             settings.update(slice_profile=slice_profile)
-        written, result = upsample_series(
+        written, result, uncertainty = upsample_series(
             input_path,
             output,
             lambda: _frames(input_path, input_spacing, input_unit, slice_thickness, slice_profile),
@@ -169,6 +164,7 @@ def upsample_file(
             fit_per_frame=fit_per_frame,
             overwrite=overwrite,
             frame=volume,
+            confidence=confidence,
         )
     else:
         if align:
@@ -188,7 +184,9 @@ def upsample_file(
     if label_result is not None:
         labels_written = write_volume(label_result, labels_path, overwrite=overwrite)
         _write_record(label_result, labels, labels_written)
-    if confidence is not None:
+    if confidence is not None and frames > 1:  # written with the series, frame by frame
+        _write_record(uncertainty, input_path, confidence, frames=frames)
+    elif confidence is not None:
         uncertainty = result.meta["confidence"]
         _write_record(
             uncertainty, input_path, write_volume(uncertainty, confidence, overwrite=overwrite)

@@ -15,7 +15,8 @@ mtime and sha256. The 4D file is then assembled by streaming the frames into it 
 input frame, one output frame and the block being written, never the whole series. Rerunning the
 same command on the same input continues after the frames already kept, with the stored adapted
 weights, and writes the same bytes as an uninterrupted run; a folder from other settings or a
-changed input is started over.
+changed input is started over. A confidence map (``--confidence``) is kept frame by frame beside
+the image (``confidence_00000.npy``..., written first) and streamed out after it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 #: suffix of the hidden folder that keeps a series' finished frames (``.<output name><suffix>``)
 PARTIAL_SUFFIX = ".medsr-partial"
-_STATE, _MODEL, _TEMPLATE = "state.json", "model.pt", "template.json"
+_STATE, _MODEL, _CONFIDENCE = "state.json", "model.pt", "confidence"
+#: the first frame's affine and meta of each kept kind (the image, its confidence map)
+_TEMPLATES = {"frame": "template.json", _CONFIDENCE: "confidence_template.json"}
 
 #: ``read_frames()``: the series' frames in order, as `medsr.io.read.read_volume_frames` gives them
 FrameReader = Callable[[], Iterator[Volume]]
@@ -55,11 +59,7 @@ def partial_folder(output: Path) -> Path:
 
 
 def fit_mode(
-    method: str,
-    options: dict,
-    fit_frame: int | None,
-    fit_per_frame: bool,
-    frame: Volume | None = None,
+    method: str, options: dict, fit_frame: int | None, fit_per_frame: bool, frame=None
 ) -> str | None:
     """How a series is fitted: ``"mean"``, ``"frame N"`` or ``"per-frame"``; None where nothing
     is fitted (another method, a coarser target: no model; ``fit_steps`` 0 without the residual
@@ -81,9 +81,8 @@ def fit_mode(
 
 
 def series_ensemble(options: dict, shape: tuple[int, ...], outputs: int) -> dict:
-    """`options` with the learned method's self-ensemble resolved for a whole series: every
-    frame is reconstructed with it, so the default counts all `outputs` (frames x channels) of
-    `shape` (`medsr.upsample.checks.default_ensemble`), not one frame's."""
+    """`options` with the self-ensemble resolved for a whole series: its default counts all
+    `outputs` (frames x channels) of `shape` (`checks.default_ensemble`), not one frame's."""
     return dict(options, ensemble=ensemble_of(options, shape, outputs))
 
 
@@ -98,8 +97,8 @@ def _can_hold_back(frame: Volume, options: dict) -> bool:
     slices that calibrate the residual gain (`medsr.upsample.heldout.guard_slab`)."""
     from medsr.upsample.heldout import guard_slab
 
-    grid = _frame_grid(frame, options)
-    return guard_slab(frame.spatial_shape[grid.axis], options["loaded"][0].neighbours) is not None
+    axis = _frame_grid(frame, options).axis
+    return guard_slab(frame.spatial_shape[axis], options["loaded"][0].neighbours) is not None
 
 
 def upsample_series(
@@ -115,7 +114,8 @@ def upsample_series(
     fit_per_frame: bool = False,
     overwrite: bool = False,
     frame: Volume | None = None,
-) -> tuple[Path, Volume]:
+    confidence: Path | None = None,
+) -> tuple[Path, Volume, Volume | None]:
     """Upsample every frame of a series and write it as one 4D NIfTI at `output`.
 
     Args:
@@ -131,16 +131,19 @@ def upsample_series(
         fit_per_frame: fit each frame on its own.
         overwrite: replace an existing output.
         frame: one frame's geometry (shape and affine; `fit_mode`).
+        confidence: also write every frame's confidence map here, as one 4D NIfTI (checked).
 
     Returns:
         (the written path, the first frame's result without its array's frames: the template
-        whose ``meta["provenance"]`` describes the series, ``fit_mode`` included).
+        whose ``meta["provenance"]`` describes the series, ``fit_mode`` included; the same of the
+        confidence map, or None).
     """
     mode = fit_mode(method, options, fit_frame, fit_per_frame, frame)
     if method == "misr" and frame is not None:
         shape = _frame_grid(frame, options).shape
         options = series_ensemble(options, shape, frames * frame.num_channels)
-    key = _settings_key(method, mode, {**options, **settings})
+    mapped = {"confidence": True} if confidence is not None else {}  # else keys stay as they were
+    key = _settings_key(method, mode, {**options, **settings, **mapped})
     folder = _kept_frames_folder(output, input_path, frames, key)
     served, fit_record = dict(options), {} if mode is None else {"fit_mode": mode}
     if mode not in (None, "per-frame"):  # one fit serves every frame
@@ -149,17 +152,19 @@ def upsample_series(
     for index, volume in enumerate(read_frames()):
         if (folder / _frame_name(index)).exists():  # kept by an interrupted run
             continue
-        result = upsample_volume(volume, method=method, **served)
+        result = upsample_volume(volume, method=method, confidence=bool(mapped), **served)
+        if mapped:  # the map first: a frame whose image is kept is complete
+            _keep_frame(folder, index, result.meta.pop("confidence"), fit_record, _CONFIDENCE)
         _keep_frame(folder, index, result, fit_record)
         logger.info("volume %d of %d done", index + 1, frames)
-    template = _template(folder)
-    if output.exists() and not overwrite:
-        raise MedsrError(f"output exists: '{output}' (use --overwrite to replace it)")
-    write_atomically(
-        output, lambda staged: write_nifti_frames(template, lambda: _arrays(folder, frames), staged)
-    )
+    paths = {"frame": output, **({_CONFIDENCE: confidence} if mapped else {})}
+    if not overwrite and (there := [path for path in paths.values() if path.exists()]):
+        raise MedsrError(f"output exists: '{there[0]}' (use --overwrite to replace it)")
+    templates = {name: _template(folder, name) for name in paths}
+    for name, path in paths.items():  # the image, then its map
+        write_atomically(path, partial(_stream_kept, templates[name], folder, frames, name))
     shutil.rmtree(folder, ignore_errors=True)
-    return output, template
+    return output, templates["frame"], templates.get(_CONFIDENCE)
 
 
 def mean_frame(read_frames: FrameReader) -> Volume:
@@ -347,19 +352,23 @@ def _kept_frames_folder(output: Path, input_path: Path, frames: int, settings: d
     return folder
 
 
-def _frame_name(index: int) -> str:
-    return f"frame_{index:05d}.npy"
+def _frame_name(index: int, name: str = "frame") -> str:
+    return f"{name}_{index:05d}.npy"
 
 
-def _keep_frame(folder: Path, index: int, result: Volume, fit_record: dict) -> None:
-    """`result`'s array as ``frame_N.npy`` (after, for frame 0, its affine and meta: the
-    template of the series), each atomically: a frame whose ``.npy`` exists is complete."""
+def _keep_frame(
+    folder: Path, index: int, result: Volume, fit_record: dict, name: str = "frame"
+) -> None:
+    """`result`'s array as ``<name>_N.npy`` (after, for frame 0, its affine and meta: the
+    template of the series), each atomically: a frame whose ``frame_N.npy`` exists is complete;
+    `name` ``confidence``: its confidence map's."""
     add_fit_record(result, fit_record)
     if index == 0:
         template = {"affine": result.affine.tolist(), "meta": result.meta}
         text = json.dumps(template, default=_plain)
-        write_text_atomically(folder / _TEMPLATE, text)
-    write_atomically(folder / _frame_name(index), lambda staged: _save_array(staged, result.array))
+        write_text_atomically(folder / _TEMPLATES[name], text)
+    path = folder / _frame_name(index, name)
+    write_atomically(path, lambda staged: _save_array(staged, result.array))
 
 
 def _save_array(path: Path, array: np.ndarray) -> None:
@@ -374,13 +383,18 @@ def _plain(value):
     raise TypeError(f"cannot keep {type(value).__name__} in a series template")
 
 
-def _template(folder: Path) -> Volume:
-    """The first frame's result (affine and meta exactly as kept) for the 4D header."""
-    kept = json.loads((folder / _TEMPLATE).read_text(encoding="utf-8"))
-    array = np.load(folder / _frame_name(0), mmap_mode="r")
+def _template(folder: Path, name: str = "frame") -> Volume:
+    """The first frame's result (affine and meta exactly as kept) for the 4D header; `name`
+    ``confidence``: its confidence map's."""
+    kept = json.loads((folder / _TEMPLATES[name]).read_text(encoding="utf-8"))
+    array = np.load(folder / _frame_name(0, name), mmap_mode="r")
     return Volume(array, np.array(kept["affine"], dtype=np.float64), kept["meta"])
 
 
-def _arrays(folder: Path, frames: int) -> Iterator[np.ndarray]:
+def _stream_kept(template: Volume, folder: Path, frames: int, name: str, staged: Path) -> None:
+    write_nifti_frames(template, lambda: _arrays(folder, frames, name), staged)  # one 4D file
+
+
+def _arrays(folder: Path, frames: int, name: str = "frame") -> Iterator[np.ndarray]:
     for index in range(frames):
-        yield np.load(folder / _frame_name(index), mmap_mode="r")
+        yield np.load(folder / _frame_name(index, name), mmap_mode="r")
