@@ -129,6 +129,34 @@ def test_random_thick_slices_are_seeded_the_monai_way():
     assert a.shape[-1] == int(64 // a.meta["medsr_factor"])
 
 
+@pytest.mark.parametrize("axis", [0, 2])
+def test_random_thick_slices_can_carry_the_noise_in_full(axis):
+    """``thick_noise_share`` 1: the thick image carries the drawn noise at its full level (a
+    boxcar of 4 averages it down to half without); 0 draws exactly as before the option."""
+    from monai.data import MetaTensor
+
+    shape = [16, 16, 16]
+    shape[axis] = 256
+    tensor = MetaTensor(torch.full((1, *shape), 100.0), affine=torch.eye(4, dtype=torch.float64))
+    options = dict(axis=axis, factor_range=(4.0, 4.0), profiles=("boxcar",), noise_max=2.0)
+    options.update(thickness_ratios=(1.0, 1.0))
+    stds = {}
+    for share in (0.0, 1.0):
+        transform = RandSimulateThickSlicesd("x", thick_noise_share=share, **options)
+        transform.set_random_state(3)
+        out = transform({"x": tensor})["x"]
+        assert out.shape[axis + 1] == 64
+        stds[share] = float(out.numpy().std())
+    assert stds[1.0] / stds[0.0] == pytest.approx(2.0, rel=0.1)
+    plain = RandSimulateThickSlicesd("x", **options)
+    plain.set_random_state(3)
+    zero = RandSimulateThickSlicesd("x", thick_noise_share=0.0, **options)
+    zero.set_random_state(3)
+    assert torch.equal(plain({"x": tensor})["x"], zero({"x": tensor})["x"])
+    with pytest.raises(ValueError, match="thick_noise_share"):
+        RandSimulateThickSlicesd("x", axis=0, thick_noise_share=1.5)
+
+
 def test_dataloader_with_two_workers_draws_training_pairs(hr_volume):
     config = DataConfig(patch_width=8, patch_slices=4, batch_size=3, max_factor=4.0)
     sampler = build_sampler([(hr_volume, "hr")], config, neighbours=3)

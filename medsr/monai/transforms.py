@@ -318,7 +318,9 @@ class ThroughPlaneUpsampled(_PerKey):
 class RandSimulateThickSlicesd(Randomizable, MapTransform):
     """A random thick-slice acquisition, the same for every key: factor drawn log-uniformly,
     profile, slice thickness (gap or overlap) and Rician noise on the thin image (as in
-    medsr's training pairs). Seeded the MONAI way (`set_random_state`).
+    medsr's training pairs); in `thick_noise_share` of the noisy draws the thick image carries
+    that noise in full, as a real thick slice does (`medsr.train.noise.restore_thick_noise`,
+    training's ``data.thick_noise_share``). Seeded the MONAI way (`set_random_state`).
 
     Args:
         keys: keys of the images.
@@ -327,6 +329,8 @@ class RandSimulateThickSlicesd(Randomizable, MapTransform):
         profiles: profiles to draw from.
         thickness_ratios: (low, high) of slice thickness / spacing.
         noise_max: largest Rician noise std, in the image's units (0: none).
+        thick_noise_share: share of the noisy draws whose thick image carries the noise in full
+            (0, the default, as training's: draws as before this option).
         allow_missing_keys: skip missing keys.
     """
 
@@ -339,8 +343,12 @@ class RandSimulateThickSlicesd(Randomizable, MapTransform):
         thickness_ratios: Sequence[float] = (0.8, 1.2),
         noise_max: float = 0.0,
         allow_missing_keys: bool = False,
+        thick_noise_share: float = 0.0,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        if not 0 <= thick_noise_share <= 1:
+            raise ValueError(f"thick_noise_share must be in [0, 1], got {thick_noise_share}")
+        self.thick_noise_share, self.thick_noise = float(thick_noise_share), False
         if not 1 < factor_range[0] <= factor_range[1]:
             raise ValueError(f"factor_range must be 1 < low <= high, got {factor_range}")
         self.axis, self.factor_range, self.profiles = axis, tuple(factor_range), tuple(profiles)
@@ -354,6 +362,21 @@ class RandSimulateThickSlicesd(Randomizable, MapTransform):
         self.ratio = float(self.R.uniform(*self.thickness_ratios))
         self.sigma = float(self.R.uniform(0, self.noise_max)) if self.noise_max > 0 else 0.0
         self.noise_seed = int(self.R.randint(2**31))
+        # drawn only where it can matter: with the share at 0 the stream is as before
+        share = self.thick_noise_share
+        self.thick_noise = self.sigma > 0 and share > 0 and bool(self.R.uniform() < share)
+
+    def _full_noise(self, thick: MetaTensor, thin: int) -> MetaTensor:
+        """`thick` with the noise its thickening averaged away put back (`restore_thick_noise`,
+        along the thick axis, from the draw's own seed)."""
+        from medsr.train.noise import restore_thick_noise
+
+        axis = self.axis + 1  # the channel axis first
+        lr = np.moveaxis(thick.detach().cpu().numpy().astype(np.float32), axis, -1)
+        acquisition = (thin, self.factor, self.factor * self.ratio, self.profile)
+        rng = np.random.default_rng(self.noise_seed + 1)
+        noisy = np.moveaxis(restore_thick_noise(lr, self.sigma, acquisition, rng), -1, axis)
+        return _with_geometry(np.ascontiguousarray(noisy), _affine(thick), thick)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
@@ -371,5 +394,7 @@ class RandSimulateThickSlicesd(Randomizable, MapTransform):
                 )
                 img = _with_geometry(noisy, _affine(img), img)
             d[key] = transform(img)
+            if self.thick_noise:
+                d[key] = self._full_noise(d[key], img.shape[self.axis + 1])
             d[key].meta["medsr_factor"] = self.factor
         return d
