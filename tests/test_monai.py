@@ -148,11 +148,21 @@ def test_random_thick_slices_can_carry_the_noise_in_full(axis):
         assert out.shape[axis + 1] == 64
         stds[share] = float(out.numpy().std())
     assert stds[1.0] / stds[0.0] == pytest.approx(2.0, rel=0.1)
-    plain = RandSimulateThickSlicesd("x", **options)
-    plain.set_random_state(3)
-    zero = RandSimulateThickSlicesd("x", thick_noise_share=0.0, **options)
-    zero.set_random_state(3)
-    assert torch.equal(plain({"x": tensor})["x"], zero({"x": tensor})["x"])
+    # share 0 draws as before the option: a replay of the old draw order (log factor, profile,
+    # thickness ratio, noise level, noise seed) predicts the second call's factor; share 1
+    # draws once more per noisy call, and the replay no longer holds
+    options.update(factor_range=(1.5, 16.0))
+    factors = {}
+    for share in (0.0, 1.0):
+        transform = RandSimulateThickSlicesd("x", thick_noise_share=share, **options)
+        transform.set_random_state(5)
+        transform({"x": tensor})
+        factors[share] = transform({"x": tensor})["x"].meta["medsr_factor"]
+    replay, low, high = np.random.RandomState(5), np.log(1.5), np.log(16.0)
+    replay.uniform(low, high), replay.randint(1), replay.uniform(1.0, 1.0)
+    replay.uniform(0, 2.0), replay.randint(2**31)
+    expected = float(np.exp(replay.uniform(low, high)))
+    assert factors[0.0] == pytest.approx(expected) and factors[1.0] != pytest.approx(expected)
     with pytest.raises(ValueError, match="thick_noise_share"):
         RandSimulateThickSlicesd("x", axis=0, thick_noise_share=1.5)
 
@@ -323,6 +333,19 @@ def test_a_4d_series_is_fitted_once_as_the_cli_does(tmp_path, identity_checkpoin
     once = ThroughPlaneUpsample(method="misr", model=identity_checkpoint, fit_steps=2)(image)
     once_record = json.loads(once.meta["medsr_provenance"])
     assert once_record["fit_mode"] == "mean"
+    # the series' confidence maps: the CLI's 4D map, their records naming the one fit too
+    mapped, out = tmp_path / "map.nii.gz", tmp_path / "mean.nii.gz"
+    assert main([*argv, "-o", str(out), "--confidence", str(mapped)]) == 0
+    transform = ThroughPlaneUpsample(method="misr", model=identity_checkpoint, fit_steps=2)
+    _, uncertainty = transform.with_confidence(image)
+    for frame in range(2):
+        np.testing.assert_allclose(
+            uncertainty[frame].numpy(), read_volume(mapped, frame=frame).array, atol=1e-3
+        )
+    map_record = json.loads(uncertainty.meta["medsr_provenance"])
+    cli_map = json.loads(mapped.with_name(mapped.name + ".json").read_text(encoding="utf-8"))
+    assert map_record["fit_mode"] == cli_map["fit_mode"] == "mean"
+    assert map_record["fit_guard"] == cli_map["fit_guard"] and cli_map["output"] == "confidence"
     # the noise put back is a frame's, not the mean's (averaging two frames lowers it)
     from medsr.geometry import plan_output_grid
     from medsr.upsample.adapt import grid_noise

@@ -300,6 +300,7 @@ def test_a_series_confidence_map_is_every_frames_map_and_resumes(tmp_path, monke
     np.testing.assert_allclose(uncertainty.affine, image.affine)
     record = _record(mapped)
     assert record["frames"] == 3 and record["fit_mode"] == "per-frame"
+    assert bytes(uncertainty.header["descrip"]).startswith(b"medsr confidence")  # the map's own
     for index, array in enumerate(arrays):
         single = tmp_path / f"frame{index}.nii.gz"
         nib.save(nib.Nifti1Image(array, nib.load(series).affine), single)
@@ -324,7 +325,7 @@ def test_a_series_confidence_map_is_every_frames_map_and_resumes(tmp_path, monke
 
 def test_kept_frames_without_a_map_are_not_reused_for_one(tmp_path, monkeypatch, capsys):
     series = tmp_path / "s.nii.gz"
-    _phantom_series(series, frames=2)
+    _phantom_series(series, frames=2, shape=(24, 22, 16))  # long enough to calibrate on
     argv = ["upsample", str(series), "--fit-steps", "0", "--quiet", "-o", str(tmp_path / "o.nii")]
     _interrupt_after(monkeypatch, 1)
     with pytest.raises(RuntimeError):
@@ -334,6 +335,9 @@ def test_kept_frames_without_a_map_are_not_reused_for_one(tmp_path, monkeypatch,
     assert main([*argv, "--confidence", str(tmp_path / "map.nii.gz")]) == 0
     assert "starting over" in capsys.readouterr().err
     assert nib.load(tmp_path / "map.nii.gz").shape[3] == 2
+    # mode "mean": the gain fitted once serves every frame, and the map's record says so
+    record = _record(tmp_path / "map.nii.gz")
+    assert record["fit_mode"] == "mean" and "residual_gain" in record["fit_guard"]
 
 
 def test_kept_frames_of_other_settings_or_a_changed_input_are_not_reused(

@@ -185,7 +185,7 @@ def guard_without_fit(prior, planes, device, ensemble: int = 1) -> tuple[MISRGen
         name: round(mean_psnr(predictions, planes), 4)
         for name, predictions in zip(("psnr_prior", "psnr_bspline"), predicted, strict=True)
     }
-    model = calibrated(prior.eval(), planes, device, record, ensemble, predicted)
+    model = calibrated(prior.eval(), planes, device, record, ensemble, predicted=predicted)
     score = record.get("psnr_calibrated", record["psnr_prior"])
     # `calibrated` records a gain of 0 (the output is B-spline) as the choice ``bspline``
     below = record.get("choice") == "bspline" or score < record["psnr_bspline"] - GUARD_TIE_DB
@@ -274,7 +274,7 @@ def plane_prediction(
 
 
 def residual_sums(
-    generator: MISRGenerator, planes: list[tuple], device, ensemble: int = 1, predicted=None
+    generator: MISRGenerator, planes: list[tuple], device, ensemble: int = 1, *, predicted=None
 ) -> np.ndarray:
     """Per part of each guard plane, plane by plane, (sum r * d, sum r * r, sum d * d) with r the
     generator's residual over B-spline and d the truth's: the squared error of
@@ -361,6 +361,7 @@ def calibrated(
     device,
     record: dict,
     ensemble: int = 1,
+    *,
     predicted: tuple | None = None,
 ):
     """`generator` with its residual scaled by the least-squares gain on the guard `planes` (its
@@ -377,7 +378,7 @@ def calibrated(
             plane_predictions(generator, planes, device, ensemble),
             plane_predictions(None, planes, device),
         )
-    sums = residual_sums(generator, planes, device, ensemble, predicted)
+    sums = residual_sums(generator, planes, device, ensemble, predicted=predicted)
     gain = least_squares_gain(sums)
     record["gain_passes"] = int(ensemble)  # fitted, checked and scored on as many passes
     if gain != 1.0 and not gain_holds_out(sums):

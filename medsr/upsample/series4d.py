@@ -16,7 +16,8 @@ input frame, one output frame and the block being written, never the whole serie
 same command on the same input continues after the frames already kept, with the stored adapted
 weights, and writes the same bytes as an uninterrupted run; a folder from other settings or a
 changed input is started over. A confidence map (``--confidence``) is kept frame by frame beside
-the image (``confidence_00000.npy``..., written first) and streamed out after it.
+the image (``confidence_00000.npy``..., written first; ``confidence_template.json``) and
+streamed out after it.
 """
 
 from __future__ import annotations
@@ -153,8 +154,9 @@ def upsample_series(
         if (folder / _frame_name(index)).exists():  # kept by an interrupted run
             continue
         result = upsample_volume(volume, method=method, confidence=bool(mapped), **served)
+        add_fit_record(result, fit_record)  # and its map's
         if mapped:  # the map first: a frame whose image is kept is complete
-            _keep_frame(folder, index, result.meta.pop("confidence"), fit_record, _CONFIDENCE)
+            _keep_frame(folder, index, result.meta.pop("confidence"), {}, _CONFIDENCE)
         _keep_frame(folder, index, result, fit_record)
         logger.info("volume %d of %d done", index + 1, frames)
     paths = {"frame": output, **({_CONFIDENCE: confidence} if mapped else {})}
@@ -192,13 +194,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
 
     device = resolve_device(options.get("device"))
     prior, config = options["loaded"]
-    grid = plan_output_grid(
-        volume.spatial_shape,
-        volume.affine,
-        spacing=options.get("spacing"),
-        scale=options.get("scale"),
-        axis=options.get("axis"),
-    )
+    grid = _frame_grid(volume, options)
     adapted, steps_run = adapt_to_grid(
         prior.to(device),
         config,
@@ -239,10 +235,13 @@ def serve_fitted(
 
 
 def add_fit_record(result: Volume, fit_record: dict) -> None:
-    """`result`'s provenance (and description) with the series fit's `fit_record`."""
+    """`result`'s provenance (and description) with the series fit's `fit_record`; and its
+    confidence map's (``meta["confidence"]``) provenance, the map keeping its own description."""
     if fit_record:
         record = dict(result.meta["provenance"], **fit_record)
         result.meta.update(provenance=record, description=provenance_description(record))
+        if (uncertainty := result.meta.get("confidence")) is not None:
+            uncertainty.meta["provenance"] = dict(uncertainty.meta["provenance"], **fit_record)
 
 
 def _fitted_once(folder: Path, read_frames: FrameReader, mode: str, fit_frame, options: dict):
