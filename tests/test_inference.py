@@ -272,16 +272,22 @@ def test_a_different_seed_gives_a_different_fit(identity_checkpoint):
     assert not np.array_equal(first.array, other.array)
 
 
+def _small_generator_and_scan(shape: tuple[int, int, int]):
+    """A small untrained generator with a non-zero residual, a thick scan of `shape` and its
+    default grid."""
+    from medsr.nets import MISRGenerator
+
+    torch.manual_seed(0)
+    generator = MISRGenerator(num_features=8, num_blocks=1, hidden=8)
+    torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
+    volume = _thick_volume(thick=3.5, shape=shape)
+    return generator, volume, plan_output_grid(volume.spatial_shape, volume.affine)
+
+
 def test_decoding_in_chunks_of_positions_gives_the_same_volume(monkeypatch):
     import medsr.upsample.reconstruct
 
-    torch.manual_seed(0)
-    generator = __import__("medsr.nets", fromlist=["MISRGenerator"]).MISRGenerator(
-        num_features=8, num_blocks=1, hidden=8
-    )
-    torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
-    volume = _thick_volume(thick=3.5, shape=(12, 10, 6))
-    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    generator, volume, grid = _small_generator_and_scan((12, 10, 6))
     whole = medsr.upsample.reconstruct.reconstruct_volume(
         volume, grid, generator, device=torch.device("cpu")
     )
@@ -299,13 +305,7 @@ def test_the_planes_per_call_do_not_change_the_volume(precision):
     import medsr.upsample.reconstruct
     from medsr.config import PLANE_BATCH
 
-    torch.manual_seed(0)
-    generator = __import__("medsr.nets", fromlist=["MISRGenerator"]).MISRGenerator(
-        num_features=8, num_blocks=1, hidden=8
-    )
-    torch.nn.init.normal_(generator.decode[-1].weight, std=0.1)
-    volume = _thick_volume(thick=3.5, shape=(13, 10, 6))
-    grid = plan_output_grid(volume.spatial_shape, volume.affine)
+    generator, volume, grid = _small_generator_and_scan((13, 10, 6))
     outputs = [
         medsr.upsample.reconstruct.reconstruct_volume(
             volume,
