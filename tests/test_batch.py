@@ -521,11 +521,11 @@ def test_a_rerun_finishes_a_half_done_4d_series_and_hidden_names_are_no_inputs(
     assert sorted(t.key for t in discover(root, out, None, None)) == ["a.nii.gz", "dwi.nii.gz"]
     kept, real = [], medsr.upsample.series4d._keep_frame
 
-    def killed_after_two(folder, index, result, fit_record):
+    def killed_after_two(folder, index, result, name="frame"):
         if len(kept) == 2:
             raise KeyboardInterrupt  # the run dies in the middle of the series
         kept.append(index)
-        real(folder, index, result, fit_record)
+        real(folder, index, result, name)
 
     monkeypatch.setattr(medsr.upsample.series4d, "_keep_frame", killed_after_two)
     with pytest.raises(KeyboardInterrupt):

@@ -245,12 +245,12 @@ def _interrupt_after(monkeypatch, frames: int, error=RuntimeError) -> list[int]:
     """Make the run die once `frames` frames are kept (as a kill would: nothing after it)."""
     kept, real = [], medsr.upsample.series4d._keep_frame
 
-    def keep(folder, index, result, fit_record, name="frame"):
+    def keep(folder, index, result, name="frame"):
         if name == "frame":  # a frame is kept once its image is (its map, if any, before it)
             if len(kept) == frames:
                 raise error("interrupted")
             kept.append(index)
-        real(folder, index, result, fit_record, name)
+        real(folder, index, result, name)
 
     monkeypatch.setattr(medsr.upsample.series4d, "_keep_frame", keep)
     return kept

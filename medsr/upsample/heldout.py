@@ -177,10 +177,7 @@ def guard_without_fit(prior, planes, device, ensemble: int = 1) -> tuple[MISRGen
     reconstruction's `ensemble`), or B-spline where the prior scores below B-spline on the guard
     planes by more than `GUARD_TIE_DB` even so. The record holds the prior's own score,
     B-spline's, the gain and the choice."""
-    predicted = (
-        plane_predictions(prior, planes, device, ensemble),
-        plane_predictions(None, planes, device),
-    )
+    predicted = model_and_bspline_predictions(prior, planes, device, ensemble)
     record = {
         name: round(mean_psnr(predictions, planes), 4)
         for name, predictions in zip(("psnr_prior", "psnr_bspline"), predicted, strict=True)
@@ -223,6 +220,14 @@ def plane_predictions(
             pred = plane_prediction(generator, lr, positions, factor, ensemble)
         predictions.append(pred.float().cpu().numpy())
     return predictions
+
+
+def model_and_bspline_predictions(generator, planes: list[tuple], device, ensemble: int = 1):
+    """(`generator`'s `plane_predictions` for `ensemble` passes, cubic B-spline's)."""
+    return (
+        plane_predictions(generator, planes, device, ensemble),
+        plane_predictions(None, planes, device),
+    )
 
 
 def mean_psnr(predictions: list[np.ndarray], planes: list[tuple]) -> float:
@@ -289,10 +294,7 @@ def residual_sums(
     first plane's rows, the second's columns), so part j of either plane covers the same
     content. `predicted`: (the generator's `plane_predictions`, B-spline's), if already made."""
     if predicted is None:
-        predicted = (
-            plane_predictions(generator, planes, device, ensemble),
-            plane_predictions(None, planes, device),
-        )
+        predicted = model_and_bspline_predictions(generator, planes, device, ensemble)
     sums = []
     for number, (pred, base, plane) in enumerate(zip(*predicted, planes, strict=True)):
         base = base.astype(np.float64)
@@ -374,10 +376,7 @@ def calibrated(
     if not planes or record.get("choice") == "bspline":
         return generator
     if predicted is None:  # made once: the sums and the calibrated score share them
-        predicted = (
-            plane_predictions(generator, planes, device, ensemble),
-            plane_predictions(None, planes, device),
-        )
+        predicted = model_and_bspline_predictions(generator, planes, device, ensemble)
     sums = residual_sums(generator, planes, device, ensemble, predicted=predicted)
     gain = least_squares_gain(sums)
     record["gain_passes"] = int(ensemble)  # fitted, checked and scored on as many passes

@@ -156,8 +156,8 @@ def upsample_series(
         result = upsample_volume(volume, method=method, confidence=bool(mapped), **served)
         add_fit_record(result, fit_record)  # and its map's
         if mapped:  # the map first: a frame whose image is kept is complete
-            _keep_frame(folder, index, result.meta.pop("confidence"), {}, _CONFIDENCE)
-        _keep_frame(folder, index, result, fit_record)
+            _keep_frame(folder, index, result.meta.pop("confidence"), _CONFIDENCE)
+        _keep_frame(folder, index, result)
         logger.info("volume %d of %d done", index + 1, frames)
     paths = {"frame": output, **({_CONFIDENCE: confidence} if mapped else {})}
     if not overwrite and (there := [path for path in paths.values() if path.exists()]):
@@ -355,13 +355,10 @@ def _frame_name(index: int, name: str = "frame") -> str:
     return f"{name}_{index:05d}.npy"
 
 
-def _keep_frame(
-    folder: Path, index: int, result: Volume, fit_record: dict, name: str = "frame"
-) -> None:
-    """`result`'s array as ``<name>_N.npy`` (after, for frame 0, its affine and meta: the
-    template of the series), each atomically: a frame whose ``frame_N.npy`` exists is complete;
-    `name` ``confidence``: its confidence map's."""
-    add_fit_record(result, fit_record)
+def _keep_frame(folder: Path, index: int, result: Volume, name: str = "frame") -> None:
+    """`result` (its fit record added) as ``<name>_N.npy`` (after, for frame 0, its affine and
+    meta: the template of the series), each atomically: a frame whose ``frame_N.npy`` exists is
+    complete; `name` ``confidence``: its confidence map's."""
     if index == 0:
         template = {"affine": result.affine.tolist(), "meta": result.meta}
         text = json.dumps(template, default=_plain)
