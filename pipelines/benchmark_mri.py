@@ -10,8 +10,9 @@ are end to end). Conditions:
   on, factors 2-10 with non-integer ones;
 - ``sinc``: the 2D multi-slice profile of a truncated sinc RF pulse, with side lobes into the
   neighbouring slices (`medsr.degrade`, profile ``"sinc"``): never seen in training;
-- ``gap``: boxcar slices 0.6 x the spacing thick (a 40 % gap; training draws 0.8-1.2), the
-  thickness given to medsr as a DICOM header would (``--slice-thickness``);
+- ``gap``: boxcar slices 0.6 x the spacing thick (a 40 % gap), the thickness given to medsr as a
+  DICOM header would (``--slice-thickness``); unseen by the priors trained on 0.8-1.2, inside the
+  range of the one shipped since medsr 0.5.0 (0.5-1.2);
 - ``noise``: Rician noise (std 3 % of the data range) added to the *thick* slices, after
   thickening, as a scanner adds it (training adds it to the thin truth before thickening).
 
