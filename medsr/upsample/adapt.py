@@ -78,7 +78,7 @@ ADAPTATION_LR_SCHEDULE = "cosine"
 #: the slice thickness / spacing the fit assumes when the scan does not say (no DICOM
 #: SliceThickness, no ``--slice-thickness``): contiguous slices, as cubic B-spline and the fit
 #: guard assume. Chosen on the validation volume (docs/benchmarks.md, 2026-12-02 evening): against
-#: the training range 0.8-1.2 it gained +0.11 / +0.03 / +0.00 dB at x2 / x4 boxcar and x7 Gaussian
+#: the training range then (0.8-1.2) +0.11 / +0.03 / +0.00 dB at x2 / x4 boxcar and x7 Gaussian
 ASSUMED_THICKNESS_RATIO = 1.0
 
 
