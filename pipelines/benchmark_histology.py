@@ -15,7 +15,8 @@ Scores: PSNR over all channels and voxels (range 255 for RGB, max-min for 16-bit
 grey (channel mean) volume; wall time per method, in this process.
 
 Usage: python pipelines/benchmark_histology.py [--data ../shared/data/histology]
-           [--fit-steps N] [--batch-series 4]   (--batch-series 0: quality only)
+           [--fit-steps N] [--model CHECKPOINT] [--batch-series 4]   (--batch-series 0: quality
+           only; --model: misr with that checkpoint instead of the shipped prior)
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     )
 
 
-def quality(data: Path, fit_steps: int | None) -> list[dict]:
+def quality(data: Path, fit_steps: int | None, model: Path | None = None) -> list[dict]:
     rows = []
     for name in IMAGES:
         volume = truth_volume(load_image(data / name))
@@ -93,7 +94,9 @@ def quality(data: Path, fit_steps: int | None) -> list[dict]:
                 start = time.perf_counter()
                 options = {}
                 if method == "misr" and fit_steps is not None:
-                    options = {"fit_steps": fit_steps}
+                    options["fit_steps"] = fit_steps
+                if method == "misr" and model is not None:
+                    options["model"] = str(model)
                 result = upsample_volume(thick, method=method, spacing=PIXEL_UM, axis=2, **options)
                 seconds = time.perf_counter() - start
                 value_psnr, value_ssim = scores(result.array, truth)
@@ -155,9 +158,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/histology"))
     parser.add_argument("--fit-steps", type=int, help="misr adaptation steps (default: medsr's)")
+    parser.add_argument("--model", type=Path, help="misr checkpoint (default: the shipped prior)")
     parser.add_argument("--batch-series", type=int, default=4)
     args = parser.parse_args()
-    rows = quality(args.data, args.fit_steps)
+    rows = quality(args.data, args.fit_steps, args.model)
     print(
         f"\n{os.cpu_count()} cores\n\n| image | factor | sections | method | PSNR (dB) | "
         "ΔPSNR vs B-spline | SSIM | time (s) |\n|---|---|---|---|---|---|---|---|"
