@@ -443,7 +443,7 @@ def test_the_fit_config_is_the_fits_own(tiny_config):
     )
     assert adaptation_config(l1_trained, steps=7, seed=3).loss.pixel_loss == FIT_PIXEL_LOSS == "mse"
     # the fit's own rate and schedule (chosen on validation curves), not the training run's
-    assert (train.learning_rate, train.lr_schedule) == (1e-3, "cosine")
+    assert (train.learning_rate, train.lr_schedule) == (3e-4, "cosine")
     # and its own query budget, never the training run's
     from medsr.upsample.adapt import FIT_QUERY_POSITIONS
 

@@ -66,12 +66,11 @@ logger = logging.getLogger(__name__)
 #: validation volume's 200-step fit curves (pipelines/fit_curves.py, docs/benchmarks.md): on the
 #: ITK T1 at x4 and x2 (boxcar) and x7 (Gaussian), constant 1e-3 / cosine 1e-3 / cosine 2e-3 gave
 #: +0.29 / +0.39 / +0.44, +0.77 / +0.75 / +0.81 and +1.13 / +1.07 / +1.07 dB over B-spline, and
-#: the rate was 2e-3 then. 1e-3 since 2026-12-03 (late afternoon), for the 400 (float32) and
-#: 800 (bf16) steps of today's defaults: on the ITK T1 and its smoothed copy at x2 / x4 / x6.5
-#: against 2e-3, mean +0.10 dB at 400 float32 steps and +0.08 at 800 bf16 ones, at most 0.02 dB
-#: lower in any case, and 2e-3 unstable on the smoothed copy at x6.5 (0.4 dB apart between two
-#: layouts of the same float32 fit)
-ADAPTATION_LEARNING_RATE = 1e-3
+#: the rate was 2e-3 then; 1e-3 from 2026-12-03 (late afternoon). 3e-4 since 2026-12-07 (late),
+#: with the prior trained without synthetic stacks, which a fit at 1e-3 left in 3 of the 12
+#: validation cases: at 800 steps, means +2.782 / +2.930 / +2.963 / +2.953 / +2.939 dB over
+#: B-spline at 1e-3 / 5e-4 / 3e-4 / 2e-4 / 1e-4 (docs/benchmarks.md, "The fit's rate for it")
+ADAPTATION_LEARNING_RATE = 3e-4
 ADAPTATION_LR_SCHEDULE = "cosine"
 
 
