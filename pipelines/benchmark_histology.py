@@ -77,6 +77,8 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 def quality(data: Path, fit_steps: int | None, model: Path | None = None) -> list[dict]:
     rows = []
+    given = (("fit_steps", fit_steps), ("model", model))
+    misr = {key: value for key, value in given if value is not None}
     for name in IMAGES:
         volume = truth_volume(load_image(data / name))
         for factor in FACTORS:
@@ -92,11 +94,7 @@ def quality(data: Path, fit_steps: int | None, model: Path | None = None) -> lis
             truth = acquisition.truth.array
             for method in ("misr", "linear", "bspline"):
                 start = time.perf_counter()
-                options = {}
-                if method == "misr" and fit_steps is not None:
-                    options["fit_steps"] = fit_steps
-                if method == "misr" and model is not None:
-                    options["model"] = str(model)
+                options = misr if method == "misr" else {}
                 result = upsample_volume(thick, method=method, spacing=PIXEL_UM, axis=2, **options)
                 seconds = time.perf_counter() - start
                 value_psnr, value_ssim = scores(result.array, truth)
@@ -116,7 +114,7 @@ def quality(data: Path, fit_steps: int | None, model: Path | None = None) -> lis
 
 
 def throughput(
-    data: Path, count: int, fit_steps: int | None
+    data: Path, count: int, fit_steps: int | None, model: Path | None = None
 ) -> list[tuple[str, float, int, float]]:
     """Section series per minute through `medsr batch` (2 workers), per method."""
     results = []
@@ -147,6 +145,8 @@ def throughput(
             ]
             if method == "misr" and fit_steps is not None:
                 command += ["--fit-steps", str(fit_steps)]
+            if method == "misr" and model is not None:
+                command += ["--model", str(model)]
             start = time.perf_counter()
             subprocess.run(command, check=True)
             minutes = (time.perf_counter() - start) / 60
@@ -178,7 +178,7 @@ def main() -> None:
         return
     print("\n| method | series / min | sections | sections / min |\n|---|---|---|---|")
     for method, series_rate, sections, section_rate in throughput(
-        args.data, args.batch_series, args.fit_steps
+        args.data, args.batch_series, args.fit_steps, args.model
     ):
         print(f"| {method} | {series_rate:.2f} | {sections} | {section_rate:.1f} |")
 
