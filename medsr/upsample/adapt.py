@@ -66,10 +66,10 @@ logger = logging.getLogger(__name__)
 #: validation volume's 200-step fit curves (pipelines/fit_curves.py, docs/benchmarks.md): on the
 #: ITK T1 at x4 and x2 (boxcar) and x7 (Gaussian), constant 1e-3 / cosine 1e-3 / cosine 2e-3 gave
 #: +0.29 / +0.39 / +0.44, +0.77 / +0.75 / +0.81 and +1.13 / +1.07 / +1.07 dB over B-spline, and
-#: the rate was 2e-3 then; 1e-3 from 2026-12-03 (late afternoon). 3e-4 since 2026-12-07 (late),
-#: with the prior trained without synthetic stacks, which a fit at 1e-3 left in 3 of the 12
-#: validation cases: at 800 steps, means +2.782 / +2.930 / +2.963 / +2.953 / +2.939 dB over
-#: B-spline at 1e-3 / 5e-4 / 3e-4 / 2e-4 / 1e-4 (docs/benchmarks.md, "The fit's rate for it")
+#: the rate was 2e-3 then; 1e-3 from 2026-12-03 (late afternoon); 3e-4 since 2026-12-07 (latest),
+#: chosen again on the 12 validation cases for the prior trained without synthetic stacks: means
+#: +2.782 / +2.930 / +2.963 / +2.953 / +2.939 dB over B-spline at 1e-3 / 5e-4 / 3e-4 / 2e-4 /
+#: 1e-4 (800 bf16 steps); +2.778 / +2.883 at 1e-3 / 3e-4 (400 float32 steps; docs/benchmarks.md)
 ADAPTATION_LEARNING_RATE = 3e-4
 ADAPTATION_LR_SCHEDULE = "cosine"
 
