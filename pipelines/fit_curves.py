@@ -19,7 +19,8 @@ scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GA
 ``,slabs=N`` fits the prior alone's residual gain on N slabs
 (`NO_FIT_CALIBRATION_SLABS`); ``,queries=N`` trains the fit's decoder on N stratified thin
 positions of each patch a step (`FIT_QUERY_POSITIONS`; 0: all); ``,loss=mse|l1`` sets the fit's
-pixel loss (`FIT_PIXEL_LOSS`).
+pixel loss (`FIT_PIXEL_LOSS`); ``,lean=N`` draws each boxcar-like profile N times per Gaussian
+where the profile is undecided (`UNDECIDED_BOXCAR_WEIGHT`; 1: an even mixture).
 ``--condition`` takes the MRI benchmark's conditions: ``noise`` adds its Rician noise to the thick
 slices, ``gap`` thins the slices (and states their thickness, as a header would), ``sinc``
 (with ``--profile sinc``, the 2D multi-slice profile) tells the fitted points the profile, as
@@ -75,6 +76,7 @@ FIT_OPTIONS = {
     "queries": ("FIT_QUERY_POSITIONS", int),
     "loss": ("FIT_PIXEL_LOSS", lambda value: _one_of(value, ("mse", "l1"), "loss")),
     "estimate": ("ESTIMATE_PROFILE", lambda value: _on_off(value)),
+    "lean": ("UNDECIDED_BOXCAR_WEIGHT", lambda value: _at_least_one(value, "lean")),
     "slabs": ("NO_FIT_CALIBRATION_SLABS", lambda value: _at_least_one(value, "slabs")),
 }
 

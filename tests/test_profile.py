@@ -9,6 +9,7 @@ from scipy.ndimage import gaussian_filter
 
 import medsr.upsample.adapt as adapt
 import medsr.upsample.profile as profile_module
+from medsr.config import Config
 from medsr.degrade import simulate_thick_slices
 from medsr.io import Volume
 from medsr.nets.checkpoint import build_generator
@@ -21,6 +22,7 @@ from medsr.upsample.profile import (
     _misfit,
     decide,
     estimate_slice_profile,
+    undecided_profiles,
 )
 
 
@@ -204,6 +206,7 @@ def test_the_fit_uses_and_records_the_estimate_unless_told(monkeypatch, tiny_con
     assert told == ["gaussian"]
     assert guarded == ["gaussian"]  # the held-back slices are thickened as the fit thickens
     assert guard["slice_profile_estimate"]["profile"] == "gaussian"
+    assert guard["fit_profiles"] == {"gaussian": 1}  # the provenance says what the fit drew
     assert set(guard["slice_profile_estimate"]["scores"]["sinc"]) == {"level", "power"}
 
     guard = {}  # a profile the scan states is used as it is, and nothing is estimated
@@ -214,6 +217,24 @@ def test_the_fit_uses_and_records_the_estimate_unless_told(monkeypatch, tiny_con
     guard = {}
     adapt.adapt_to_scan(generator, tiny_config, scan, guard=guard, **options)
     assert told[-1] is None and "slice_profile_estimate" not in guard
+    # undecided (here: not estimated), the trained profiles with the boxcar drawn more often
+    weight = adapt.UNDECIDED_BOXCAR_WEIGHT
+    assert tiny_config.data.profiles == ("boxcar", "gaussian") and weight == 3
+    assert guard["fit_profiles"] == {"boxcar": 3, "gaussian": 1}
+
+
+def test_an_undecided_fit_draws_the_boxcar_like_profiles_more_often():
+    assert undecided_profiles(("boxcar", "gaussian"), 3) == ("boxcar",) * 3 + ("gaussian",)
+    assert undecided_profiles(("gaussian", "sinc"), 2) == ("gaussian", "sinc", "sinc")
+    assert undecided_profiles(("gaussian",), 3) == ("gaussian",)  # nothing boxcar-like trained
+    assert undecided_profiles(("boxcar", "gaussian"), 1) == ("boxcar", "gaussian")  # even
+    with pytest.raises(ValueError, match="at least 1"):
+        undecided_profiles(("boxcar",), 0)
+    config = adapt.adaptation_config(Config(), 5, 0)  # the shipped family: 3 boxcar to 1
+    assert config.data.profiles == ("boxcar", "boxcar", "boxcar", "gaussian")
+    assert adapt.adaptation_config(Config(), 5, 0, profile="gaussian").data.profiles == (
+        "gaussian",
+    )
 
 
 def test_a_series_fitted_on_its_mean_compares_the_means_own_noise(monkeypatch, tiny_config):

@@ -20,13 +20,12 @@ exactly cubic B-spline); one log line says so and the provenance records it (`fi
 The same held-back slices then calibrate the model kept (without a fit, nothing is held back and
 five slabs across the middle of the axis do, `NO_FIT_CALIBRATION_SLABS`): its residual over
 B-spline is scaled by the one gain that fits them best in least squares (`residual_gain`,
-`scale_residual`; within `GAIN_RANGE`). A prior trained on sharper content than the scan's
-over-sharpens it, and the gain (below 1) takes that back; it is recorded as
-``fit_guard.residual_gain``.
+`scale_residual`; within `GAIN_RANGE`; ``fit_guard.residual_gain``): a prior trained on sharper
+content than the scan's over-sharpens it, and a gain below 1 takes that back.
 
 The fit is a number of steps, not a time: for a given seed and device the same scan gives the
-same adapted weights, so the same command writes the same file. A time limit is an optional upper
-bound on top (then the result depends on the machine's speed, and the steps run are recorded).
+same adapted weights, so the same command writes the same file; an optional time limit on top
+makes it depend on the machine's speed (the steps run are recorded).
 """
 
 from __future__ import annotations
@@ -57,34 +56,29 @@ from medsr.upsample.heldout import (
     guard_slab,
     guard_without_fit,
 )
-from medsr.upsample.profile import estimate_slice_profile
+from medsr.upsample.profile import estimate_slice_profile, undecided_profiles
 
 logger = logging.getLogger(__name__)
 
 #: peak learning rate of the fine-tuning and its schedule over the fit's steps (``"cosine"``: to
-#: 0 at the last step; `medsr.config.TrainConfig.lr_schedule`). The schedule was chosen on the
-#: validation volume's 200-step fit curves (pipelines/fit_curves.py, docs/benchmarks.md): on the
-#: ITK T1 at x4 and x2 (boxcar) and x7 (Gaussian), constant 1e-3 / cosine 1e-3 / cosine 2e-3 gave
-#: +0.29 / +0.39 / +0.44, +0.77 / +0.75 / +0.81 and +1.13 / +1.07 / +1.07 dB over B-spline, and
-#: the rate was 2e-3 then; 1e-3 from 2026-12-03 (late afternoon); 3e-4 since 2026-12-07 (latest),
-#: chosen again on the 12 validation cases for the prior trained without synthetic stacks: means
-#: +2.782 / +2.930 / +2.963 / +2.953 / +2.939 dB over B-spline at 1e-3 / 5e-4 / 3e-4 / 2e-4 /
-#: 1e-4 (800 bf16 steps); +2.778 / +2.883 at 1e-3 / 3e-4 (400 float32 steps; docs/benchmarks.md)
+#: 0 at the last step; `medsr.config.TrainConfig.lr_schedule`), both chosen on validation fit
+#: curves (docs/benchmarks.md): cosine over constant on the ITK T1's 200-step curves; 3e-4 since
+#: 2026-12-07 (latest), on the 12 validation cases: +2.782 / +2.930 / +2.963 / +2.953 / +2.939 dB
+#: over B-spline at 1e-3 / 5e-4 / 3e-4 / 2e-4 / 1e-4 (800 bf16 steps; 400 float32: +2.778 / +2.883
+#: at 1e-3 / 3e-4)
 ADAPTATION_LEARNING_RATE = 3e-4
 ADAPTATION_LR_SCHEDULE = "cosine"
 
 
 #: the slice thickness / spacing the fit assumes when the scan does not say (no DICOM
-#: SliceThickness, no ``--slice-thickness``): contiguous slices, as cubic B-spline and the fit
-#: guard assume. Chosen on the validation volume (docs/benchmarks.md, 2026-12-02 evening): against
-#: the training range then (0.8-1.2) +0.11 / +0.03 / +0.00 dB at x2 / x4 boxcar and x7 Gaussian
+#: SliceThickness, no ``--slice-thickness``): contiguous, as B-spline and the guard assume; on
+#: validation +0.11 / +0.03 / +0.00 dB over the training range (0.8-1.2) at x2 / x4 / x7
 ASSUMED_THICKNESS_RATIO = 1.0
 
 
-#: the fit's pixel loss (`medsr.config.LossConfig.pixel_loss`): MSE, chosen on the validation
-#: volumes (docs/benchmarks.md, "The fit's pixel loss and the self-ensemble"): L1 gained
-#: +0.04 dB on ten cases along axis 0 but lost 0.03-0.11 dB in all eight along axes 1 and 2
-#: (run after the test benchmark's first cases showed L1 below MSE)
+#: the fit's pixel loss (`medsr.config.LossConfig.pixel_loss`): MSE, chosen on validation
+#: (docs/benchmarks.md, "The fit's pixel loss and the self-ensemble"): L1 gained +0.04 dB on ten
+#: cases along axis 0 but lost 0.03-0.11 dB in all eight along axes 1 and 2
 FIT_PIXEL_LOSS = "mse"
 
 
@@ -99,8 +93,13 @@ CALIBRATE_GAIN = True
 
 
 #: whether a scan that does not state its slice profile has it estimated from its data
-#: (`medsr.upsample.profile`; undecided: the profiles the model was trained with)
+#: (`medsr.upsample.profile`; undecided: `UNDECIDED_BOXCAR_WEIGHT`)
 ESTIMATE_PROFILE = True
+
+#: where the profile is neither told nor estimated, the fit draws each boxcar-like profile the
+#: model was trained with this many times for each other one (`undecided_profiles`; validation:
+#: docs/benchmarks.md, "A fit that leans to the boxcar where the profile is undecided")
+UNDECIDED_BOXCAR_WEIGHT = 3
 
 #: without a fit, the slabs the gain is fitted and checked on (`heldout.calibration_slabs`: over
 #: the middle half of the axis); a fit holds back one only (`guard_slab`'s length check: both)
@@ -127,20 +126,20 @@ def adaptation_config(
     (`config.model`), the slice profiles and thickness ratios it was trained for, its patch and
     batch sizes, and whether it trains in mixed precision. Everything else is the fit's own:
     pixel loss only, no intensity, noise or smoothing augmentation, patches centred on the
-    foreground, the fit's pixel loss (`FIT_PIXEL_LOSS`), learning rate and schedule
-    (`ADAPTATION_LEARNING_RATE`, `ADAPTATION_LR_SCHEDULE`), `steps` steps
-    (never the training run's ``train.stop_at``, warm-up, checkpointing or validation), pairs
+    foreground, the fit's pixel loss (`FIT_PIXEL_LOSS`), rate and schedule (`ADAPTATION_*`),
+    `steps` steps (never the training run's stop_at, warm-up, checkpoints or validation), pairs
     drawn in this process (never ``data.workers``). With `thickness_ratio` (the scan's slice
     thickness / spacing), that thickness only, else `ASSUMED_THICKNESS_RATIO`; with `profile`
     (the scan's, ``--slice-profile``, or the estimate's), that profile's shape only, else the
-    profiles the model was trained on;
+    profiles the model was trained on, boxcar-like ones `UNDECIDED_BOXCAR_WEIGHT` times;
     `input_noise` (`scan_noise`) is put back on the thickened inputs. `precision`, the fit's
     (`medsr.runtime.fit_precision`): ``"bf16"`` runs the encoder's convolutions in bf16 on the
     CPU (``train.cpu_bf16``), as the reconstruction does.
     """
     trained = config.data
     ratio = fit_thickness_ratio(thickness_ratio)
-    profiles = trained.profiles if profile is None else (profile,)
+    profiles = undecided_profiles(trained.profiles, UNDECIDED_BOXCAR_WEIGHT)
+    profiles = (profile,) if profile else profiles
     return Config(
         model=config.model,
         loss=LossConfig(pixel_loss=FIT_PIXEL_LOSS, perceptual_weight=0.0, adversarial_weight=0.0),
@@ -312,6 +311,8 @@ def adapt_to_scan(
             adapted = calibrated(adapted, planes, device, record, ensemble)
     else:
         record["reason"] = SHORT_AXIS if slab is None else NARROW_SLICE
+    drawn = adapt_config.data.profiles  # the profiles the fit thickened with, and how often
+    record["fit_profiles"] = {name: drawn.count(name) for name in dict.fromkeys(drawn)}
     record["scan_noise"] = round(noise, 6)
     if guard is not None:
         guard.update(record)

@@ -11,10 +11,10 @@ level (``level``) or a free level and power law (``power``: anatomy need not be 
 
 The decision is deliberately one-sided, because a wrong profile costs far more than the right one
 gains. On the validation volumes a boxcar acquisition fitted as Gaussian lost 4.2 to 6.6 dB
-against the trained mixture, while the right profile gained +0.17 to +5.0 dB (docs/benchmarks.md,
-"The slice profile from the data"). So the estimate names a profile only past thresholds that
-named no acquisition wrongly in tuning, and otherwise leaves the fit to the mixture of profiles
-the model was trained on (`None`):
+against an even boxcar/Gaussian mixture, while the right profile gained +0.17 to +5.0 dB
+(docs/benchmarks.md, "The slice profile from the data"). So the estimate names a profile only
+past thresholds that named no acquisition wrongly in tuning, and otherwise leaves it undecided
+(`None`):
 
 - Gaussian, where its ``level`` score is below `GAUSSIAN_RATIO` x the best boxcar-like one's.
   The ratio is above 1 because the level score leans towards the boxcar on real anatomy: in
@@ -45,6 +45,13 @@ variation, and where even the best candidate fits badly
 (`MAX_MISFIT`: the in-plane lines thickened by the factor do not look like the through-plane
 ones at all, e.g. an isotropic volume upsampled by an explicit factor). Like the fit, it takes
 the in-plane lines thickened by the factor to stand for the through-plane ones.
+
+An undecided fit draws the profiles the model was trained on, the boxcar-like ones more often
+(`undecided_profiles`; `medsr.upsample.adapt.UNDECIDED_BOXCAR_WEIGHT`). On the 20 validation
+cases where the estimate was undecided, three boxcar draws to one Gaussian gained +0.20 dB on
+average over an even mixture: +0.28 on the 14 boxcar-like acquisitions (-0.02 to +2.05), +0.01
+on the six Gaussian ones (-0.34 to +0.23; docs/benchmarks.md, "A fit that leans to the boxcar
+where the profile is undecided"). The slice profile of 2D multi-slice MR is boxcar-like.
 """
 
 from __future__ import annotations
@@ -85,11 +92,14 @@ MAX_PERCENTILE_VOXELS = 16_000_000
 SPACING_TOLERANCE = 0.05
 #: the candidate shapes, each with the fit's thickness ratio
 CANDIDATES = ("boxcar", "gaussian", "sinc")
+#: the candidates whose spectra are alike (the 2D multi-slice ``sinc`` is within noise of the
+#: boxcar's), drawn more often by an undecided fit
+BOXCAR_LIKE = ("boxcar", "sinc")
 
 
 @dataclass
 class ProfileEstimate:
-    """The estimate: `profile` (None: undecided, the fit keeps the trained mixture), the scores
+    """The estimate: `profile` (None: undecided, the fit draws `undecided_profiles`), the scores
     of each candidate (``level`` and ``power``) and why it decided as it did."""
 
     profile: str | None
@@ -165,6 +175,15 @@ def decide(scores: dict, matched: bool = False) -> ProfileEstimate:
     if gaussian["power"] > (BOXCAR_RATIO_MATCHED if matched else BOXCAR_RATIO) * boxlike["power"]:
         return ProfileEstimate("boxcar", "a boxcar-like profile fits clearly best", scores)
     return ProfileEstimate(None, "no candidate fits clearly best", scores)
+
+
+def undecided_profiles(trained: tuple[str, ...], weight: int) -> tuple[str, ...]:
+    """The profiles an undecided fit draws from, uniformly: each of the model's `trained` ones,
+    the `BOXCAR_LIKE` ones `weight` times (the shipped prior's boxcar and Gaussian with weight 3:
+    three boxcar draws to one Gaussian)."""
+    if weight < 1:
+        raise ValueError(f"the boxcar-like weight must be at least 1, not {weight}")
+    return tuple(name for name in trained for _ in range(weight if name in BOXCAR_LIKE else 1))
 
 
 def foreground_percentile(array: np.ndarray) -> float:
