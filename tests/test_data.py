@@ -247,6 +247,34 @@ def _foreground_share(foreground_sampling: bool) -> float:
     return float(np.mean(shares))
 
 
+def test_an_undecided_fits_draws_follow_its_weighted_profiles(monkeypatch):
+    """The fit's weighted tuple (`medsr.upsample.profile.undecided_profiles`) reaches the
+    sampler's draws as weights: three boxcar batches per Gaussian one."""
+    import dataclasses
+
+    import medsr.train.pairs as pairs
+    from medsr.config import Config
+    from medsr.train.pairs import PairSampler, sources_self_supervised
+    from medsr.upsample.adapt import adaptation_config
+
+    config = adaptation_config(Config(), 10, 0).data
+    assert config.profiles == ("boxcar", "boxcar", "boxcar", "gaussian")
+    drawn, real = [], pairs.thicken_like_scan
+
+    def spy(patches, factor, thickness, profile, noise, rng):
+        drawn.append(profile)
+        return real(patches, factor, thickness, profile, noise, rng)
+
+    monkeypatch.setattr(pairs, "thicken_like_scan", spy)
+    config = dataclasses.replace(config, patch_width=8, patch_slices=4, batch_size=1)
+    sources = sources_self_supervised(_mostly_empty_scan(), "scan", axis=2, factor=4.0)
+    sampler, rng = PairSampler(sources, config, 3), np.random.default_rng(0)
+    for _ in range(400):
+        sampler.sample(rng)
+    assert set(drawn) == {"boxcar", "gaussian"}
+    assert drawn.count("boxcar") / len(drawn) == pytest.approx(0.75, abs=0.06)
+
+
 def test_foreground_sampling_puts_most_patches_on_the_object():
     uniform, weighted = _foreground_share(False), _foreground_share(True)
     assert uniform < 0.4  # uniform patches mostly see the empty field

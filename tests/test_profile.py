@@ -221,6 +221,10 @@ def test_the_fit_uses_and_records_the_estimate_unless_told(monkeypatch, tiny_con
     weight = adapt.UNDECIDED_BOXCAR_WEIGHT
     assert tiny_config.data.profiles == ("boxcar", "gaussian") and weight == 3
     assert guard["fit_profiles"] == {"boxcar": 3, "gaussian": 1}
+    guard = {}  # nothing fitted (the prior alone, calibrated): nothing drawn, nothing recorded
+    no_fit = dict(options, steps=0, calibrate=True)
+    adapt.adapt_to_scan(generator, tiny_config, scan, guard=guard, **no_fit)
+    assert "residual_gain" in guard and "fit_profiles" not in guard
 
 
 def test_an_undecided_fit_draws_the_boxcar_like_profiles_more_often():

@@ -54,8 +54,8 @@ def add_input_geometry(
             choices=SLICE_PROFILES,
             help="shape of the slice profile, for the learned method's fit (sinc: a 2D "
             "multi-slice MRI's truncated-sinc RF pulse, side lobes into the neighbours; "
-            "default: estimated from the scan, else boxcar and Gaussian as the model was "
-            "trained)",
+            "default: estimated from the scan, else the model's trained boxcar and Gaussian, "
+            "the boxcar drawn three times per Gaussian)",
         )
     parser.add_argument(
         "--input-spacing",

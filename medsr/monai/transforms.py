@@ -116,7 +116,7 @@ class ThroughPlaneUpsample(Transform):
             ``--slice-thickness``.
         slice_profile: the shape of the slice profile for the fit (``"boxcar"``, ``"gaussian"``,
             ``"sinc"``), as the CLI's ``--slice-profile``; default: estimated from the image
-            (`medsr.upsample.profile`), where undecided the model's training family.
+            (`medsr.upsample.profile`), where undecided the training family, boxcar 3:1.
         fit_frame: a 4D series' fit on this frame instead of the mean (``--fit-frame``).
         fit_per_frame: a 4D series' frames each fitted on their own (``--fit-per-frame``).
         **misr_options: the learned method's options as in the CLI: model, fit_steps (None:

@@ -139,7 +139,7 @@ def adaptation_config(
     trained = config.data
     ratio = fit_thickness_ratio(thickness_ratio)
     profiles = undecided_profiles(trained.profiles, UNDECIDED_BOXCAR_WEIGHT)
-    profiles = (profile,) if profile else profiles
+    profiles = profiles if profile is None else (profile,)
     return Config(
         model=config.model,
         loss=LossConfig(pixel_loss=FIT_PIXEL_LOSS, perceptual_weight=0.0, adversarial_weight=0.0),
@@ -233,7 +233,7 @@ def adapt_to_scan(
         profile: the scan's slice profile (``"boxcar"``, ``"gaussian"`` or ``"sinc"``, the
             2D multi-slice profile; `medsr.degrade.slice_profile_weights`), if known; default:
             estimated from the data (`ESTIMATE_PROFILE`), where undecided the profiles the
-            model was trained with.
+            model was trained with, boxcar-like ones `UNDECIDED_BOXCAR_WEIGHT` times.
         progress: show a progress bar.
         noise: the voxel noise to put back on the thickened inputs (normalised units); default:
             `volume`'s own (`scan_noise`; a series fitted on its mean passes one frame's).
@@ -311,7 +311,7 @@ def adapt_to_scan(
             adapted = calibrated(adapted, planes, device, record, ensemble)
     else:
         record["reason"] = SHORT_AXIS if slab is None else NARROW_SLICE
-    drawn = adapt_config.data.profiles  # the profiles the fit thickened with, and how often
+    drawn = adapt_config.data.profiles  # the profiles the fit drew from, with their weights
     record["fit_profiles"] = {name: drawn.count(name) for name in dict.fromkeys(drawn)}
     record["scan_noise"] = round(noise, 6)
     if guard is not None:

@@ -74,7 +74,8 @@ def upsample_file(
     `slice_thickness` (a length, as `spacing`) overrides the header's (DICOM's SliceThickness)
     and becomes the slice profile of the learned method's fit, with `slice_profile`'s shape
     (``"boxcar"``, ``"gaussian"``, ``"sinc"``; default: estimated from the scan,
-    `medsr.upsample.profile`, where undecided the model's training family). `labels`,
+    `medsr.upsample.profile`, where undecided the model's training family, the boxcar drawn
+    three times per Gaussian). `labels`,
     a label map on the
     input's grid (a segmentation drawn on the thick slices), is written on the output's grid
     too (at `labels_output`, default `labels_output_path`), by shape-based interpolation.

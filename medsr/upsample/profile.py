@@ -49,9 +49,11 @@ the in-plane lines thickened by the factor to stand for the through-plane ones.
 An undecided fit draws the profiles the model was trained on, the boxcar-like ones more often
 (`undecided_profiles`; `medsr.upsample.adapt.UNDECIDED_BOXCAR_WEIGHT`). On the 20 validation
 cases where the estimate was undecided, three boxcar draws to one Gaussian gained +0.20 dB on
-average over an even mixture: +0.28 on the 14 boxcar-like acquisitions (-0.02 to +2.05), +0.01
-on the six Gaussian ones (-0.34 to +0.23; docs/benchmarks.md, "A fit that leans to the boxcar
-where the profile is undecided"). The slice profile of 2D multi-slice MR is boxcar-like.
+average over an even mixture (+0.10 without its one unstable x2 case): +0.28 on the 14
+boxcar-like acquisitions (-0.02 to +2.05), +0.01 on the six Gaussian ones (-0.33 to +0.23). On
+the test volumes it was neutral: +0.12 to +0.16 on three undecided boxcar acquisitions, -0.04 to
+-0.34 on three Gaussian ones (docs/benchmarks.md, "A fit that leans to the boxcar where the
+profile is undecided"). The slice profile of 2D multi-slice MR is boxcar-like.
 """
 
 from __future__ import annotations
