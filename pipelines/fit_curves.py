@@ -13,9 +13,10 @@ for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEAR
 what the fit is told of the acquisition (``--slice-profile``; ``--slice-thickness`` as RATIO times
 the thick spacing), as a header or the user would; ``,precision=auto|bf16|fp32``: the
 ``--precision`` of fit and reconstruction; ``,ensemble=1|2|4|8`` the reconstruction's
-self-ensemble (``--ensemble``); ``,noise=on|off`` puts the scan's noise back on
-the fit's thickened inputs or not (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off``
-scales the residual by the gain fitted on held-back slices or not (`CALIBRATE_GAIN`);
+self-ensemble (``--ensemble``); ``,seed=N`` the fit's seed (``--seed``); ``,noise=on|off``
+puts the scan's noise back on the fit's thickened inputs or not
+(`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off`` scales the residual by the gain
+fitted on held-back slices or not (`CALIBRATE_GAIN`);
 ``,slabs=N`` fits the prior alone's residual gain on N slabs
 (`NO_FIT_CALIBRATION_SLABS`); ``,queries=N`` trains the fit's decoder on N stratified thin
 positions of each patch a step (`FIT_QUERY_POSITIONS`; 0: all); ``,loss=mse|l1`` sets the fit's
@@ -88,6 +89,7 @@ COMMAND_OPTIONS = {
     "profile": "--slice-profile",
     "precision": "--precision",
     "ensemble": "--ensemble",
+    "seed": "--seed",
 }
 
 
