@@ -16,7 +16,8 @@ the thick spacing), as a header or the user would; ``,precision=auto|bf16|fp32``
 self-ensemble (``--ensemble``); ``,seed=N`` the fit's seed (``--seed``); ``,noise=on|off``
 puts the scan's noise back on the fit's thickened inputs or not
 (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off`` scales the residual by the gain
-fitted on held-back slices or not (`CALIBRATE_GAIN`);
+fitted on in-plane slices or not (`CALIBRATE_GAIN`), ``,fitgain=on|off`` after a fit too, on
+its held-back slices (`CALIBRATE_AFTER_FIT`; off by default);
 ``,slabs=N`` fits the prior alone's residual gain on N slabs
 (`NO_FIT_CALIBRATION_SLABS`); ``,queries=N`` trains the fit's decoder on N stratified thin
 positions of each patch a step (`FIT_QUERY_POSITIONS`; 0: all); ``,loss=mse|l1`` sets the fit's
@@ -74,6 +75,7 @@ FIT_OPTIONS = {
     "schedule": ("ADAPTATION_LR_SCHEDULE", str),
     "noise": ("MATCH_SCAN_NOISE", lambda value: _on_off(value)),
     "gain": ("CALIBRATE_GAIN", lambda value: _on_off(value)),
+    "fitgain": ("CALIBRATE_AFTER_FIT", lambda value: _on_off(value)),
     "queries": ("FIT_QUERY_POSITIONS", int),
     "loss": ("FIT_PIXEL_LOSS", lambda value: _one_of(value, ("mse", "l1"), "loss")),
     "estimate": ("ESTIMATE_PROFILE", lambda value: _on_off(value)),
@@ -107,7 +109,7 @@ def _at_least_one(value: str, key: str) -> int:
 
 def _on_off(value: str) -> bool:
     if value not in ("on", "off"):
-        raise ValueError(f"noise=, gain= and estimate= take on or off, not {value!r}")
+        raise ValueError(f"noise=, gain=, fitgain= and estimate= take on or off, not {value!r}")
     return value == "on"
 
 

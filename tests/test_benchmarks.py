@@ -165,6 +165,9 @@ def test_fit_curves_points_parse_models_rates_and_the_first_version():
     assert fit_curves.points("n=default,noise=off", [0], [45], 3.0)[0][3] == {
         "MATCH_SCAN_NOISE": False
     }
+    assert fit_curves.points("g=default,fitgain=on", [800], [45], 3.0)[0][3] == {
+        "CALIBRATE_AFTER_FIT": True
+    }
     with pytest.raises(ValueError, match="on or off"):
         fit_curves.points("n=default,noise=yes", [0], [45], 3.0)
     with pytest.raises(ValueError, match="no fit options"):

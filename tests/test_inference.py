@@ -994,7 +994,8 @@ def test_upsample_fits_the_gain_for_the_passes_it_reconstructs_with(monkeypatch,
 
 
 def test_the_fit_and_the_prior_alone_calibrate_for_the_ensemble_asked(monkeypatch, tiny_config):
-    """`adapt_to_scan` fits the gain for the `ensemble` it is given, with a fit and without."""
+    """`adapt_to_scan` fits the gain for the `ensemble` it is given, without a fit and (where
+    `CALIBRATE_AFTER_FIT` asks for one) after a fit."""
     import medsr.upsample.adapt as adapt
     from medsr.nets.checkpoint import build_generator
 
@@ -1018,7 +1019,10 @@ def test_the_fit_and_the_prior_alone_calibrate_for_the_ensemble_asked(monkeypatc
     generator = build_generator(tiny_config)
     adapt.adapt_to_scan(generator, tiny_config, scan, steps=1, ensemble=4, **options)
     adapt.adapt_to_scan(generator, tiny_config, scan, steps=0, ensemble=2, **options)
-    assert seen == [("fit", 4), ("no fit", 2)]
+    assert seen == [("no fit", 2)]  # after a fit: no gain (the default)
+    monkeypatch.setattr(adapt, "CALIBRATE_AFTER_FIT", True)
+    adapt.adapt_to_scan(generator, tiny_config, scan, steps=1, ensemble=4, **options)
+    assert seen == [("no fit", 2), ("fit", 4)]
 
 
 def test_without_a_fit_the_prior_is_calibrated_on_slabs_across_the_axis(monkeypatch):
@@ -1165,11 +1169,19 @@ def test_without_a_fit_a_prior_below_bspline_falls_back_to_bspline(monkeypatch):
     assert record["choice"] == "prior" and record["residual_gain"] == 1.0 and model is generator
 
 
-def test_after_a_fit_the_kept_model_is_calibrated_and_recorded():
+def test_after_a_fit_no_gain_is_fitted_unless_asked(monkeypatch):
+    """After a fit the guard chooses and no residual gain is fitted (`CALIBRATE_AFTER_FIT` off:
+    validation, docs/benchmarks.md); with it on, the kept model is calibrated and recorded."""
+    import medsr.upsample.adapt as adapt
+
     volume = _thick_volume(shape=(30, 28, 16))
     options = dict(method="misr", fit_steps=2, keep_dtype=False, device="cpu")
+    assert adapt.CALIBRATE_AFTER_FIT is False
     guard = upsample_volume(volume, **options).meta["provenance"]["fit_guard"]
     assert guard["rule"].startswith("best PSNR") and guard["planes"] == 2
+    assert "residual_gain" not in guard and "gain_passes" not in guard
+    monkeypatch.setattr(adapt, "CALIBRATE_AFTER_FIT", True)
+    guard = upsample_volume(volume, **options).meta["provenance"]["fit_guard"]
     assert "residual_gain" in guard or guard["choice"] == "bspline"
 
 

@@ -195,12 +195,20 @@ def test_a_series_is_fitted_once_and_a_chosen_frame_gives_the_3d_result(tmp_path
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # partial folders gone
 
 
+@pytest.mark.parametrize("steps", ["0", "2"])
 @pytest.mark.parametrize("ensemble", [[], ["--ensemble", "2"]])
-def test_a_series_fit_calibrates_for_the_passes_its_frames_take(tmp_path, ensemble):
+def test_a_series_gain_is_fitted_for_the_passes_its_frames_take(
+    tmp_path, monkeypatch, ensemble, steps
+):
+    """The series' one gain (the prior alone's; after a fit only where `CALIBRATE_AFTER_FIT`
+    asks for it) is fitted on as many passes as its frames are reconstructed with."""
+    import medsr.upsample.adapt as adapt
+
+    monkeypatch.setattr(adapt, "CALIBRATE_AFTER_FIT", True)
     series = tmp_path / "s.nii.gz"
     _phantom_series(series, frames=2, shape=(30, 28, 16))  # long enough to hold slices back
     out = tmp_path / "sr.nii.gz"
-    argv = ["upsample", str(series), "-o", str(out), "--fit-steps", "2", "--quiet", *ensemble]
+    argv = ["upsample", str(series), "-o", str(out), "--fit-steps", steps, "--quiet", *ensemble]
     assert main(argv) == 0
     record = _record(out)
     assert record["fit_guard"]["gain_passes"] == record["ensemble"] == (2 if ensemble else 4)

@@ -17,11 +17,12 @@ slice, thickened the way the fit thickens. If the adapted model scores below B-s
 is used if it beats B-spline, else B-spline itself (the generator with its last layer zeroed is
 exactly cubic B-spline); one log line says so and the provenance records it (`fit_guard`).
 
-The same held-back slices then calibrate the model kept (without a fit, nothing is held back and
-five slabs across the middle of the axis do, `NO_FIT_CALIBRATION_SLABS`): its residual over
-B-spline is scaled by the one gain that fits them best in least squares (`residual_gain`,
-`scale_residual`; within `GAIN_RANGE`; ``fit_guard.residual_gain``): a prior trained on sharper
-content than the scan's over-sharpens it, and a gain below 1 takes that back.
+Without a fit, five slabs across the middle of the axis calibrate the prior
+(`NO_FIT_CALIBRATION_SLABS`): its residual over B-spline is scaled by the one gain that fits them
+best in least squares (`residual_gain`, `scale_residual`; within `GAIN_RANGE`;
+``fit_guard.residual_gain``): a prior trained on sharper content than the scan's over-sharpens
+it, and a gain below 1 takes that back. After a fit the fit has already sized the residual on the
+scan's own slices, and no gain is fitted (`CALIBRATE_AFTER_FIT`).
 
 The fit is a number of steps, not a time: for a given seed and device the same scan gives the
 same adapted weights, so the same command writes the same file; an optional time limit on top
@@ -61,36 +62,34 @@ from medsr.upsample.profile import estimate_slice_profile, undecided_profiles
 logger = logging.getLogger(__name__)
 
 #: peak learning rate of the fine-tuning and its schedule over the fit's steps (``"cosine"``: to
-#: 0 at the last step; `medsr.config.TrainConfig.lr_schedule`), both chosen on validation fit
-#: curves (docs/benchmarks.md): cosine over constant on the ITK T1's 200-step curves; 3e-4 since
-#: 2026-12-07 (latest), on the 12 validation cases: +2.782 / +2.930 / +2.963 / +2.953 / +2.939 dB
-#: over B-spline at 1e-3 / 5e-4 / 3e-4 / 2e-4 / 1e-4 (800 bf16 steps; 400 float32: +2.778 / +2.883
-#: at 1e-3 / 3e-4)
+#: 0 at the last step; `medsr.config.TrainConfig.lr_schedule`), chosen on validation
+#: (docs/benchmarks.md): cosine over constant on 200-step curves; 3e-4 on the 12 cases: +2.782 /
+#: +2.930 / +2.963 / +2.953 / +2.939 dB over B-spline at 1e-3 / 5e-4 / 3e-4 / 2e-4 / 1e-4
 ADAPTATION_LEARNING_RATE = 3e-4
 ADAPTATION_LR_SCHEDULE = "cosine"
-
 
 #: the slice thickness / spacing the fit assumes when the scan does not say (no DICOM
 #: SliceThickness, no ``--slice-thickness``): contiguous, as B-spline and the guard assume; on
 #: validation +0.11 / +0.03 / +0.00 dB over the training range (0.8-1.2) at x2 / x4 / x7
 ASSUMED_THICKNESS_RATIO = 1.0
 
-
 #: the fit's pixel loss (`medsr.config.LossConfig.pixel_loss`): MSE, chosen on validation
 #: (docs/benchmarks.md, "The fit's pixel loss and the self-ensemble"): L1 gained +0.04 dB on ten
 #: cases along axis 0 but lost 0.03-0.11 dB in all eight along axes 1 and 2
 FIT_PIXEL_LOSS = "mse"
 
-
 #: whether the fit puts the scan's own voxel noise back on the slices it thickens
 #: (`scan_noise`, `medsr.config.DataConfig.input_noise`)
 MATCH_SCAN_NOISE = True
 
-
 #: whether the model's residual over B-spline is scaled by the gain that fits in-plane slices
-#: best (`medsr.upsample.heldout.calibrated`): the held-back ones, or without a fit five slabs
+#: best (`medsr.upsample.heldout.calibrated`): without a fit five slabs, after one (only with
+#: `CALIBRATE_AFTER_FIT`) the held-back slab
 CALIBRATE_GAIN = True
 
+#: off since 2026-12-07 (night; validation, docs/benchmarks.md): +3.214 against +3.193 dB on the
+#: 12 cases; where it acted after a fit that day it cost in 4 of 5
+CALIBRATE_AFTER_FIT = False
 
 #: whether a scan that does not state its slice profile has it estimated from its data
 #: (`medsr.upsample.profile`; undecided: `UNDECIDED_BOXCAR_WEIGHT`)
@@ -104,7 +103,6 @@ UNDECIDED_BOXCAR_WEIGHT = 3
 #: without a fit, the slabs the gain is fitted and checked on (`heldout.calibration_slabs`: over
 #: the middle half of the axis); a fit holds back one only (`guard_slab`'s length check: both)
 NO_FIT_CALIBRATION_SLABS = 5
-
 
 #: the most thin positions of a patch the fit's decoder is trained on in a step
 #: (`medsr.config.DataConfig.query_positions`; 0: all)
@@ -211,8 +209,8 @@ def adapt_to_scan(
     precision: str = "auto",
     ensemble: int = 1,
 ) -> tuple[MISRGenerator, int]:
-    """Fine-tune a copy of `generator` on `volume`'s slices across `axis`, then scale its
-    residual over B-spline by the gain that fits the held-back slices best (`calibrated`).
+    """Fine-tune a copy of `generator` on `volume`'s slices across `axis`, and guard the result
+    on the held-back slices; with `steps` 0, calibrate the prior's residual (`calibrated`).
 
     Args:
         generator: trained generator (left unchanged).
@@ -240,14 +238,14 @@ def adapt_to_scan(
         guard: a dict that receives the fit guard's record (scores of the adapted model, the
             prior and B-spline on the held-back slices, the choice, the residual gain; or why
             there was none).
-        calibrate: fit the residual gain (`calibrated`; only if `CALIBRATE_GAIN`); with
-            `steps` 0 this is all that is done.
+        calibrate: fit the residual gain (`calibrated`; only if `CALIBRATE_GAIN`, after a fit
+            only if `CALIBRATE_AFTER_FIT` too); with `steps` 0 this is all that is done.
         precision: the run's arithmetic (`resolve_precision`); the fit's follows from it
             (`medsr.runtime.fit_precision`): with ``"auto"`` or ``"bf16"`` on a CPU with native
             bf16 the encoder's convolutions train in bf16, float32 elsewhere on the CPU; on CUDA
             the model's mixed-precision setting.
         ensemble: the passes the reconstruction will average (`medsr.upsample.ensemble`); the
-            residual gain is fitted on the held-back slices' prediction by as many passes.
+            residual gain is fitted on the calibration slices' prediction by as many passes.
 
     Returns:
         (the adapted (or calibrated) generator in eval mode, the number of steps run).
@@ -307,7 +305,7 @@ def adapt_to_scan(
     adapted, record = trainer.generator.eval(), {"choice": "adapted", "planes": 0}
     if planes:
         adapted, record = apply_guard(adapted, generator.to(device), planes, device)
-        if calibrate:
+        if calibrate and CALIBRATE_AFTER_FIT:
             adapted = calibrated(adapted, planes, device, record, ensemble)
     else:
         record["reason"] = SHORT_AXIS if slab is None else NARROW_SLICE

@@ -4,12 +4,12 @@ The fit holds a slab of in-plane slices back (`guard_slab`) and thickens
 their middle slice as it thickens its pairs (`guard_planes`); a plane here
 is that (lr, hr, positions, factor), one per in-plane orientation. `guard_score` scores a model
 on them, `apply_guard` (after a fit) and `guard_without_fit` choose between the adapted model,
-the prior and B-spline, and `calibrated` scales the kept model's residual over B-spline by the
-one gain that fits them best: a prior trained on sharper content than the scan's over-sharpens
-it (validation: docs/benchmarks.md, "Residual gain"). Where nothing is fitted, nothing needs
-holding back, and the gain is fitted on several slabs spread over the middle of the axis
-(`calibration_slabs`, `calibration_planes`; docs/benchmarks.md, "The prior alone calibrated on
-five slabs").
+the prior and B-spline, and `calibrated` scales a model's residual over B-spline by the one
+gain that fits in-plane slices best: a prior trained on sharper content than the scan's
+over-sharpens it (validation: docs/benchmarks.md, "Residual gain"). Where nothing is fitted,
+nothing needs holding back, and the gain is fitted on several slabs spread over the middle of
+the axis (`calibration_slabs`, `calibration_planes`; docs/benchmarks.md, "The prior alone
+calibrated on five slabs"); after a fit, only with `medsr.upsample.adapt.CALIBRATE_AFTER_FIT`.
 """
 
 from __future__ import annotations
