@@ -606,7 +606,7 @@ def main_exit(argv) -> int:
 
 
 def _guard_scan(tmp_path):
-    return write_volume(_thick_volume(shape=(30, 28, 16)), tmp_path / "scan.nii.gz")
+    return write_volume(_thick_volume(shape=(30, 28, 20)), tmp_path / "scan.nii.gz")
 
 
 def test_the_fit_guard_falls_back_when_the_fit_makes_the_scan_worse(
@@ -721,7 +721,7 @@ def test_the_fit_never_trains_on_the_guard_slices(monkeypatch, identity_checkpoi
         return starts
 
     monkeypatch.setattr(pairs.PairSampler, "_patch_starts", spy)
-    volume = _thick_volume(shape=(30, 28, 16))
+    volume = _thick_volume(shape=(30, 28, 20))
     upsample_volume(volume, method="misr", model=identity_checkpoint, fit_steps=20)
     assert seen and all(slab is not None for slab, _ in seen)
     slab = seen[0][0]
@@ -1174,7 +1174,7 @@ def test_after_a_fit_no_gain_is_fitted_unless_asked(monkeypatch):
     validation, docs/benchmarks.md); with it on, the kept model is calibrated and recorded."""
     import medsr.upsample.adapt as adapt
 
-    volume = _thick_volume(shape=(30, 28, 16))
+    volume = _thick_volume(shape=(30, 28, 20))
     options = dict(method="misr", fit_steps=2, keep_dtype=False, device="cpu")
     assert adapt.CALIBRATE_AFTER_FIT is False
     guard = upsample_volume(volume, **options).meta["provenance"]["fit_guard"]
@@ -1183,6 +1183,34 @@ def test_after_a_fit_no_gain_is_fitted_unless_asked(monkeypatch):
     monkeypatch.setattr(adapt, "CALIBRATE_AFTER_FIT", True)
     guard = upsample_volume(volume, **options).meta["provenance"]["fit_guard"]
     assert "residual_gain" in guard or guard["choice"] == "bspline"
+
+
+def test_a_fit_on_a_short_axis_fits_every_slice_without_a_guard(monkeypatch):
+    """Below `FIT_GUARD_MIN_SLICES` slices along the upsampled axis a fit holds nothing back (its
+    patches may come from every slice) and has no guard, and the record says why; from that
+    length on the guard's slab is held back. Without a fit, the calibration slabs of the prior
+    alone do not depend on it."""
+    import medsr.upsample.adapt as adapt
+    from medsr.train.trainer import Trainer
+
+    held = []
+
+    def trainer(config, sampler, *args, **kwargs):
+        held.append(sampler.held_out_planes)
+        return Trainer(config, sampler, *args, **kwargs)
+
+    monkeypatch.setattr(adapt, "Trainer", trainer)
+    options = dict(method="misr", keep_dtype=False, device="cpu")
+    limit = adapt.FIT_GUARD_MIN_SLICES
+    short = _thick_volume(shape=(30, 28, limit - 1))
+    guard = upsample_volume(short, fit_steps=2, **options).meta["provenance"]["fit_guard"]
+    assert held == [None] and guard["reason"] == adapt.FEW_SLICES
+    assert guard["choice"] == "adapted" and guard["planes"] == 0 and "psnr_adapted" not in guard
+    longer = _thick_volume(shape=(30, 28, limit))
+    guard = upsample_volume(longer, fit_steps=2, **options).meta["provenance"]["fit_guard"]
+    assert held[1] is not None and guard["planes"] == 2 and "reason" not in guard
+    guard = upsample_volume(short, fit_steps=0, **options).meta["provenance"]["fit_guard"]
+    assert len(held) == 2 and guard["rule"].startswith("no fit") and guard["planes"] > 0
 
 
 def test_both_guard_planes_are_cut_along_the_same_axis_of_the_slice():

@@ -206,7 +206,7 @@ def test_a_series_gain_is_fitted_for_the_passes_its_frames_take(
 
     monkeypatch.setattr(adapt, "CALIBRATE_AFTER_FIT", True)
     series = tmp_path / "s.nii.gz"
-    _phantom_series(series, frames=2, shape=(30, 28, 16))  # long enough to hold slices back
+    _phantom_series(series, frames=2, shape=(30, 28, 20))  # a fit holds slices back from 20
     out = tmp_path / "sr.nii.gz"
     argv = ["upsample", str(series), "-o", str(out), "--fit-steps", steps, "--quiet", *ensemble]
     assert main(argv) == 0

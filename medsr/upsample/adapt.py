@@ -15,7 +15,8 @@ in-plane slices in the middle of the upsampled axis is held back (never part of 
 after the fit the adapted model, the prior and cubic B-spline are scored (PSNR) on its middle
 slice, thickened the way the fit thickens. If the adapted model scores below B-spline, the prior
 is used if it beats B-spline, else B-spline itself (the generator with its last layer zeroed is
-exactly cubic B-spline); one log line says so and the provenance records it (`fit_guard`).
+exactly cubic B-spline); one log line says so and the provenance records it (`fit_guard`). An
+axis of fewer than `FIT_GUARD_MIN_SLICES` slices has every slice fitted and no guard.
 
 Without a fit, five slabs across the middle of the axis calibrate the prior
 (`NO_FIT_CALIBRATION_SLABS`): its residual over B-spline is scaled by the one gain that fits them
@@ -37,7 +38,6 @@ import time
 import torch
 
 from medsr.config import Config, DataConfig, LossConfig, TrainConfig
-from medsr.errors import MedsrError
 from medsr.geometry import OutputGrid
 from medsr.intensity import grey_array
 from medsr.io import Volume
@@ -103,6 +103,16 @@ UNDECIDED_BOXCAR_WEIGHT = 3
 #: without a fit, the slabs the gain is fitted and checked on (`heldout.calibration_slabs`: over
 #: the middle half of the axis); a fit holds back one only (`guard_slab`'s length check: both)
 NO_FIT_CALIBRATION_SLABS = 5
+
+#: a fit holds slices back for its guard only on an upsampled axis of at least this many slices;
+#: on a shorter one it fits every slice and has no guard: the held-back slab and the patches that
+#: would reach it take 5 of its slices, and one middle slice misjudged the fit (validation, 12
+#: cases of 14-18 slices: +0.146 dB mean fitted on every slice; docs/benchmarks.md, "Every slice
+#: fitted on a short axis")
+FIT_GUARD_MIN_SLICES = 20
+
+#: the record's reason where a fit held nothing back for that
+FEW_SLICES = f"fewer than {FIT_GUARD_MIN_SLICES} slices along the upsampled axis: all fitted"
 
 #: the most thin positions of a patch the fit's decoder is trained on in a step
 #: (`medsr.config.DataConfig.query_positions`; 0: all)
@@ -173,22 +183,6 @@ def adaptation_config(
     )
 
 
-def check_fit_extent(shape: tuple[int, ...], axis: int, factor: float, name: str) -> None:
-    """Before any work: the fit's thick patches hold whole slabs of `factor` voxels, so both axes
-    other than `axis` need at least one.
-
-    Raises:
-        MedsrError: in the user's terms: the file (`name`), the axis, and the flags that fix it.
-    """
-    for other in (a for a in range(3) if a != axis):
-        if shape[other] < factor:
-            raise MedsrError(
-                f"{name} is too small to adapt the model to: axis {other} has {shape[other]} "
-                f"voxels, less than one slab of x{factor:.3g}; give --fit-steps 0 (no fit) or a "
-                "smaller --scale"
-            )
-
-
 def adapt_to_scan(
     generator: MISRGenerator,
     config: Config,
@@ -251,7 +245,10 @@ def adapt_to_scan(
         (the adapted (or calibrated) generator in eval mode, the number of steps run).
     """
     calibrate = calibrate and CALIBRATE_GAIN
-    slab = guard_slab(volume.spatial_shape[axis], generator.neighbours)
+    count = volume.spatial_shape[axis]
+    slab = guard_slab(count, generator.neighbours)
+    few = steps > 0 and slab is not None and count < FIT_GUARD_MIN_SLICES
+    slab = None if few else slab  # a short axis: every slice is fitted, none held back
     if steps <= 0 and (not calibrate or slab is None):  # nothing to fit, nothing to calibrate on
         if calibrate and guard is not None:
             guard["reason"] = SHORT_AXIS
@@ -308,7 +305,7 @@ def adapt_to_scan(
         if calibrate and CALIBRATE_AFTER_FIT:
             adapted = calibrated(adapted, planes, device, record, ensemble)
     else:
-        record["reason"] = SHORT_AXIS if slab is None else NARROW_SLICE
+        record["reason"] = FEW_SLICES if few else SHORT_AXIS if slab is None else NARROW_SLICE
     drawn = adapt_config.data.profiles  # the profiles the fit drew from, with their weights
     record["fit_profiles"] = {name: drawn.count(name) for name in dict.fromkeys(drawn)}
     record["scan_noise"] = round(noise, 6)

@@ -142,10 +142,24 @@ def learned_coverage(factor: float, model: str | os.PathLike[str] | None = None)
 def check_fit(volume: Volume, grid: OutputGrid, options: dict, name: str) -> None:
     """The per-scan fit (``options["fit_steps"]`` > 0) can draw its patches from `volume`."""
     if fit_steps_of(options) > 0:
-        from medsr.upsample.adapt import check_fit_extent
-
         factor = float(volume.spacing[grid.axis] / grid.spacing)
         check_fit_extent(volume.spatial_shape, grid.axis, factor, name)
+
+
+def check_fit_extent(shape: tuple[int, ...], axis: int, factor: float, name: str) -> None:
+    """Before any work: the fit's thick patches hold whole slabs of `factor` voxels, so both axes
+    other than `axis` need at least one.
+
+    Raises:
+        MedsrError: in the user's terms: the file (`name`), the axis, and the flags that fix it.
+    """
+    for other in (a for a in range(3) if a != axis):
+        if shape[other] < factor:
+            raise MedsrError(
+                f"{name} is too small to adapt the model to: axis {other} has {shape[other]} "
+                f"voxels, less than one slab of x{factor:.3g}; give --fit-steps 0 (no fit) or a "
+                "smaller --scale"
+            )
 
 
 def load_model(volume: Volume, grid: OutputGrid, options: dict) -> tuple:
