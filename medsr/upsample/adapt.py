@@ -108,7 +108,7 @@ NO_FIT_CALIBRATION_SLABS = 5
 #: on a shorter one it fits every slice and has no guard: the held-back slab and the patches that
 #: would reach it take 5 of its slices, and one middle slice misjudged the fit (validation, 12
 #: cases of 14-18 slices: +0.146 dB mean fitted on every slice; docs/benchmarks.md, "Every slice
-#: fitted on a short axis")
+#: fitted on an axis of fewer than 20 slices")
 FIT_GUARD_MIN_SLICES = 20
 
 #: the record's reason where a fit held nothing back for that
