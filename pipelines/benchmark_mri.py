@@ -235,17 +235,19 @@ def benchmark_case(data: Path, case: Case, index: int, options: dict, folder: Pa
 
 
 def guard_fields(record: Path) -> dict:
-    """The fit guard's choice, residual gain and the slice profile estimated from the data
+    """The fit guard's choice (``unguarded`` for a fit that held nothing back: an axis of fewer
+    than `medsr.upsample.adapt.FIT_GUARD_MIN_SLICES` slices), the residual gain (the prior
+    alone's; none after a fit since medsr 0.6.2) and the slice profile estimated from the data
     (`medsr.upsample.profile`; empty where undecided or told) from an output's provenance
-    `record` (empty where the output has none: B-spline, the first version, a fit without
-    held-back slices)."""
+    `record` (empty where the output has none: B-spline, the first version)."""
     try:
         guard = json.loads(record.read_text(encoding="utf-8")).get("fit_guard", {})
     except (OSError, ValueError):
         guard = {}
     estimate = guard.get("slice_profile_estimate") or {}
+    choice = guard.get("choice", "")
     return {
-        "guard": guard.get("choice", ""),
+        "guard": "unguarded" if choice and "reason" in guard else choice,
         "gain": guard.get("residual_gain", ""),
         "estimated_profile": estimate.get("profile") or "",
     }

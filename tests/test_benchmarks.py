@@ -221,6 +221,9 @@ def test_the_benchmarks_read_the_guard_gain_and_estimate_from_the_provenance(tmp
     assert benchmark_mri.guard_fields(record)["estimated_profile"] == ""  # undecided
     record.write_text('{"method": "bspline"}')
     assert benchmark_mri.guard_fields(record) == none
+    # a fit that held nothing back (a short axis) was kept without a guard: the row says so
+    record.write_text('{"fit_guard": {"choice": "adapted", "planes": 0, "reason": "few"}}')
+    assert benchmark_mri.guard_fields(record)["guard"] == "unguarded"
     assert fit_curves.FIELDS[-3:] == ("guard", "gain", "estimated_profile")
 
 

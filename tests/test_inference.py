@@ -1176,13 +1176,16 @@ def test_after_a_fit_no_gain_is_fitted_unless_asked(monkeypatch):
 
     volume = _thick_volume(shape=(30, 28, 20))
     options = dict(method="misr", fit_steps=2, keep_dtype=False, device="cpu")
+    calls = []
+    real = adapt.calibrated
+    monkeypatch.setattr(adapt, "calibrated", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert adapt.CALIBRATE_AFTER_FIT is False
     guard = upsample_volume(volume, **options).meta["provenance"]["fit_guard"]
     assert guard["rule"].startswith("best PSNR") and guard["planes"] == 2
-    assert "residual_gain" not in guard and "gain_passes" not in guard
+    assert "residual_gain" not in guard and "gain_passes" not in guard and not calls
     monkeypatch.setattr(adapt, "CALIBRATE_AFTER_FIT", True)
     guard = upsample_volume(volume, **options).meta["provenance"]["fit_guard"]
-    assert "residual_gain" in guard or guard["choice"] == "bspline"
+    assert calls == [1] and ("residual_gain" in guard or guard["choice"] == "bspline")
 
 
 def test_a_fit_on_a_short_axis_fits_every_slice_without_a_guard(monkeypatch):

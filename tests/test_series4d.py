@@ -214,6 +214,18 @@ def test_a_series_gain_is_fitted_for_the_passes_its_frames_take(
     assert record["fit_guard"]["gain_passes"] == record["ensemble"] == (2 if ensemble else 4)
 
 
+def test_a_series_fit_fits_no_gain_by_default(tmp_path):
+    """After the series' one fit no gain is fitted (`CALIBRATE_AFTER_FIT` off), as for a 3D
+    volume: the record has the guard's choice and no gain."""
+    series = tmp_path / "s.nii.gz"
+    _phantom_series(series, frames=2, shape=(30, 28, 20))
+    out = tmp_path / "sr.nii.gz"
+    assert main(["upsample", str(series), "-o", str(out), "--fit-steps", "2", "--quiet"]) == 0
+    guard = _record(out)["fit_guard"]
+    assert guard["planes"] == 2 and guard["rule"].startswith("best PSNR")
+    assert "residual_gain" not in guard and "gain_passes" not in guard
+
+
 def _stream_cases() -> dict[str, tuple[list[np.ndarray], dict | None]]:
     rng = np.random.default_rng(0)
     scaling = {"dtype": "int16", "slope": 0.5, "inter": -1024.0}

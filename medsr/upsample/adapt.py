@@ -87,7 +87,7 @@ MATCH_SCAN_NOISE = True
 #: `CALIBRATE_AFTER_FIT`) the held-back slab
 CALIBRATE_GAIN = True
 
-#: off since 2026-12-07 (night; validation, docs/benchmarks.md): +3.214 against +3.193 dB on the
+#: off since 2026-12-07 (22:00; validation, docs/benchmarks.md): +3.214 against +3.193 dB on the
 #: 12 cases; where it acted after a fit that day it cost in 4 of 5
 CALIBRATE_AFTER_FIT = False
 
@@ -101,7 +101,7 @@ ESTIMATE_PROFILE = True
 UNDECIDED_BOXCAR_WEIGHT = 3
 
 #: without a fit, the slabs the gain is fitted and checked on (`heldout.calibration_slabs`: over
-#: the middle half of the axis); a fit holds back one only (`guard_slab`'s length check: both)
+#: the middle half of the axis); a fit holds back one only, from `FIT_GUARD_MIN_SLICES` slices
 NO_FIT_CALIBRATION_SLABS = 5
 
 #: a fit holds slices back for its guard only on an upsampled axis of at least this many slices;

@@ -70,10 +70,10 @@ def upsample_misr(
             in docs/benchmarks.md, "The fit on the CPU"; fp16 autocast on CUDA; float32
             otherwise), ``"bf16"`` or ``"fp32"`` (`medsr.runtime.resolve_precision`).
         confidence: also compute the confidence map (`medsr.upsample.confidence`).
-        calibrate: scale the model's residual over B-spline by the gain fitted on held-back
-            slices after a fit, on calibration slabs without one
-            (`medsr.upsample.heldout.calibrated`); off for a model
-            that is already calibrated (a 4D series' frames after its one fit).
+        calibrate: without a fit, scale the prior's residual over B-spline by the gain fitted
+            on calibration slabs (`medsr.upsample.heldout.calibrated`; after a fit only with
+            `medsr.upsample.adapt.CALIBRATE_AFTER_FIT`); off for a model that must not be
+            calibrated again (a 4D series' frames after its one fit or calibration).
         ensemble: reconstruction passes averaged per orientation, flipped (1, 2, 4 or 8;
             `medsr.upsample.ensemble.ENSEMBLE_FLIPS`); None: as many as the output's size
             (times its channels) allows (`medsr.upsample.checks.default_ensemble`).
@@ -157,8 +157,9 @@ def upsample_misr(
         mixed = config.train.mixed_precision
         provenance["fit_precision"] = fit_precision(resolved, torch_device, mixed)
         provenance["fit_pixel_loss"] = FIT_PIXEL_LOSS
-    if steps_run or "residual_gain" in guard:
-        # what the fit (or the gain's held-back slices) took of the acquisition; else nothing
+    if steps_run or "fit_profiles" in guard or "residual_gain" in guard:
+        # what the fit (even one of no step in its time) or the gain's slices took of the
+        # acquisition; else nothing
         provenance.update(fit_facts(volume, grid.axis))
     if guard:
         provenance["fit_guard"] = guard

@@ -1,5 +1,5 @@
 """The self-ensemble's passes: which flips of the planes each pass sees, and how its inputs are
-flipped. One place for the reconstruction (`medsr.upsample.reconstruct`) and the held-back
+flipped. One place for the reconstruction (`medsr.upsample.reconstruct`) and the in-plane
 slices that calibrate its residual (`medsr.upsample.heldout`), so that both average the same
 passes."""
 

@@ -94,8 +94,9 @@ def _frame_grid(frame: Volume, options: dict):
 
 
 def _can_hold_back(frame: Volume, options: dict) -> bool:
-    """Whether `frame`'s upsampled axis (for `options`' target) is long enough for the held-back
-    slices that calibrate the residual gain (`medsr.upsample.heldout.guard_slab`)."""
+    """Whether `frame`'s upsampled axis (for `options`' target) is long enough for the slices
+    that calibrate the residual gain without a fit (`medsr.upsample.heldout.guard_slab`'s
+    length check)."""
     from medsr.upsample.heldout import guard_slab
 
     axis = _frame_grid(frame, options).axis
