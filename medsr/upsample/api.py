@@ -157,8 +157,8 @@ def upsample_misr(
         mixed = config.train.mixed_precision
         provenance["fit_precision"] = fit_precision(resolved, torch_device, mixed)
         provenance["fit_pixel_loss"] = FIT_PIXEL_LOSS
-    if steps_run or "fit_profiles" in guard or "residual_gain" in guard:
-        # what the fit (even one of no step in its time) or the gain's slices took of the
+    if fit_steps > 0 or "residual_gain" in guard:
+        # what the fit (even one that ran no step in its time) or the gain's slices took of the
         # acquisition; else nothing
         provenance.update(fit_facts(volume, grid.axis))
     if guard:
