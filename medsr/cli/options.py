@@ -144,8 +144,10 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="steps adapting the model to each scan (default 800 where the fit's encoder runs "
-        "in bf16, on a CPU with native bf16, else 400: about 22 s of a 37 s 256x256x60 upsample "
-        "on 2 AMX CPU cores; 0: the shipped prior alone)",
+        "in bf16, on a CPU with native bf16: about 22 s of a 37 s 256x256x60 upsample on 2 AMX "
+        "CPU cores; where it runs in float32 on the CPU, 100 to 400, as many as a 55 s budget "
+        "leaves after the reconstruction: docs/benchmarks.md, 'The default's work on a float32 "
+        "CPU'; 0: the shipped prior alone)",
     )
     parser.add_argument(
         "--fit-seconds",
@@ -167,7 +169,8 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="reconstruction passes averaged, each on flipped planes (1, 2, 4 or 8; default: 4 "
         "for outputs up to 10.7 M voxels, fewer for larger ones, whose passes cost most: "
-        "docs/benchmarks.md, 'The fit's pixel loss and the self-ensemble')",
+        "docs/benchmarks.md, 'The fit's pixel loss and the self-ensemble'; on a float32 CPU "
+        "only where the fit's steps leave time for them)",
     )
 
 
@@ -175,13 +178,10 @@ def fit_settings(args: argparse.Namespace) -> dict:
     """The learned method's options from parsed arguments (checked before any work)."""
     from medsr.errors import MedsrError
     from medsr.runtime import resolve_device
-    from medsr.upsample.checks import default_fit_steps
 
-    device = resolve_device(getattr(args, "device", "auto"))  # unavailable: before any work
-    steps = args.fit_steps
-    if steps is None:
-        steps = default_fit_steps(getattr(args, "precision", "auto"), device)
-    if steps < 0:
+    resolve_device(getattr(args, "device", "auto"))  # unavailable: before any work
+    steps = args.fit_steps  # None: the default for the scan (`medsr.upsample.checks.default_work`)
+    if steps is not None and steps < 0:
         raise MedsrError(f"--fit-steps must be >= 0, got {steps}")
     if args.fit_seconds is not None and args.fit_seconds < 0:
         raise MedsrError(f"--fit-seconds must be >= 0, got {args.fit_seconds}")

@@ -120,9 +120,9 @@ class ThroughPlaneUpsample(Transform):
         fit_frame: a 4D series' fit on this frame instead of the mean (``--fit-frame``).
         fit_per_frame: a 4D series' frames each fitted on their own (``--fit-per-frame``).
         **misr_options: the learned method's options as in the CLI: model, fit_steps (None:
-            the default for the precision), fit_seconds, seed, device, batch_size, progress,
-            precision, ensemble (None: the default for the output's size, a series' frames
-            counted).
+            the default for the precision and, on a float32 CPU, the scan), fit_seconds, seed,
+            device, batch_size, progress, precision, ensemble (None: the default for the
+            output's size, a series' frames counted; `medsr.upsample.checks.default_work`).
     """
 
     def __init__(
@@ -194,7 +194,7 @@ class ThroughPlaneUpsample(Transform):
         if grid.step > 1 + 1e-6:  # a coarser target: no model, slab averages (as the CLI)
             return [self._upsample(frame, confidence) for frame in frames]
         outputs = len(frames) * first.num_channels
-        misr_options = series4d.series_ensemble(self.misr_options, grid.shape, outputs)
+        misr_options = series4d.series_work(self.misr_options, first, grid, outputs)
         options = dict(misr_options, loaded=load_model(first, grid, misr_options))
         mode = series4d.fit_mode(
             "misr", {**options, **target}, self.fit_frame, self.fit_per_frame, first

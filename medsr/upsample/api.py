@@ -23,7 +23,6 @@ from medsr.upsample.checks import (
     DEFAULT_SEED,
     check_ensemble_option,
     check_fit,
-    default_fit_steps,
     load_model,
 )
 
@@ -58,7 +57,8 @@ def upsample_misr(
         grid: output grid; the fit learns its axis and factor.
         model: checkpoint from ``medsr train`` (default: the shipped weights).
         fit_steps: steps adapting the model to this scan's own in-plane slices (0: prior only;
-            None: `medsr.upsample.checks.default_fit_steps` for the precision).
+            None: the default, `medsr.upsample.checks.default_work`: for the fit's arithmetic,
+            and on a float32 CPU sized to a time budget with the passes).
         fit_seconds: optional upper bound on the adaptation's wall time.
         seed: seed of the adaptation.
         device: ``"auto"``/None, ``"cpu"`` or ``"cuda:N"``.
@@ -76,7 +76,8 @@ def upsample_misr(
             calibrated again (a 4D series' frames after its one fit or calibration).
         ensemble: reconstruction passes averaged per orientation, flipped (1, 2, 4 or 8;
             `medsr.upsample.ensemble.ENSEMBLE_FLIPS`); None: as many as the output's size
-            (times its channels) allows (`medsr.upsample.checks.default_ensemble`).
+            (times its channels) allows (`medsr.upsample.checks.default_ensemble`), on a
+            float32 CPU only those its time budget allows (`default_work`).
 
     Returns:
         (array on `grid`, provenance dict: model and its sha256, steps run, seed, device, the
@@ -91,14 +92,21 @@ def upsample_misr(
         resolve_precision,
     )
     from medsr.upsample.adapt import FIT_PIXEL_LOSS, adapt_to_grid, fit_facts, thickness_ratio
-    from medsr.upsample.checks import ensemble_of
+    from medsr.upsample.checks import default_work
     from medsr.upsample.reconstruct import reconstruct_volume
 
-    ensemble = ensemble_of({"ensemble": ensemble}, grid.shape, volume.num_channels)
     model_path = Path(model) if model else default_model_path()
     torch_device = resolve_device(device)
     resolved = resolve_precision(precision, torch_device)
-    fit_steps = default_fit_steps(resolved, torch_device) if fit_steps is None else fit_steps
+    asked = {"fit_steps": fit_steps, "ensemble": ensemble}
+    factor = float(volume.spacing[grid.axis] / grid.spacing)
+    fit_steps, ensemble = default_work(
+        dict(asked, precision=resolved, device=torch_device),
+        volume.spatial_shape,
+        grid.shape,
+        factor,
+        volume.num_channels,
+    )
     generator, config = loaded or load_model(volume, grid, {"model": model})
     generator = generator.to(torch_device)
     ratio = thickness_ratio(volume, grid.axis)

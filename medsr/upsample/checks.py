@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 #: default number of adaptation steps of a float32 fit: chosen on the validation volumes' fit
 #: curves within the time targets (docs/benchmarks.md, "The fit's steps at twice the speed"): 400
 #: against 200 steps gained +0.03 to +0.35 dB, 600 at most 0.25 more; a 256x256x60 scan took 45 s
-#: end to end with 400 on the 2-core AVX2 development CPU (target 60 s)
+#: end to end with 400 on the 2-core AVX2 development CPU (target 60 s) with the 4-block prior.
+#: On the CPU it is the most: the 8-block prior's float32 fit is sized to a time budget
+#: (`default_work`, `medsr.upsample.budget`)
 DEFAULT_FIT_STEPS = 400
 
 #: ... and of a CPU fit whose encoder runs in bf16 (a CPU with native bf16): its steps take
@@ -34,7 +36,8 @@ FAST_FIT_STEPS = 800
 def default_fit_steps(precision: str = "auto", device=None) -> int:
     """The default number of fit steps for the fit's arithmetic (`medsr.runtime.fit_precision`
     of `precision` on `device`, a name or a torch device): `FAST_FIT_STEPS` for a bf16 fit on
-    the CPU, `DEFAULT_FIT_STEPS` otherwise (CUDA included: not measured there)."""
+    the CPU, `DEFAULT_FIT_STEPS` otherwise (CUDA included: not measured there). Where the scan
+    is known, `default_work` decides (a float32 CPU fit: fewer, by its time budget)."""
     import torch
 
     from medsr.runtime import fit_precision, resolve_device
@@ -45,7 +48,8 @@ def default_fit_steps(precision: str = "auto", device=None) -> int:
 
 def fit_steps_of(options: dict) -> int:
     """``options["fit_steps"]``; where it is absent or None, the default for the options'
-    ``precision`` and ``device`` (`default_fit_steps`)."""
+    ``precision`` and ``device`` (`default_fit_steps`): whether a fit runs, before the scan's
+    size is known (the steps it runs: `default_work`)."""
     steps = options.get("fit_steps")
     if steps is None:
         return default_fit_steps(options.get("precision", "auto"), options.get("device"))
@@ -88,6 +92,40 @@ def check_ensemble(ensemble) -> int:
     if ensemble not in ENSEMBLE_SIZES or isinstance(ensemble, bool):
         raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
     return int(ensemble)
+
+
+def default_work(
+    options: dict,
+    input_shape: tuple[int, ...],
+    shape: tuple[int, ...],
+    factor: float,
+    count: int = 1,
+) -> tuple[int, int]:
+    """(fit steps, passes) of the learned method's `options` for `count` outputs (RGB channels, a
+    series' frames) of `shape`, upsampled by `factor` from inputs of `input_shape`: those given,
+    the defaults for the rest. Where the fit runs in float32 on the CPU (a CPU without native bf16,
+    `medsr.runtime.fit_precision`) and either is left to the default, it is sized to a time
+    budget (`medsr.upsample.budget.float32_plan`); elsewhere `fit_steps_of` and `ensemble_of`.
+
+    Raises:
+        ValueError: a given ensemble that is not one of `ENSEMBLE_SIZES`.
+    """
+    import torch
+
+    from medsr.runtime import fit_precision, resolve_device
+    from medsr.upsample.budget import Work, float32_plan
+
+    steps, ensemble = options.get("fit_steps"), options.get("ensemble")
+    device = options.get("device")
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    float32_cpu = device.type == "cpu" and fit_precision(options.get("precision", "auto"), device)
+    if (steps is not None and ensemble is not None) or float32_cpu != "fp32":
+        return fit_steps_of(options), ensemble_of(options, shape, count)
+    work = Work(int(np.prod(input_shape)), int(np.prod(shape)), max(int(count), 1), factor)
+    most = default_ensemble(shape, count)
+    sizes = (check_ensemble(ensemble),) if ensemble is not None else ENSEMBLE_SIZES
+    sizes = tuple(n for n in sizes if ensemble is not None or n <= most)
+    return float32_plan(work, steps, sizes, DEFAULT_FIT_STEPS)
 
 
 def check_ensemble_option(method: str, options: dict) -> None:

@@ -40,7 +40,7 @@ from medsr.io.nifti import write_nifti_frames
 from medsr.io.volume import Volume
 from medsr.provenance import input_stat, provenance_description, sha256
 from medsr.upsample.api import upsample_volume
-from medsr.upsample.checks import DEFAULT_SEED, ensemble_of, fit_steps_of
+from medsr.upsample.checks import DEFAULT_SEED, default_work, ensemble_of, fit_steps_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,12 @@ def fit_mode(
     return "mean" if fit_frame is None else f"frame {fit_frame}"
 
 
-def series_ensemble(options: dict, shape: tuple[int, ...], outputs: int) -> dict:
-    """`options` with the self-ensemble resolved for a whole series: its default counts all
-    `outputs` (frames x channels) of `shape` (`checks.default_ensemble`), not one frame's."""
-    return dict(options, ensemble=ensemble_of(options, shape, outputs))
+def series_work(options: dict, frame: Volume, grid, outputs: int) -> dict:
+    """`options` with the fit's steps and the passes resolved for a series of frames like `frame`
+    on `grid`: the defaults count all `outputs` (frames x channels) (`checks.default_work`)."""
+    factor = float(frame.spacing[grid.axis] / grid.spacing)
+    steps, ensemble = default_work(options, frame.spatial_shape, grid.shape, factor, outputs)
+    return dict(options, fit_steps=steps, ensemble=ensemble)
 
 
 def _frame_grid(frame: Volume, options: dict):
@@ -142,8 +144,9 @@ def upsample_series(
     """
     mode = fit_mode(method, options, fit_frame, fit_per_frame, frame)
     if method == "misr" and frame is not None:
-        shape = _frame_grid(frame, options).shape
-        options = series_ensemble(options, shape, frames * frame.num_channels)
+        options = series_work(
+            options, frame, _frame_grid(frame, options), frames * frame.num_channels
+        )
     mapped = {"confidence": True} if confidence is not None else {}  # else keys stay as they were
     key = _settings_key(method, mode, {**options, **settings, **mapped})
     folder = _kept_frames_folder(output, input_path, frames, key)
@@ -209,7 +212,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         guard=(guard := {}),
         noise_from=noise_from,
         precision=options.get("precision", "auto"),
-        # resolved for the series by its callers (`series_ensemble`); else one frame's default
+        # resolved for the series by its callers (`series_work`); else one frame's default
         ensemble=ensemble_of(options, grid.shape, volume.num_channels),
     )
     facts = fit_facts(volume, grid.axis)
