@@ -1307,6 +1307,6 @@ def test_the_default_fit_steps_follow_the_fits_arithmetic(monkeypatch):
     volume = _thick_volume(thick=4.0, shape=(24, 22, 8))
     out = upsample_volume(volume, method="misr", fit_seconds=0.01, device="cpu", precision="fp32")
     record = out.meta["provenance"]
-    planned = default_work({"device": "cpu", "precision": "fp32"}, (24, 22, 8), (24, 22, 32), 4.0)
+    planned = default_work({"device": "cpu", "precision": "fp32"}, (24, 22, 8), (24, 22, 32))
     assert (record["fit_steps"], record["ensemble"]) == planned
     assert 0 < record["fit_steps"] <= DEFAULT_FIT_STEPS

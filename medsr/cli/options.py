@@ -170,7 +170,7 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         help="reconstruction passes averaged, each on flipped planes (1, 2, 4 or 8; default: 4 "
         "for outputs up to 10.7 M voxels, fewer for larger ones, whose passes cost most: "
         "docs/benchmarks.md, 'The fit's pixel loss and the self-ensemble'; on a float32 CPU "
-        "only where the fit's steps leave time for them)",
+        "only where they leave the fit 200 steps)",
     )
 
 

@@ -193,8 +193,7 @@ class ThroughPlaneUpsample(Transform):
         grid = plan_output_grid(first.spatial_shape, first.affine, **target)
         if grid.step > 1 + 1e-6:  # a coarser target: no model, slab averages (as the CLI)
             return [self._upsample(frame, confidence) for frame in frames]
-        outputs = len(frames) * first.num_channels
-        misr_options = series4d.series_work(self.misr_options, first, grid, outputs)
+        misr_options = series4d.series_work(self.misr_options, first, grid, len(frames))
         options = dict(misr_options, loaded=load_model(first, grid, misr_options))
         mode = series4d.fit_mode(
             "misr", {**options, **target}, self.fit_frame, self.fit_per_frame, first

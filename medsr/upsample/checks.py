@@ -98,14 +98,16 @@ def default_work(
     options: dict,
     input_shape: tuple[int, ...],
     shape: tuple[int, ...],
-    factor: float,
     count: int = 1,
+    frames: int = 1,
 ) -> tuple[int, int]:
-    """(fit steps, passes) of the learned method's `options` for `count` outputs (RGB channels, a
-    series' frames) of `shape`, upsampled by `factor` from inputs of `input_shape`: those given,
-    the defaults for the rest. Where the fit runs in float32 on the CPU (a CPU without native bf16,
-    `medsr.runtime.fit_precision`) and either is left to the default, it is sized to a time
-    budget (`medsr.upsample.budget.float32_plan`); elsewhere `fit_steps_of` and `ensemble_of`.
+    """(fit steps, passes) of the learned method's `options` for `count` outputs (RGB channels)
+    of `shape` from inputs of `input_shape`, in each of `frames` frames of a series: those given,
+    the defaults for the rest. Where the fit runs in float32 on the CPU (a CPU without native
+    bf16, or ``--precision fp32``: `medsr.runtime.fit_precision`) and either is left to the
+    default, it is sized to a time budget per frame (`medsr.upsample.budget.float32_plan`; a
+    series fitted once spends one frame's), within the passes `default_ensemble` allows for all
+    frames; elsewhere `fit_steps_of` and `ensemble_of`.
 
     Raises:
         ValueError: a given ensemble that is not one of `ENSEMBLE_SIZES`.
@@ -113,19 +115,26 @@ def default_work(
     import torch
 
     from medsr.runtime import fit_precision, resolve_device
-    from medsr.upsample.budget import Work, float32_plan
+    from medsr.upsample.budget import FLOAT32_SECONDS, Work, float32_plan
 
     steps, ensemble = options.get("fit_steps"), options.get("ensemble")
     device = options.get("device")
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    float32_cpu = device.type == "cpu" and fit_precision(options.get("precision", "auto"), device)
-    if (steps is not None and ensemble is not None) or float32_cpu != "fp32":
-        return fit_steps_of(options), ensemble_of(options, shape, count)
-    work = Work(int(np.prod(input_shape)), int(np.prod(shape)), max(int(count), 1), factor)
-    most = default_ensemble(shape, count)
+    fp32_fit = device.type == "cpu" and fit_precision(options.get("precision", "auto"), device)
+    if (steps is not None and ensemble is not None) or fp32_fit != "fp32":
+        return fit_steps_of(options), ensemble_of(options, shape, count * frames)
+    work = Work(int(np.prod(input_shape)), int(np.prod(shape)), max(int(count), 1))
+    most = default_ensemble(shape, count * frames)
     sizes = (check_ensemble(ensemble),) if ensemble is not None else ENSEMBLE_SIZES
     sizes = tuple(n for n in sizes if ensemble is not None or n <= most)
-    return float32_plan(work, steps, sizes, DEFAULT_FIT_STEPS)
+    planned = float32_plan(work, steps, sizes, DEFAULT_FIT_STEPS)
+    logger.info(
+        "float32 on the CPU: %d fit steps and %d pass(es), sized to %g s (predicted %.0f s)",
+        *planned,
+        FLOAT32_SECONDS,
+        work.seconds(*planned),
+    )
+    return planned
 
 
 def check_ensemble_option(method: str, options: dict) -> None:

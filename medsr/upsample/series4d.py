@@ -81,12 +81,11 @@ def fit_mode(
     return "mean" if fit_frame is None else f"frame {fit_frame}"
 
 
-def series_work(options: dict, frame: Volume, grid, outputs: int) -> dict:
-    """`options` with the fit's steps and the passes resolved for a series of frames like `frame`
-    on `grid`: the defaults count all `outputs` (frames x channels) (`checks.default_work`)."""
-    factor = float(frame.spacing[grid.axis] / grid.spacing)
-    steps, ensemble = default_work(options, frame.spatial_shape, grid.shape, factor, outputs)
-    return dict(options, fit_steps=steps, ensemble=ensemble)
+def series_work(options: dict, frame: Volume, grid, frames: int) -> dict:
+    """`options` with the fit's steps and the passes resolved for a series of `frames` frames like
+    `frame` on `grid` (`checks.default_work`: passes for all frames, a float32 budget per frame)."""
+    work = default_work(options, frame.spatial_shape, grid.shape, frame.num_channels, frames)
+    return dict(options, fit_steps=work[0], ensemble=work[1])
 
 
 def _frame_grid(frame: Volume, options: dict):
@@ -144,9 +143,7 @@ def upsample_series(
     """
     mode = fit_mode(method, options, fit_frame, fit_per_frame, frame)
     if method == "misr" and frame is not None:
-        options = series_work(
-            options, frame, _frame_grid(frame, options), frames * frame.num_channels
-        )
+        options = series_work(options, frame, _frame_grid(frame, options), frames)
     mapped = {"confidence": True} if confidence is not None else {}  # else keys stay as they were
     key = _settings_key(method, mode, {**options, **settings, **mapped})
     folder = _kept_frames_folder(output, input_path, frames, key)
