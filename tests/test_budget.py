@@ -108,3 +108,28 @@ def test_the_api_and_a_series_record_the_planned_work(monkeypatch):
     grid = plan_output_grid(volume.spatial_shape, volume.affine, scale=4.0)
     served = series_work({"device": "cpu"}, volume, grid, 5)
     assert (served["fit_steps"], served["ensemble"]) == (3, 1)
+
+
+def test_the_cli_leaves_the_default_to_the_plan(monkeypatch, tmp_path):
+    """`medsr upsample` without --fit-steps / --ensemble runs the float32 plan for the scan it
+    reads (the CLI used to fix 400 steps before reading it); given values are kept."""
+    import json
+
+    from medsr.cli import main
+    from medsr.io import Volume, write_volume
+
+    monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(budget, "FLOAT32_MIN_FIT_STEPS", 1)
+    monkeypatch.setattr(budget, "FLOAT32_PASS_STEPS", 2)
+    work = Work(24 * 22 * 8, 24 * 22 * 32)
+    monkeypatch.setattr(budget, "FLOAT32_SECONDS", work.seconds(2, 1) + 0.01)
+    rng = np.random.default_rng(1)
+    source = tmp_path / "thick.nii.gz"
+    write_volume(
+        Volume(rng.random((24, 22, 8)).astype(np.float32), np.diag([1, 1, 4.0, 1])), source
+    )
+    for extra, expected in (([], (2, 1)), (["--fit-steps", "1", "--ensemble", "2"], (1, 2))):
+        out = tmp_path / f"out{len(extra)}.nii.gz"
+        assert main(["upsample", str(source), "-o", str(out), "--quiet", *extra]) == 0
+        record = json.loads(out.with_name(out.name + ".json").read_text())
+        assert (record["fit_steps_run"], record["ensemble"]) == expected
