@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 #: curves within the time targets (docs/benchmarks.md, "The fit's steps at twice the speed"): 400
 #: against 200 steps gained +0.03 to +0.35 dB, 600 at most 0.25 more; a 256x256x60 scan took 45 s
 #: end to end with 400 on the 2-core AVX2 development CPU (target 60 s) with the 4-block prior.
-#: On the CPU it is the most: the 8-block prior's float32 fit is sized to a time budget
+#: On a float32 CPU it is the most: there the 8-block prior's fit is sized to a time budget
 #: (`default_work`, `medsr.upsample.budget`)
 DEFAULT_FIT_STEPS = 400
 
@@ -120,13 +120,16 @@ def default_work(
     steps, ensemble = options.get("fit_steps"), options.get("ensemble")
     device = options.get("device")
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    fp32_fit = device.type == "cpu" and fit_precision(options.get("precision", "auto"), device)
-    if (steps is not None and ensemble is not None) or fp32_fit != "fp32":
+    fp32_fit = (
+        device.type == "cpu" and fit_precision(options.get("precision", "auto"), device) == "fp32"
+    )
+    if (steps is not None and ensemble is not None) or not fp32_fit:
         return fit_steps_of(options), ensemble_of(options, shape, count * frames)
     work = Work(int(np.prod(input_shape)), int(np.prod(shape)), max(int(count), 1))
-    most = default_ensemble(shape, count * frames)
-    sizes = (check_ensemble(ensemble),) if ensemble is not None else ENSEMBLE_SIZES
-    sizes = tuple(n for n in sizes if ensemble is not None or n <= most)
+    if ensemble is not None:
+        sizes = (check_ensemble(ensemble),)
+    else:  # the passes the size rule allows for all frames
+        sizes = tuple(n for n in ENSEMBLE_SIZES if n <= default_ensemble(shape, count * frames))
     planned = float32_plan(work, steps, sizes, DEFAULT_FIT_STEPS)
     logger.info(
         "float32 on the CPU: %d fit steps and %d pass(es), sized to %g s (predicted %.0f s)",
