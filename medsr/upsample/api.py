@@ -98,10 +98,8 @@ def upsample_misr(
     model_path = Path(model) if model else default_model_path()
     torch_device = resolve_device(device)
     resolved = resolve_precision(precision, torch_device)
-    asked = {"fit_steps": fit_steps, "ensemble": ensemble, "precision": resolved}
-    fit_steps, ensemble = default_work(
-        dict(asked, device=torch_device), volume.spatial_shape, grid.shape, volume.num_channels
-    )
+    asked = dict(fit_steps=fit_steps, ensemble=ensemble, precision=resolved, device=torch_device)
+    fit_steps, ensemble = default_work(asked, volume.spatial_shape, grid.shape, volume.num_channels)
     generator, config = loaded or load_model(volume, grid, {"model": model})
     generator = generator.to(torch_device)
     ratio = thickness_ratio(volume, grid.axis)

@@ -40,7 +40,7 @@ from medsr.io.nifti import write_nifti_frames
 from medsr.io.volume import Volume
 from medsr.provenance import input_stat, provenance_description, sha256
 from medsr.upsample.api import upsample_volume
-from medsr.upsample.checks import DEFAULT_SEED, default_work, ensemble_of, fit_steps_of
+from medsr.upsample.checks import DEFAULT_SEED, default_work, fit_steps_of
 
 logger = logging.getLogger(__name__)
 
@@ -196,12 +196,14 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
     device = resolve_device(options.get("device"))
     prior, config = options["loaded"]
     grid = _frame_grid(volume, options)
+    # resolved for the series by its callers (`series_work`); else one frame's default
+    steps, ensemble = default_work(options, volume.spatial_shape, grid.shape, volume.num_channels)
     adapted, steps_run = adapt_to_grid(
         prior.to(device),
         config,
         volume,
         grid,
-        steps=fit_steps_of(options),
+        steps=steps,
         device=device,
         seed=options.get("seed", DEFAULT_SEED),
         seconds=options.get("fit_seconds"),
@@ -209,8 +211,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         guard=(guard := {}),
         noise_from=noise_from,
         precision=options.get("precision", "auto"),
-        # resolved for the series by its callers (`series_work`); else one frame's default
-        ensemble=ensemble_of(options, grid.shape, volume.num_channels),
+        ensemble=ensemble,
     )
     facts = fit_facts(volume, grid.axis)
     if steps_run:  # the fit's own arithmetic, as `upsample_misr` records it
