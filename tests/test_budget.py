@@ -1,4 +1,5 @@
-"""The default's work on a float32 CPU: fit steps and passes sized to a time budget."""
+"""The default's work on a float32 CPU: fit steps, passes and orientations sized to a time
+budget."""
 
 import numpy as np
 import pytest
@@ -10,9 +11,10 @@ from medsr.upsample.budget import (
     FLOAT32_PASS_STEPS,
     FLOAT32_SECONDS,
     Work,
+    default_work,
     float32_plan,
 )
-from medsr.upsample.checks import DEFAULT_FIT_STEPS, FAST_FIT_STEPS, default_ensemble, default_work
+from medsr.upsample.checks import DEFAULT_FIT_STEPS, FAST_FIT_STEPS, default_ensemble
 
 #: the benchmark scans of docs/benchmarks.md: 256 x 256 x 60 at x3.25, the chest CT at x10
 SCAN = Work(256 * 256 * 60, 256 * 256 * 195)
@@ -24,31 +26,45 @@ ALL = (1, 2, 4)
 
 
 def test_the_plan_takes_passes_that_leave_enough_steps_then_fills_with_steps():
-    steps, passes = float32_plan(VALIDATION, None, ALL, DEFAULT_FIT_STEPS)
-    assert passes == 4  # cheap passes: 4 of them still leave FLOAT32_PASS_STEPS steps
+    steps, passes, views = float32_plan(VALIDATION, None, ALL, DEFAULT_FIT_STEPS)
+    assert (passes, views) == (4, 2)  # cheap passes: 4 of them still leave FLOAT32_PASS_STEPS steps
     assert VALIDATION.seconds(FLOAT32_PASS_STEPS, 4) <= FLOAT32_SECONDS
     assert FLOAT32_PASS_STEPS <= steps < DEFAULT_FIT_STEPS
     assert VALIDATION.seconds(steps, 4) <= FLOAT32_SECONDS < VALIDATION.seconds(steps + 1, 4)
     # the ICBM T1's grid: a second pass would leave fewer steps than that, so one, and steps
-    steps, passes = float32_plan(MEDIUM, None, ALL, DEFAULT_FIT_STEPS)
-    assert passes == 1 and MEDIUM.seconds(FLOAT32_PASS_STEPS, 2) > FLOAT32_SECONDS
+    steps, passes, views = float32_plan(MEDIUM, None, ALL, DEFAULT_FIT_STEPS)
+    assert (passes, views) == (1, 2) and MEDIUM.seconds(FLOAT32_PASS_STEPS, 2) > FLOAT32_SECONDS
     assert FLOAT32_MIN_FIT_STEPS < steps < FLOAT32_PASS_STEPS
     assert MEDIUM.seconds(steps, 1) <= FLOAT32_SECONDS < MEDIUM.seconds(steps + 1, 1)
 
 
-def test_a_reconstruction_beyond_the_budget_keeps_the_fewest_steps_and_one_pass():
-    for work in (SCAN, CT):  # the 256 x 256 x 60 scan leaves too little for the fewest
-        assert work.seconds(FLOAT32_MIN_FIT_STEPS, 1) > FLOAT32_SECONDS
-        assert float32_plan(work, None, ALL, DEFAULT_FIT_STEPS) == (FLOAT32_MIN_FIT_STEPS, 1)
-    assert float32_plan(CT, None, (1,), 30) == (30, 1)  # never more than the most
+def test_a_reconstruction_beyond_the_budget_drops_an_orientation_before_steps():
+    # the 256 x 256 x 60 scan: both orientations would leave too little for the fewest steps;
+    # one leaves more, and the fit takes them
+    assert SCAN.seconds(FLOAT32_MIN_FIT_STEPS, 1, 2) > FLOAT32_SECONDS
+    steps, passes, views = float32_plan(SCAN, None, ALL, DEFAULT_FIT_STEPS)
+    assert (passes, views) == (1, 1) and FLOAT32_MIN_FIT_STEPS < steps < FLOAT32_PASS_STEPS
+    assert SCAN.seconds(steps, 1, 1) <= FLOAT32_SECONDS < SCAN.seconds(steps + 1, 1, 1)
+    # the chest CT: not even one orientation fits with them: one, and the fewest steps
+    assert CT.seconds(FLOAT32_MIN_FIT_STEPS, 1, 1) > FLOAT32_SECONDS
+    assert float32_plan(CT, None, ALL, DEFAULT_FIT_STEPS) == (FLOAT32_MIN_FIT_STEPS, 1, 1)
+    assert float32_plan(CT, None, (1,), 30) == (30, 1, 1)  # never more than the most
+    # where both orientations are asked for, the fewest steps and one pass
+    assert float32_plan(CT, None, ALL, DEFAULT_FIT_STEPS, (2,)) == (FLOAT32_MIN_FIT_STEPS, 1, 2)
+
+
+def test_half_the_orientations_halve_the_reconstructions_encoder_and_decoder():
+    one, both = SCAN.reconstruction_seconds(1, 1), SCAN.reconstruction_seconds(1, 2)
+    once = SCAN.output_voxels * budget.SECONDS_PER_OUTPUT_VOXEL
+    assert both - once == pytest.approx(2 * (one - once))
 
 
 def test_given_steps_or_passes_are_kept():
-    assert float32_plan(MEDIUM, 0, ALL, DEFAULT_FIT_STEPS) == (0, 2)  # the prior alone: passes
-    assert float32_plan(SCAN, 0, ALL, DEFAULT_FIT_STEPS) == (0, 1)
+    assert float32_plan(MEDIUM, 0, ALL, DEFAULT_FIT_STEPS) == (0, 2, 2)  # the prior alone
+    assert float32_plan(SCAN, 0, ALL, DEFAULT_FIT_STEPS) == (0, 1, 2)  # both fit without a fit
     assert float32_plan(MEDIUM, 7, ALL, DEFAULT_FIT_STEPS)[0] == 7
-    steps, passes = float32_plan(MEDIUM, None, (8,), DEFAULT_FIT_STEPS)
-    assert (steps, passes) == (FLOAT32_MIN_FIT_STEPS, 8)  # 8 passes take the budget
+    plan = float32_plan(MEDIUM, None, (8,), DEFAULT_FIT_STEPS, (2,))
+    assert plan == (FLOAT32_MIN_FIT_STEPS, 8, 2)  # 8 passes take the budget
 
 
 @pytest.mark.parametrize("native", [False, True])
@@ -57,19 +73,36 @@ def test_default_work_plans_only_a_float32_cpu_fit(monkeypatch, native):
     shape, grid = (197, 233, 47), (197, 233, 189)  # the ICBM T1's grid at x4 (MEDIUM)
     work = default_work({"device": "cpu"}, shape, grid)
     if native:  # a bf16 fit: its steps and the size rule, unchanged
-        assert work == (FAST_FIT_STEPS, default_ensemble(grid)) == (800, 4)
+        assert work == (FAST_FIT_STEPS, default_ensemble(grid), 2) == (800, 4, 2)
     else:
-        assert work == (154, 1)  # MEDIUM's plan
+        assert work == (154, 1, 2)  # MEDIUM's plan
     # what is given is kept; float32 asked for on a bf16 CPU is planned too
     given = {"device": "cpu", "fit_steps": 3, "ensemble": 4}
-    assert default_work(given, shape, grid) == (3, 4)
-    assert default_work({"device": "cpu", "precision": "fp32"}, shape, grid) == (154, 1)
-    assert default_work({"device": "cpu", "precision": "fp32", "fit_steps": 0}, shape, grid) == (
-        0,
-        2,
-    )
+    assert default_work(given, shape, grid) == (3, 4, 2)
+    assert default_work({**given, "orientations": 1}, shape, grid) == (3, 4, 1)
+    fp32 = {"device": "cpu", "precision": "fp32"}
+    assert default_work(fp32, shape, grid) == (154, 1, 2)
+    assert default_work({**fp32, "fit_steps": 0}, shape, grid) == (0, 2, 2)
     with pytest.raises(ValueError, match="ensemble"):
-        default_work({"device": "cpu", "precision": "fp32", "ensemble": 3}, shape, grid)
+        default_work({**fp32, "ensemble": 3}, shape, grid)
+    with pytest.raises(ValueError, match="orientations"):
+        default_work({**fp32, "orientations": 3}, shape, grid)
+    with pytest.raises(ValueError, match="confidence"):
+        default_work({**fp32, "orientations": 1, "confidence": True}, shape, grid)
+
+
+def test_default_work_keeps_both_orientations_where_they_are_asked_for(monkeypatch):
+    """Beyond the budget the default reconstructs one orientation, but not where the ensemble
+    is given (averaging asked for) or the confidence map needs both; on a bf16 CPU always
+    both."""
+    shape, grid = (256, 256, 60), (256, 256, 195)  # SCAN
+    fp32 = {"device": "cpu", "precision": "fp32"}
+    assert default_work(fp32, shape, grid).orientations == 1
+    assert default_work({**fp32, "ensemble": 1}, shape, grid).orientations == 2
+    assert default_work({**fp32, "confidence": True}, shape, grid).orientations == 2
+    assert default_work({**fp32, "orientations": 2}, shape, grid) == (FLOAT32_MIN_FIT_STEPS, 1, 2)
+    monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: True)
+    assert default_work({"device": "cpu"}, shape, grid).orientations == 2
 
 
 def test_a_series_plans_per_frame_within_the_passes_allowed_for_all(monkeypatch):
@@ -78,9 +111,9 @@ def test_a_series_plans_per_frame_within_the_passes_allowed_for_all(monkeypatch)
     monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: False)
     shape, grid = (32, 128, 62), (128, 128, 62)
     options = {"device": "cpu"}
-    assert default_work(options, shape, grid) == (228, 4)  # VALIDATION's plan
+    assert default_work(options, shape, grid) == (228, 4, 2)  # VALIDATION's plan
     assert default_ensemble(grid, 20) == 2  # 20 frames: at most 2 passes
-    assert default_work(options, shape, grid, frames=20) == (257, 2)  # the steps 2 passes leave
+    assert default_work(options, shape, grid, frames=20) == (257, 2, 2)  # 2 passes leave these
 
 
 def test_the_api_and_a_series_record_the_planned_work(monkeypatch):

@@ -86,7 +86,7 @@ def test_reconstruction_mean_is_unchanged_and_its_disagreement_is_the_half_diffe
     alone = []
     for orientation in orientations:
         original = reconstruct_module.plane_orientations
-        reconstruct_module.plane_orientations = lambda axis, spacing, o=orientation: [o]
+        reconstruct_module.plane_orientations = lambda *_, o=orientation: [o]
         try:
             alone.append(reconstruct_volume(volume, grid, generator, device=cpu))
         finally:

@@ -1283,11 +1283,11 @@ def test_the_default_fit_steps_follow_the_fits_arithmetic(monkeypatch):
 
     import medsr.runtime
     from medsr.cli.options import fit_settings
+    from medsr.upsample.budget import default_work
     from medsr.upsample.checks import (
         DEFAULT_FIT_STEPS,
         FAST_FIT_STEPS,
         default_fit_steps,
-        default_work,
         fit_steps_of,
     )
 
@@ -1308,5 +1308,5 @@ def test_the_default_fit_steps_follow_the_fits_arithmetic(monkeypatch):
     out = upsample_volume(volume, method="misr", fit_seconds=0.01, device="cpu", precision="fp32")
     record = out.meta["provenance"]
     planned = default_work({"device": "cpu", "precision": "fp32"}, (24, 22, 8), (24, 22, 32))
-    assert (record["fit_steps"], record["ensemble"]) == planned
+    assert (record["fit_steps"], record["ensemble"], record["orientations"]) == planned
     assert 0 < record["fit_steps"] <= DEFAULT_FIT_STEPS

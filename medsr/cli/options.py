@@ -172,6 +172,16 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
         "docs/benchmarks.md, 'The fit's pixel loss and the self-ensemble'; on a float32 CPU "
         "only where they leave the fit 200 steps)",
     )
+    parser.add_argument(
+        "--orientations",
+        type=int,
+        choices=[1, 2],
+        metavar="N",
+        help="through-plane orientations reconstructed and averaged (2, or 1 at half the "
+        "reconstruction's time; default 2, but 1 on a float32 CPU where both would not leave "
+        "the fit 100 steps within its 55 s budget: docs/benchmarks.md, 'One orientation on a "
+        "float32 CPU')",
+    )
 
 
 def fit_settings(args: argparse.Namespace) -> dict:
@@ -180,7 +190,7 @@ def fit_settings(args: argparse.Namespace) -> dict:
     from medsr.runtime import resolve_device
 
     resolve_device(getattr(args, "device", "auto"))  # unavailable: before any work
-    steps = args.fit_steps  # None: the default for the scan (`medsr.upsample.checks.default_work`)
+    steps = args.fit_steps  # None: the default for the scan (`medsr.upsample.budget.default_work`)
     if steps is not None and steps < 0:
         raise MedsrError(f"--fit-steps must be >= 0, got {steps}")
     if args.fit_seconds is not None and args.fit_seconds < 0:
@@ -191,8 +201,9 @@ def fit_settings(args: argparse.Namespace) -> dict:
         "fit_seconds": args.fit_seconds,
         "seed": args.seed,
     }
-    if getattr(args, "ensemble", None) is not None:  # only then: older settings stay the same
-        settings["ensemble"] = args.ensemble
+    for name in ("ensemble", "orientations"):  # only where given: older settings stay the same
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
     return settings
 
 
@@ -207,6 +218,8 @@ def check_learned_options(args: argparse.Namespace) -> None:
         raise MedsrError("--model, --fit-steps and --fit-seconds apply to --method misr only")
     if getattr(args, "ensemble", None) is not None:
         raise MedsrError("--ensemble averages the learned method's passes: --method misr only")
+    if getattr(args, "orientations", None) is not None:
+        raise MedsrError("--orientations counts the learned method's planes: --method misr only")
     if args.slice_profile:
         raise MedsrError("--slice-profile shapes the learned method's fit: --method misr only")
 

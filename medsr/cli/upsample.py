@@ -104,6 +104,8 @@ def upsample_command(args: argparse.Namespace) -> int:
         raise MedsrError(
             f"--confidence maps the learned method's uncertainty; not --method {args.method}"
         )
+    if args.confidence and args.orientations == 1:
+        raise MedsrError("--confidence needs both orientations: leave out --orientations 1")
     if args.labels_out and not args.labels:
         raise MedsrError("--labels-out needs --labels")
     if args.method == "labels" and args.labels:

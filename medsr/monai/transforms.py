@@ -122,7 +122,8 @@ class ThroughPlaneUpsample(Transform):
         **misr_options: the learned method's options as in the CLI: model, fit_steps (None:
             the default for the precision and, on a float32 CPU, the scan), fit_seconds, seed,
             device, batch_size, progress, precision, ensemble (None: the default for the
-            output's size, a series' frames counted; `medsr.upsample.checks.default_work`).
+            output's size, a series' frames counted), orientations (None: 2, or 1 where a float32
+            CPU's time budget needs it; `medsr.upsample.budget.default_work`).
     """
 
     def __init__(
@@ -193,13 +194,13 @@ class ThroughPlaneUpsample(Transform):
         grid = plan_output_grid(first.spatial_shape, first.affine, **target)
         if grid.step > 1 + 1e-6:  # a coarser target: no model, slab averages (as the CLI)
             return [self._upsample(frame, confidence) for frame in frames]
-        misr_options = series4d.series_work(self.misr_options, first, grid, len(frames))
-        options = dict(misr_options, loaded=load_model(first, grid, misr_options))
+        work = series4d.series_work(self.misr_options, first, grid, len(frames), confidence)
+        options = dict(work, loaded=load_model(first, grid, work))
         mode = series4d.fit_mode(
             "misr", {**options, **target}, self.fit_frame, self.fit_per_frame, first
         )
         if mode in (None, "per-frame"):  # each frame as the 3D command does it
-            outputs = [self._upsample(frame, confidence, misr_options) for frame in frames]
+            outputs = [self._upsample(frame, confidence, work) for frame in frames]
             for output in outputs:
                 series4d.add_fit_record(output, {"fit_mode": mode} if mode else {})
             return outputs

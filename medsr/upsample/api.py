@@ -48,6 +48,7 @@ def upsample_misr(
     confidence: bool = False,
     calibrate: bool = True,
     ensemble: int | None = None,
+    orientations: int | None = None,
 ) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """Learned reconstruction on `grid` (float32, input units) and what produced it.
 
@@ -57,7 +58,7 @@ def upsample_misr(
         grid: output grid; the fit learns its axis and factor.
         model: checkpoint from ``medsr train`` (default: the shipped weights).
         fit_steps: steps adapting the model to this scan's own in-plane slices (0: prior only;
-            None: the default, `medsr.upsample.checks.default_work`: for the fit's arithmetic,
+            None: the default, `medsr.upsample.budget.default_work`: for the fit's arithmetic,
             and on a float32 CPU sized to a time budget with the passes).
         fit_seconds: optional upper bound on the adaptation's wall time.
         seed: seed of the adaptation.
@@ -78,6 +79,10 @@ def upsample_misr(
             `medsr.upsample.ensemble.ENSEMBLE_FLIPS`); None: as many as the output's size
             (times its channels) allows (`medsr.upsample.checks.default_ensemble`), on a
             float32 CPU only those its time budget allows (`default_work`).
+        orientations: through-plane orientations reconstructed and averaged (2, or 1: half the
+            reconstruction's cost, `medsr.upsample.reconstruct.plane_orientations`); None: 2,
+            on a float32 CPU 1 where both would not leave the fit its fewest steps within the
+            time budget (`default_work`); 2 with `confidence`.
 
     Returns:
         (array on `grid`, provenance dict: model and its sha256, steps run, seed, device, the
@@ -92,14 +97,22 @@ def upsample_misr(
         resolve_precision,
     )
     from medsr.upsample.adapt import FIT_PIXEL_LOSS, adapt_to_grid, fit_facts, thickness_ratio
-    from medsr.upsample.checks import default_work
-    from medsr.upsample.reconstruct import reconstruct_volume
+    from medsr.upsample.budget import default_work
+    from medsr.upsample.reconstruct import plane_orientations, reconstruct_volume
 
     model_path = Path(model) if model else default_model_path()
     torch_device = resolve_device(device)
     resolved = resolve_precision(precision, torch_device)
-    asked = dict(fit_steps=fit_steps, ensemble=ensemble, precision=resolved, device=torch_device)
-    fit_steps, ensemble = default_work(asked, volume.spatial_shape, grid.shape, volume.num_channels)
+    asked = dict(
+        fit_steps=fit_steps,
+        ensemble=ensemble,
+        orientations=orientations,
+        confidence=confidence,
+        precision=resolved,
+        device=torch_device,
+    )
+    plan = default_work(asked, volume.spatial_shape, grid.shape, volume.num_channels)
+    fit_steps, ensemble, orientations = plan
     generator, config = loaded or load_model(volume, grid, {"model": model})
     generator = generator.to(torch_device)
     ratio = thickness_ratio(volume, grid.axis)
@@ -119,7 +132,8 @@ def upsample_misr(
         ensemble=ensemble,
     )
     release_freed_memory()  # the fit's freed buffers, before the output is allocated
-    planes = sum(volume.spatial_shape[a] for a in range(3) if a != grid.axis)
+    views = plane_orientations(grid.axis, volume.spacing, orientations)
+    planes = sum(volume.spatial_shape[p] for p, _, _ in views)
     bar = tqdm(
         total=planes * volume.num_channels, disable=not progress, unit="plane", desc="reconstruct"
     )
@@ -133,6 +147,7 @@ def upsample_misr(
         precision=resolved,
         disagreement=confidence,
         ensemble=ensemble,
+        orientations=orientations,
     )
     bar.close()
     release_freed_memory()  # the reconstruction's batches, before the dtype is restored
@@ -153,6 +168,7 @@ def upsample_misr(
         "slice_thickness_ratio": ratio,
         "precision": resolved,
         "ensemble": ensemble,
+        "orientations": orientations,
     }
     if steps_run:  # the fit's own arithmetic (`fit_precision`: bf16 only where native)
         mixed = config.train.mixed_precision
@@ -195,7 +211,7 @@ def upsample_volume(
             ``meta["confidence"]`` (a float32 `Volume` on the output grid in the input's
             intensity units, with its own ``meta["provenance"]``; `medsr.upsample.confidence`).
         **misr_options: `upsample_misr` options (model, fit_steps, fit_seconds, seed, device,
-            batch_size, progress, precision, calibrate, ensemble).
+            batch_size, progress, precision, calibrate, ensemble, orientations).
 
     Returns:
         The upsampled volume; its affine covers the input's physical extent, and
@@ -228,7 +244,7 @@ def upsample_volume(
         raise MedsrError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     elif method == "misr":
         # the ensemble, the model, its range and the fit, before anything is logged or computed
-        check_ensemble_option(method, misr_options)
+        check_ensemble_option(method, dict(misr_options, confidence=confidence))
         if misr_options.get("loaded") is None:
             misr_options = dict(misr_options, loaded=load_model(volume, grid, misr_options))
             check_fit(volume, grid, misr_options, "the volume")

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 #: against 200 steps gained +0.03 to +0.35 dB, 600 at most 0.25 more; a 256x256x60 scan took 45 s
 #: end to end with 400 on the 2-core AVX2 development CPU (target 60 s) with the 4-block prior.
 #: On a float32 CPU it is the most: there the 8-block prior's fit is sized to a time budget
-#: (`default_work`, `medsr.upsample.budget`)
+#: (`medsr.upsample.budget.default_work`)
 DEFAULT_FIT_STEPS = 400
 
 #: ... and of a CPU fit whose encoder runs in bf16 (a CPU with native bf16): its steps take
@@ -37,7 +37,8 @@ def default_fit_steps(precision: str = "auto", device=None) -> int:
     """The default number of fit steps for the fit's arithmetic (`medsr.runtime.fit_precision`
     of `precision` on `device`, a name or a torch device): `FAST_FIT_STEPS` for a bf16 fit on
     the CPU, `DEFAULT_FIT_STEPS` otherwise (CUDA included: not measured there). Where the scan
-    is known, `default_work` decides (a float32 CPU fit: fewer, by its time budget)."""
+    is known, `medsr.upsample.budget.default_work` decides (a float32 CPU fit: fewer, by its
+    time budget)."""
     import torch
 
     from medsr.runtime import fit_precision, resolve_device
@@ -49,7 +50,7 @@ def default_fit_steps(precision: str = "auto", device=None) -> int:
 def fit_steps_of(options: dict) -> int:
     """``options["fit_steps"]``; where it is absent or None, the default for the options'
     ``precision`` and ``device`` (`default_fit_steps`): whether a fit runs, before the scan's
-    size is known (the steps it runs: `default_work`)."""
+    size is known (the steps it runs: `medsr.upsample.budget.default_work`)."""
     steps = options.get("fit_steps")
     if steps is None:
         return default_fit_steps(options.get("precision", "auto"), options.get("device"))
@@ -94,57 +95,33 @@ def check_ensemble(ensemble) -> int:
     return int(ensemble)
 
 
-def default_work(
-    options: dict,
-    input_shape: tuple[int, ...],
-    shape: tuple[int, ...],
-    count: int = 1,
-    frames: int = 1,
-) -> tuple[int, int]:
-    """(fit steps, passes) of the learned method's `options` for `count` outputs (RGB channels)
-    of `shape` from inputs of `input_shape`, in each of `frames` frames of a series: those given,
-    the defaults for the rest. Where the fit runs in float32 on the CPU (a CPU without native
-    bf16, or ``--precision fp32``: `medsr.runtime.fit_precision`) and either is left to the
-    default, it is sized to a time budget per frame (`medsr.upsample.budget.float32_plan`; a
-    series fitted once spends one frame's), within the passes `default_ensemble` allows for all
-    frames; elsewhere `fit_steps_of` and `ensemble_of`.
+#: the through-plane orientations a reconstruction can average (``orientations=``,
+#: `medsr.upsample.reconstruct.plane_orientations`)
+ORIENTATION_COUNTS = (1, 2)
+
+
+def check_orientations(orientations, confidence: bool = False) -> int:
+    """`orientations` as an int of `ORIENTATION_COUNTS`; 2 where `confidence` is asked (the
+    confidence map's first term is the orientations' disagreement).
 
     Raises:
-        ValueError: a given ensemble that is not one of `ENSEMBLE_SIZES`.
+        ValueError: another value, or 1 with `confidence`, named in the message.
     """
-    import torch
-
-    from medsr.runtime import fit_precision, resolve_device
-    from medsr.upsample.budget import FLOAT32_SECONDS, Work, float32_plan
-
-    steps, ensemble = options.get("fit_steps"), options.get("ensemble")
-    device = options.get("device")
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    fp32_fit = (
-        device.type == "cpu" and fit_precision(options.get("precision", "auto"), device) == "fp32"
-    )
-    if (steps is not None and ensemble is not None) or not fp32_fit:
-        return fit_steps_of(options), ensemble_of(options, shape, count * frames)
-    work = Work(int(np.prod(input_shape)), int(np.prod(shape)), max(int(count), 1))
-    if ensemble is not None:
-        sizes = (check_ensemble(ensemble),)
-    else:  # the passes the size rule allows for all frames
-        sizes = tuple(n for n in ENSEMBLE_SIZES if n <= default_ensemble(shape, count * frames))
-    planned = float32_plan(work, steps, sizes, DEFAULT_FIT_STEPS)
-    logger.info(
-        "float32 on the CPU: %d fit steps and %d pass(es), sized to %g s (predicted %.0f s)",
-        *planned,
-        FLOAT32_SECONDS,
-        work.seconds(*planned),
-    )
-    return planned
+    if orientations not in ORIENTATION_COUNTS or isinstance(orientations, bool):
+        raise ValueError(f"orientations must be one of {ORIENTATION_COUNTS}, got {orientations!r}")
+    if confidence and orientations != 2:
+        raise ValueError("the confidence map needs both orientations (orientations 2)")
+    return int(orientations)
 
 
 def check_ensemble_option(method: str, options: dict) -> None:
-    """Before any work: the learned method's ``options["ensemble"]``, where given, is one of
-    `ENSEMBLE_SIZES` (`check_ensemble`); other methods do not read it."""
+    """Before any work: the learned method's ``options["ensemble"]`` and
+    ``options["orientations"]``, where given, are ones the reconstruction takes
+    (`check_ensemble`, `check_orientations`); other methods do not read them."""
     if method == "misr" and options.get("ensemble") is not None:
         check_ensemble(options["ensemble"])
+    if method == "misr" and options.get("orientations") is not None:
+        check_orientations(options["orientations"], bool(options.get("confidence")))
 
 
 def ensemble_of(options: dict, shape: tuple[int, ...], count: int = 1) -> int:

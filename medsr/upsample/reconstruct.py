@@ -7,15 +7,15 @@ plane i are planes i + j * round(thick / fine) (one thick spacing apart, as in t
 output grid's own positions along z (``generator(lr, positions, factor)``, any real factor, the
 positions of `medsr.geometry.plan_output_grid`), in chunks of positions within `DECODER_BUDGET`.
 Both orientations are averaged into one float32 output array, which is the only full-size buffer
-(plus the input). With an ``ensemble`` of more than one pass, every batch of planes is also
+(plus the input); ``orientations=1`` reconstructs only one of them (`plane_orientations`), at
+half the cost. With an ``ensemble`` of more than one pass, every batch of planes is also
 reconstructed flipped (`medsr.upsample.ensemble.ENSEMBLE_FLIPS`: along the plane's in-plane
 axis, along the thick axis, the neighbours' order reversed; the geometric self-ensemble of
 EDSR+, Lim et al. CVPRW 2017) and the passes are averaged, flipped back, into the same buffer.
 With ``disagreement=True`` the second orientation goes into one extra float32 buffer first,
-which then holds half their
-absolute difference (the confidence map's first term, `medsr.upsample.confidence`); the average
-is the same, to the bit with one pass (with more, each orientation's passes are summed first: the
-same up to float32 rounding).
+which then holds half their absolute difference (the confidence map's first term,
+`medsr.upsample.confidence`); the average is the same, to the bit with one pass (with more, each
+orientation's passes are summed first: the same up to float32 rounding).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from medsr.intensity import intensity_range, normalise_intensity
 from medsr.io import Volume
 from medsr.nets import MISRGenerator
 from medsr.runtime import precision_autocast, resolve_precision
-from medsr.upsample.checks import check_ensemble
+from medsr.upsample.checks import check_ensemble, check_orientations
 from medsr.upsample.ensemble import ensemble_passes, flipped_pass
 
 logger = logging.getLogger(__name__)
@@ -60,11 +60,33 @@ def position_chunk(generator, planes: int, width: int, count: int) -> int:
     return max(1, min(count, DECODER_BUDGET // max(per_position, 1)))
 
 
-def plane_orientations(axis: int, spacing: np.ndarray) -> list[tuple[int, int, int]]:
-    """(p, w, offset) for both through-plane orientations: planes stacked along p, in-plane w,
-    neighbours `offset` planes apart (one thick spacing)."""
-    others = [a for a in range(3) if a != axis]
-    return [(p, 3 - axis - p, neighbour_offset(spacing[axis], spacing[p])) for p in others]
+def plane_orientations(
+    axis: int, spacing: np.ndarray, count: int = 2
+) -> list[tuple[int, int, int]]:
+    """(p, w, offset) for the through-plane orientations: planes stacked along p, in-plane w,
+    neighbours `offset` planes apart (one thick spacing, rounded to whole planes).
+
+    `count` 2: both, the lower p first. `count` 1: the one whose neighbours are nearest each
+    other, then the one whose planes are finer along w, then the first. Chosen on the validation
+    ITK T1 (2 x 2 x 3 mm; docs/benchmarks.md, "One orientation on a float32 CPU"), where this
+    rule picked the better orientation in all six cases (three geometries), by 0.03 to 0.54 dB:
+    at x2, neighbours one thick spacing apart (the distance training draws) lost 0.03 and
+    0.35 dB against nearer ones; where both were as near, the planes finer along w gained 0.06
+    and 0.12 dB."""
+    check_orientations(count)
+    both = [
+        (p, 3 - axis - p, neighbour_offset(float(spacing[axis]), float(spacing[p])))
+        for p in range(3)
+        if p != axis
+    ]
+    if count == 2:
+        return both
+
+    def distance(orientation: tuple[int, int, int]) -> tuple[float, float]:
+        p, w, offset = orientation
+        return round(offset * float(spacing[p]), 6), round(float(spacing[w]), 6)
+
+    return [min(both, key=distance)]  # min keeps the first of equals
 
 
 def encode_planes(generator, lr: torch.Tensor, factor: float, precision: str) -> tuple:
@@ -130,6 +152,7 @@ def reconstruct(
     precision: str = "auto",
     disagreement: bool = False,
     ensemble: int = 1,
+    orientations: int = 2,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Reconstruct a normalised grey volume on `grid` with `generator`.
 
@@ -146,14 +169,20 @@ def reconstruct(
         ensemble: passes per orientation (`medsr.upsample.checks.ENSEMBLE_SIZES`), the first
             of `medsr.upsample.ensemble.ENSEMBLE_FLIPS`, averaged (the distinct ones,
             `ensemble_passes`); 1: the plain reconstruction.
+        orientations: 2, both through-plane orientations averaged; 1, only the one
+            `plane_orientations` prefers, at half the cost (a float32 CPU's default where both
+            would not fit its time budget, `medsr.upsample.budget`). `disagreement` needs 2.
 
     Returns:
-        float32 array of `grid.shape`, normalised units, mean of both orientations (and of the
+        float32 array of `grid.shape`, normalised units, mean of the orientations (and of the
         ensemble's passes); with `disagreement`, (that mean, half the orientations' absolute
         difference).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1 plane, got {batch_size}")
+    orientations = plane_orientations(
+        grid.axis, spacing, check_orientations(orientations, disagreement)
+    )
     passes = ensemble_passes(check_ensemble(ensemble), generator.neighbours)
     precision = resolve_precision(precision, device)
     generator = generator.to(device).eval()
@@ -164,7 +193,6 @@ def reconstruct(
     factor = float(spacing[grid.axis] / grid.spacing)
     positions = torch.from_numpy(np.asarray(grid.positions, np.float32)).to(device)
     output = np.zeros(grid.shape, dtype=np.float32)
-    orientations = plane_orientations(grid.axis, spacing)
     second = np.zeros(grid.shape, dtype=np.float32) if disagreement else output
     for number, (p, w, offset) in enumerate(orientations):
         planes = np.transpose(normalised, (p, w, grid.axis))  # view (P, W, n)
@@ -209,6 +237,7 @@ def reconstruct_volume(
     precision: str = "auto",
     disagreement: bool = False,
     ensemble: int = 1,
+    orientations: int = 2,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """`reconstruct` for a volume in its own units: one intensity scaling shared by all channels
     (RGB keeps its hues), each channel through the same network, back to input units.
@@ -233,6 +262,7 @@ def reconstruct_volume(
             precision=precision,
             disagreement=disagreement,
             ensemble=ensemble,
+            orientations=orientations,
         )
         if disagreement:
             out, difference = out

@@ -40,7 +40,8 @@ from medsr.io.nifti import write_nifti_frames
 from medsr.io.volume import Volume
 from medsr.provenance import input_stat, provenance_description, sha256
 from medsr.upsample.api import upsample_volume
-from medsr.upsample.checks import DEFAULT_SEED, default_work, fit_steps_of
+from medsr.upsample.budget import default_work
+from medsr.upsample.checks import DEFAULT_SEED, fit_steps_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +82,12 @@ def fit_mode(
     return "mean" if fit_frame is None else f"frame {fit_frame}"
 
 
-def series_work(options: dict, frame: Volume, grid, frames: int) -> dict:
-    """`options` with the fit's steps and the passes resolved for a series of `frames` frames like
-    `frame` on `grid` (`checks.default_work`: passes for all frames, a float32 budget per frame)."""
-    work = default_work(options, frame.spatial_shape, grid.shape, frame.num_channels, frames)
-    return dict(options, fit_steps=work[0], ensemble=work[1])
+def series_work(options: dict, frame: Volume, grid, frames: int, confidence: bool = False):
+    """`options` with the `budget.default_work` of a series of `frames` frames like `frame` on
+    `grid` (and their `confidence` maps): passes for all frames, a float32 budget per frame."""
+    asked = dict(options, confidence=confidence)
+    plan = default_work(asked, frame.spatial_shape, grid.shape, frame.num_channels, frames)
+    return dict(options, **plan._asdict())
 
 
 def _frame_grid(frame: Volume, options: dict):
@@ -142,9 +144,9 @@ def upsample_series(
         confidence map, or None).
     """
     mode = fit_mode(method, options, fit_frame, fit_per_frame, frame)
-    if method == "misr" and frame is not None:
-        options = series_work(options, frame, _frame_grid(frame, options), frames)
     mapped = {"confidence": True} if confidence is not None else {}  # else keys stay as they were
+    if method == "misr" and frame is not None:
+        options = series_work(options, frame, _frame_grid(frame, options), frames, bool(mapped))
     key = _settings_key(method, mode, {**options, **settings, **mapped})
     folder = _kept_frames_folder(output, input_path, frames, key)
     served, fit_record = dict(options), {} if mode is None else {"fit_mode": mode}
@@ -197,13 +199,13 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
     prior, config = options["loaded"]
     grid = _frame_grid(volume, options)
     # resolved for the series by its callers (`series_work`); else one frame's default
-    steps, ensemble = default_work(options, volume.spatial_shape, grid.shape, volume.num_channels)
+    plan = default_work(options, volume.spatial_shape, grid.shape, volume.num_channels)
     adapted, steps_run = adapt_to_grid(
         prior.to(device),
         config,
         volume,
         grid,
-        steps=steps,
+        steps=plan.fit_steps,
         device=device,
         seed=options.get("seed", DEFAULT_SEED),
         seconds=options.get("fit_seconds"),
@@ -211,7 +213,7 @@ def fit_once(volume: Volume, options: dict, noise_from: Volume | None = None):
         guard=(guard := {}),
         noise_from=noise_from,
         precision=options.get("precision", "auto"),
-        ensemble=ensemble,
+        ensemble=plan.ensemble,
     )
     facts = fit_facts(volume, grid.axis)
     if steps_run:  # the fit's own arithmetic, as `upsample_misr` records it
