@@ -624,3 +624,20 @@ def test_a_learned_batch_of_another_medsr_version_is_redone(monkeypatch):
     assert json.loads(before[1]) == spline
     monkeypatch.setattr(medsr._version, "__version__", "9.9.9")
     assert settings_key(learned) != before[0] and settings_key(spline) == before[1]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_a_learned_batch_resumed_on_another_kind_of_cpu_is_redone(monkeypatch, native):
+    """A default left to medsr is 800 bf16 steps on a CPU with native bf16 and a float32 time
+    budget on one without (`medsr.upsample.budget`): the key holds the fit's arithmetic, so the
+    other kind of CPU does not skip what the first made; the interpolations' keys hold none."""
+    import medsr.runtime
+    from medsr.batch.plan import settings_key
+
+    learned = {"method": "misr", "fit_steps": None, "device": "cpu", "precision": "auto"}
+    monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: native)
+    key = settings_key(learned)
+    assert json.loads(key)["fit_arithmetic"] == ("bf16" if native else "fp32")
+    monkeypatch.setattr(medsr.runtime, "cpu_supports_bf16", lambda: not native)
+    assert settings_key(learned) != key
+    assert settings_key({"method": "bspline"}) == json.dumps({"method": "bspline"})

@@ -252,14 +252,19 @@ def settings_key(settings: dict) -> str:
     """The key an input's manifest entry is done under: its `settings` (less
     `VALUELESS_SETTINGS`), and for the learned method the medsr version (another version's fit
     or reconstruction may give another output; the interpolations' keys stay as older
-    manifests wrote them)."""
+    manifests wrote them) and the fit's arithmetic on this machine (`medsr.runtime.fit_precision`:
+    a default left to medsr is 800 bf16 steps on a CPU with native bf16 and a float32 time budget
+    on one without, so a batch resumed on the other kind of CPU redoes what the first made)."""
     from medsr.config import VALUELESS_SETTINGS
 
     settings = {key: value for key, value in settings.items() if key not in VALUELESS_SETTINGS}
     if settings.get("method") == "misr":
         from medsr._version import __version__
+        from medsr.runtime import fit_precision, resolve_device
 
-        settings = dict(settings, medsr_version=__version__)
+        device = resolve_device(settings.get("device"))
+        arithmetic = fit_precision(settings.get("precision", "auto"), device)
+        settings = dict(settings, medsr_version=__version__, fit_arithmetic=arithmetic)
     return json.dumps(settings, sort_keys=True)
 
 
