@@ -13,7 +13,10 @@ for that model (the experiments that chose `medsr.upsample.adapt.ADAPTATION_LEAR
 what the fit is told of the acquisition (``--slice-profile``; ``--slice-thickness`` as RATIO times
 the thick spacing), as a header or the user would; ``,precision=auto|bf16|fp32``: the
 ``--precision`` of fit and reconstruction; ``,ensemble=1|2|4|8`` the reconstruction's
-self-ensemble (``--ensemble``); ``,seed=N`` the fit's seed (``--seed``); ``,noise=on|off``
+self-ensemble (``--ensemble``); ``,seed=N`` the fit's seed (``--seed``);
+``,orientations=1|2`` the reconstruction's plane orientations (``--orientations``),
+``,orientation=0|1`` one of the two alone (the experiment that chose
+`medsr.upsample.reconstruct.plane_orientations`' rule); ``,noise=on|off``
 puts the scan's noise back on the fit's thickened inputs or not
 (`medsr.upsample.adapt.MATCH_SCAN_NOISE`); ``,gain=on|off`` scales the residual by the gain
 fitted on in-plane slices or not (`CALIBRATE_GAIN`), ``,fitgain=on|off`` after a fit too, on
@@ -69,6 +72,10 @@ FIELDS += ("psnr", "ssim", "hfen", "bspline_psnr", "bspline_ssim", "delta_psnr",
 FIELDS += ("guard", "gain", "estimated_profile")
 
 
+#: the fit setting of ``,orientation=0|1``: not a name in adapt, the point's process reconstructs
+#: that orientation of `medsr.upsample.reconstruct.plane_orientations` alone
+ORIENTATION = "ORIENTATION"
+
 #: what a model spec's ``,key=value`` sets in `medsr.upsample.adapt`, and how it is read
 FIT_OPTIONS = {
     "lr": ("ADAPTATION_LEARNING_RATE", float),
@@ -81,6 +88,8 @@ FIT_OPTIONS = {
     "estimate": ("ESTIMATE_PROFILE", lambda value: _on_off(value)),
     "lean": ("UNDECIDED_BOXCAR_WEIGHT", lambda value: _at_least_one(value, "lean")),
     "slabs": ("NO_FIT_CALIBRATION_SLABS", lambda value: _at_least_one(value, "slabs")),
+    # not in adapt: which of `plane_orientations`' two the point reconstructs alone (`medsr`)
+    "orientation": (ORIENTATION, lambda value: int(_one_of(value, ("0", "1"), "orientation"))),
 }
 
 #: a model spec's ``,key=value`` passed as `medsr upsample` options: what the fit is told of the
@@ -91,6 +100,7 @@ COMMAND_OPTIONS = {
     "profile": "--slice-profile",
     "precision": "--precision",
     "ensemble": "--ensemble",
+    "orientations": "--orientations",
     "seed": "--seed",
 }
 
@@ -122,7 +132,11 @@ def medsr(argv: list[str], pythonpath: str | None = None, fit: dict | None = Non
     command = [sys.executable, "-m", "medsr.cli", *argv]
     if fit:
         code = "import sys, medsr.upsample.adapt as a; from medsr.cli import main; "
-        code += "".join(f"a.{name} = {value!r}; " for name, value in fit.items())
+        if ORIENTATION in fit:  # one of both, whatever the rule of `orientations=1` would take
+            code += "import medsr.upsample.reconstruct as r; o = r.plane_orientations; "
+            code += f"r.plane_orientations = lambda *x: [o(*x[:2])[{fit[ORIENTATION]}]]; "
+        settings = {name: value for name, value in fit.items() if name != ORIENTATION}
+        code += "".join(f"a.{name} = {value!r}; " for name, value in settings.items())
         code += "sys.exit(main(sys.argv[1:]))"
         command = [sys.executable, "-c", code, *argv]
     start = time.perf_counter()

@@ -313,3 +313,29 @@ def test_benchmark_rows_merged_from_two_runs_read_back(tmp_path):
     assert rows[0]["peak_mib"] == 500.0 and np.isnan(rows[1]["peak_mib"])
     assert rows[1]["gain"] == "" and rows[0]["gain"] == 0.9
     assert "| 0 | v | 4 |" in benchmark_mri.markdown(rows)
+
+
+def test_fit_curves_reconstructs_one_orientation_alone_or_both(tmp_path):
+    """``,orientation=0|1`` makes the point's process reconstruct that orientation alone (the
+    experiment behind `plane_orientations`' rule): the two average to both, which differ."""
+    import fit_curves
+    from conftest import make_affine, phantom_array
+
+    from medsr.io import Volume, read_volume, write_volume
+
+    point = fit_curves.points("o=default,orientation=1,orientations=2", [0], [45], 3.0)[0]
+    assert point[0] == ["--orientations", "2", "--fit-steps", "0"]
+    assert point[3] == {fit_curves.ORIENTATION: 1}
+    with pytest.raises(ValueError, match="orientation"):
+        fit_curves.points("o=default,orientation=2", [0], [45], 3.0)
+    volume = Volume(phantom_array((14, 12, 6)), make_affine("LPS", [1.0, 1.0, 3.5]))
+    source = write_volume(volume, tmp_path / "thick.nii.gz")
+    outputs = []
+    for orientation in (0, 1, None):
+        out = tmp_path / f"o{orientation}.nii.gz"
+        argv = ["upsample", str(source), "-o", str(out), "--quiet", "--fit-steps", "0"]
+        fit = None if orientation is None else {fit_curves.ORIENTATION: orientation}
+        fit_curves.medsr([*argv, "--dtype", "float32"], fit=fit)
+        outputs.append(read_volume(out).array)
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-3
+    np.testing.assert_allclose((outputs[0] + outputs[1]) / 2, outputs[2], atol=1e-4)

@@ -51,7 +51,7 @@ def test_one_orientation_prefers_the_nearest_neighbours_then_planes_fine_along_w
 
 def test_one_orientation_is_that_orientation_alone_and_both_are_their_mean(monkeypatch):
     generator = _random_generator()
-    volume = _volume()
+    volume = _volume(spacing=(1.0, 2.0, 3.5))  # neighbours 4 mm apart in both orientations
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
     options = dict(device=CPU, precision="fp32")
     both = reconstruct_volume(volume, grid, generator, **options)
@@ -61,7 +61,7 @@ def test_one_orientation_is_that_orientation_alone_and_both_are_their_mean(monke
         with monkeypatch.context() as patch:
             patch.setattr(reconstruction, "plane_orientations", lambda *_, o=orientation: [o])
             each.append(reconstruct_volume(volume, grid, generator, **options))
-    np.testing.assert_array_equal(one, each[0])  # the first: the in-plane spacings are equal
+    np.testing.assert_array_equal(one, each[1])  # as near, finer along w: the second
     tolerance = 1e-5 * np.ptp(volume.array)
     np.testing.assert_allclose(both, (each[0] + each[1]) / 2, rtol=0, atol=tolerance)
     assert np.abs(each[0] - each[1]).max() > 100 * tolerance  # the choice matters
@@ -96,3 +96,14 @@ def test_the_cli_records_the_orientations_and_refuses_what_cannot_hold(tmp_path,
         assert err.startswith("medsr: error:") and len(err.splitlines()) == 1
         assert "orientations" in err
     assert not (tmp_path / "c.nii.gz").exists()
+
+
+def test_upsample_file_refuses_one_orientation_with_the_confidence_map_before_any_work(tmp_path):
+    from medsr.upsample.files import upsample_file
+
+    source = write_volume(_volume(shape=(16, 14, 6)), tmp_path / "thick.nii.gz")
+    with pytest.raises(ValueError, match="confidence map needs both"):
+        upsample_file(
+            source, tmp_path / "out.nii.gz", confidence=tmp_path / "c.nii.gz", orientations=1
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thick.nii.gz"]

@@ -252,9 +252,11 @@ def settings_key(settings: dict) -> str:
     """The key an input's manifest entry is done under: its `settings` (less
     `VALUELESS_SETTINGS`), and for the learned method the medsr version (another version's fit
     or reconstruction may give another output; the interpolations' keys stay as older
-    manifests wrote them) and the fit's arithmetic on this machine (`medsr.runtime.fit_precision`:
-    a default left to medsr is 800 bf16 steps on a CPU with native bf16 and a float32 time budget
-    on one without, so a batch resumed on the other kind of CPU redoes what the first made)."""
+    manifests wrote them) and the fit's arithmetic on the machine that plans the batch
+    (`medsr.runtime.fit_precision`, on CUDA that of a mixed-precision model: a default left to
+    medsr is 800 bf16 steps on a CPU with native bf16 and a float32 time budget on one without,
+    so a batch resumed on the other kind of CPU redoes what the first made; Dask workers on
+    other machines are not seen)."""
     from medsr.config import VALUELESS_SETTINGS
 
     settings = {key: value for key, value in settings.items() if key not in VALUELESS_SETTINGS}

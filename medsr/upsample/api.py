@@ -82,7 +82,7 @@ def upsample_misr(
         orientations: through-plane orientations reconstructed and averaged (2, or 1: half the
             reconstruction's cost, `medsr.upsample.reconstruct.plane_orientations`); None: 2,
             on a float32 CPU 1 where both would not leave the fit its fewest steps within the
-            time budget (`default_work`); 2 with `confidence`.
+            time budget (`default_work`), but 2 with `confidence` or a given `ensemble` above 1.
 
     Returns:
         (array on `grid`, provenance dict: model and its sha256, steps run, seed, device, the

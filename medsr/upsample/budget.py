@@ -56,9 +56,9 @@ FLOAT32_PASS_STEPS = 200
 # docs/benchmarks.md, "The default's work on a float32 CPU").
 #: start-up, reading, the scan's noise, the slice-profile estimate and the guard
 SECONDS_FIXED = 6.0
-#: a pass's encoder, per input pixel of each of the two plane orientations
+#: a pass's encoder, per input pixel of each plane orientation reconstructed
 SECONDS_PER_ENCODED_PIXEL = 4.0e-6
-#: a pass's decoder, per output voxel of each of the two orientations
+#: a pass's decoder, per output voxel of each orientation reconstructed
 SECONDS_PER_DECODED_OUTPUT = 0.22e-6
 #: per output voxel once: accumulating, scaling back to the input's units, writing
 SECONDS_PER_OUTPUT_VOXEL = 0.2e-6
@@ -100,14 +100,15 @@ def float32_plan(
     """(fit steps, passes, orientations) of the float32 default for `work`.
 
     Orientations: the first of `orientations` (in order of preference) whose first pass leaves
-    `steps` (None: `FLOAT32_MIN_FIT_STEPS`, at most `max_steps`) within `FLOAT32_SECONDS`, else
-    the last: a fit's steps are worth more than the second orientation (on validation 100 steps
-    gained 0.38 dB over the prior alone on average, the second orientation 0.16, 0.03 to 0.59).
-    Passes: the most of
-    `passes` (the sizes allowed, ascending) that leave `steps` (None: `FLOAT32_PASS_STEPS`, at
-    most `max_steps`) within the budget, else the first. Steps: `steps` if given, else those the
-    seconds left allow, from `FLOAT32_MIN_FIT_STEPS` (or `max_steps`, if fewer) to `max_steps`."""
-    floor = min(FLOAT32_MIN_FIT_STEPS, max_steps) if steps is None else steps
+    the fit its fewest steps (`FLOAT32_MIN_FIT_STEPS`, or fewer where `steps` or `max_steps` is
+    fewer) within `FLOAT32_SECONDS`, else the last: a fit's steps are worth more than the second
+    orientation (on validation 100 steps gained 0.38 dB over the prior alone on average, the
+    second orientation 0.16, 0.03 to 0.59), while more given steps do not cost an orientation.
+    Passes: the most of `passes` (the sizes allowed, ascending) that leave `steps` (None:
+    `FLOAT32_PASS_STEPS`, at most `max_steps`) within the budget, else the first. Steps: `steps`
+    if given, else those the seconds left allow, from `FLOAT32_MIN_FIT_STEPS` (or `max_steps`,
+    if fewer) to `max_steps`."""
+    floor = min(FLOAT32_MIN_FIT_STEPS, max_steps, FLOAT32_MIN_FIT_STEPS if steps is None else steps)
     views = orientations[-1]
     for count in orientations:
         if work.seconds(floor, passes[0], count) <= FLOAT32_SECONDS:
@@ -148,9 +149,9 @@ def default_work(
     Where the fit runs in float32 on the CPU (a CPU without native bf16, or ``--precision fp32``:
     `medsr.runtime.fit_precision`) and any of the three is left to the default, they are sized
     to a time budget per frame (`float32_plan`; a series fitted once spends one frame's), within
-    the passes `default_ensemble` allows for all frames; both orientations are kept where the
-    ensemble is given or ``options["confidence"]`` asks for the confidence map (its first term
-    is their disagreement). Elsewhere `fit_steps_of`,
+    the passes `default_ensemble` allows for all frames; both orientations are kept where an
+    ensemble of more than one pass is given or ``options["confidence"]`` asks for the confidence
+    map (its first term is their disagreement). Elsewhere `fit_steps_of`,
     `ensemble_of` and both orientations. The one place these defaults are resolved: for the API,
     the CLI, 4D series and the MONAI layer.
 
@@ -179,8 +180,8 @@ def default_work(
         sizes = (check_ensemble(ensemble),)
     else:  # the passes the size rule allows for all frames
         sizes = tuple(n for n in ENSEMBLE_SIZES if n <= default_ensemble(shape, count * frames))
-    # a given ensemble asks for averaging, and the confidence map needs both: not one of them
-    keep_both = confidence or ensemble is not None
+    # a given ensemble of passes asks for averaging, the confidence map needs both orientations
+    keep_both = confidence or (ensemble is not None and check_ensemble(ensemble) > 1)
     choices = (views,) if views is not None else (2,) if keep_both else (2, 1)
     plan = Plan(*float32_plan(work, steps, sizes, DEFAULT_FIT_STEPS, choices))
     logger.info(

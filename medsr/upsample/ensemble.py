@@ -12,7 +12,8 @@ import torch
 #: order). Each is a symmetry of the acquisition that training draws too (flips of both plane
 #: axes, reversed neighbour order), so every pass is an equally good estimate and their mean
 #: has less variance (docs/benchmarks.md, "The fit's pixel loss and the self-ensemble"; the default
-#: number of passes: `medsr.upsample.checks.default_ensemble`, on a float32 CPU `default_work`)
+#: number of passes: `medsr.upsample.checks.default_ensemble`, on a float32 CPU
+#: `medsr.upsample.budget.default_work`)
 ENSEMBLE_FLIPS = (
     (False, False, False),
     (True, True, False),

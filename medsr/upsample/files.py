@@ -101,6 +101,7 @@ def upsample_file(
             raise MedsrError(f"label map not found: '{labels}' (--labels)")
         label_map = read_volume(labels)
     if confidence is not None:
+        check_ensemble_option(method, dict(misr_options, confidence=True))  # both orientations
         confidence = Path(confidence)
         paths = {"the input": input_path, "-o": output, "--labels-out": labels_path}
         check_confidence_output(confidence, paths, overwrite)

@@ -69,10 +69,11 @@ def plane_orientations(
     `count` 2: both, the lower p first. `count` 1: the one whose neighbours are nearest each
     other, then the one whose planes are finer along w, then the first. Chosen on the validation
     ITK T1 (2 x 2 x 3 mm; docs/benchmarks.md, "One orientation on a float32 CPU"), where this
-    rule picked the better orientation in all six cases (three geometries), by 0.03 to 0.54 dB:
-    at x2, neighbours one thick spacing apart (the distance training draws) lost 0.03 and
-    0.35 dB against nearer ones; where both were as near, the planes finer along w gained 0.06
-    and 0.12 dB."""
+    rule picked the better orientation in all six cases (three geometries), by 0.03 to 0.54 dB
+    at 100 fit steps (by 0.005 to 0.59 at 200): at x2, neighbours one thick spacing apart (the
+    distance training draws) lost 0.03 and 0.35 dB against nearer ones; where both were as
+    near, the planes finer along w gained 0.06 and 0.12 dB. A rule fitted in sample: the test
+    volumes have square in-plane pixels, where both orientations tie and the first is taken."""
     check_orientations(count)
     both = [
         (p, 3 - axis - p, neighbour_offset(float(spacing[axis]), float(spacing[p])))

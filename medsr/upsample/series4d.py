@@ -82,7 +82,7 @@ def fit_mode(
     return "mean" if fit_frame is None else f"frame {fit_frame}"
 
 
-def series_work(options: dict, frame: Volume, grid, frames: int, confidence: bool = False):
+def series_work(options: dict, frame: Volume, grid, frames: int, confidence=False) -> dict:
     """`options` with the `budget.default_work` of a series of `frames` frames like `frame` on
     `grid` (and their `confidence` maps): passes for all frames, a float32 budget per frame."""
     asked = dict(options, confidence=confidence)
