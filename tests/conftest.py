@@ -52,6 +52,20 @@ def phantom_array(shape=(20, 18, 16), seed: int = 0) -> np.ndarray:
     return (array + rng.normal(0, 1, shape)).astype(np.float32)
 
 
+def random_generator():
+    """A small generator whose residual is far from zero and from any symmetry of the flips or
+    the orientations (its last layers drawn, not zero)."""
+    import torch
+
+    from medsr.nets import MISRGenerator
+
+    torch.manual_seed(0)
+    generator = MISRGenerator(num_features=8, num_blocks=1, hidden=8, tail_knots=5)
+    torch.nn.init.normal_(generator.decode[-1].weight, std=0.2)
+    torch.nn.init.normal_(generator.tail.weight, std=0.2)
+    return generator.eval()
+
+
 @pytest.fixture
 def phantom() -> Volume:
     """An LPS phantom, 20x18x8 voxels of 1 x 1 x 4 mm (thick axis 2), int16."""

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import make_affine, phantom_array
+from conftest import make_affine, phantom_array, random_generator
 
 from medsr.cli import main
 from medsr.geometry import neighbour_indices, plan_output_grid
@@ -26,15 +26,6 @@ CPU = torch.device("cpu")
 
 def _volume(thick: float = 3.5, shape=(12, 10, 6)) -> Volume:
     return Volume(array=phantom_array(shape), affine=make_affine("LPS", [1.0, 1.0, thick]))
-
-
-def _random_generator() -> MISRGenerator:
-    """A generator whose residual is far from zero and from any symmetry of the flips."""
-    torch.manual_seed(0)
-    generator = MISRGenerator(num_features=8, num_blocks=1, hidden=8, tail_knots=5)
-    torch.nn.init.normal_(generator.decode[-1].weight, std=0.2)
-    torch.nn.init.normal_(generator.tail.weight, std=0.2)
-    return generator.eval()
 
 
 def test_an_untrained_generator_is_bspline_whatever_the_ensemble():
@@ -78,7 +69,7 @@ def _flipped_pass(generator, normalised, grid, spacing, flips) -> np.ndarray:
 
 @pytest.mark.parametrize("ensemble", [2, 4, 8])
 def test_the_ensemble_is_the_mean_of_its_flipped_passes(ensemble):
-    generator = _random_generator()
+    generator = random_generator()
     volume = _volume()
     normalised = (volume.array - volume.array.min()) / np.ptp(volume.array)
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
@@ -135,7 +126,7 @@ def test_a_single_plane_generator_runs_each_distinct_pass_once(monkeypatch):
 
 
 def test_one_pass_is_the_plain_reconstruction_to_the_bit():
-    generator = _random_generator()
+    generator = random_generator()
     volume = _volume()
     normalised = (volume.array - volume.array.min()) / np.ptp(volume.array)
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
@@ -150,7 +141,7 @@ def test_the_orientations_disagreement_keeps_its_meaning_under_an_ensemble(monke
     orientations' own ensemble means, each reconstructed alone."""
     import medsr.upsample.reconstruct as reconstruction
 
-    generator = _random_generator()
+    generator = random_generator()
     volume = _volume()
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
     options = dict(device=CPU, precision="fp32", ensemble=4)
@@ -178,7 +169,7 @@ def test_each_pass_is_the_plain_reconstruction_of_the_flipped_volume(monkeypatch
     import medsr.upsample.ensemble as ensemble_module
     import medsr.upsample.reconstruct as reconstruction
 
-    generator = _random_generator()
+    generator = random_generator()
     volume = _volume(thick=thick)
     normalised = (volume.array - volume.array.min()) / np.ptp(volume.array)
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
@@ -199,7 +190,7 @@ def test_each_pass_is_the_plain_reconstruction_of_the_flipped_volume(monkeypatch
 def test_an_ensemble_decoded_in_chunks_is_the_same(monkeypatch):
     import medsr.upsample.reconstruct as reconstruction
 
-    generator = _random_generator()
+    generator = random_generator()
     volume = _volume()
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
     whole = reconstruct_volume(volume, grid, generator, device=CPU, ensemble=8)

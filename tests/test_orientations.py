@@ -6,26 +6,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_affine, phantom_array
+from conftest import make_affine, phantom_array, random_generator
 
 import medsr.upsample.reconstruct as reconstruction
 from medsr.cli import main
 from medsr.geometry import plan_output_grid
 from medsr.io import Volume, write_volume
-from medsr.nets import MISRGenerator
 from medsr.upsample.api import upsample_volume
 from medsr.upsample.reconstruct import plane_orientations, reconstruct_volume
 
 CPU = torch.device("cpu")
-
-
-def _random_generator() -> MISRGenerator:
-    """A generator whose residual is far from zero, so that the orientations differ."""
-    torch.manual_seed(0)
-    generator = MISRGenerator(num_features=8, num_blocks=1, hidden=8, tail_knots=5)
-    torch.nn.init.normal_(generator.decode[-1].weight, std=0.2)
-    torch.nn.init.normal_(generator.tail.weight, std=0.2)
-    return generator.eval()
 
 
 def _volume(spacing=(1.0, 1.0, 3.5), shape=(12, 10, 6)) -> Volume:
@@ -50,7 +40,7 @@ def test_one_orientation_prefers_the_nearest_neighbours_then_planes_fine_along_w
 
 
 def test_one_orientation_is_that_orientation_alone_and_both_are_their_mean(monkeypatch):
-    generator = _random_generator()
+    generator = random_generator()
     volume = _volume(spacing=(1.0, 2.0, 3.5))  # neighbours 4 mm apart in both orientations
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
     options = dict(device=CPU, precision="fp32")
@@ -72,7 +62,7 @@ def test_the_orientations_disagreement_needs_both():
     grid = plan_output_grid(volume.spatial_shape, volume.affine)
     with pytest.raises(ValueError, match="confidence map needs both"):
         reconstruct_volume(
-            volume, grid, _random_generator(), device=CPU, disagreement=True, orientations=1
+            volume, grid, random_generator(), device=CPU, disagreement=True, orientations=1
         )
     with pytest.raises(ValueError, match="confidence map needs both"):
         upsample_volume(volume, method="misr", device="cpu", confidence=True, orientations=1)
