@@ -108,7 +108,8 @@ def float32_plan(
     `FLOAT32_PASS_STEPS`, at most `max_steps`) within the budget, else the first. Steps: `steps`
     if given, else those the seconds left allow, from `FLOAT32_MIN_FIT_STEPS` (or `max_steps`,
     if fewer) to `max_steps`."""
-    floor = min(FLOAT32_MIN_FIT_STEPS, max_steps, FLOAT32_MIN_FIT_STEPS if steps is None else steps)
+    floor = min(FLOAT32_MIN_FIT_STEPS, max_steps)
+    floor = floor if steps is None else min(floor, steps)
     views = orientations[-1]
     for count in orientations:
         if work.seconds(floor, passes[0], count) <= FLOAT32_SECONDS:
@@ -181,7 +182,7 @@ def default_work(
     else:  # the passes the size rule allows for all frames
         sizes = tuple(n for n in ENSEMBLE_SIZES if n <= default_ensemble(shape, count * frames))
     # a given ensemble of passes asks for averaging, the confidence map needs both orientations
-    keep_both = confidence or (ensemble is not None and check_ensemble(ensemble) > 1)
+    keep_both = confidence or (ensemble is not None and sizes[0] > 1)
     choices = (views,) if views is not None else (2,) if keep_both else (2, 1)
     plan = Plan(*float32_plan(work, steps, sizes, DEFAULT_FIT_STEPS, choices))
     logger.info(
